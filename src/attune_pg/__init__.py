@@ -1,0 +1,3 @@
+"""attune_pg: a durable workflow engine that needs nothing but PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,369 @@
+"""Run one action process: spawn, feed, capture, time out, cancel, kill, reap.
+
+Shared by the python and shell runners so the hard parts live in one place:
+
+- The process starts in a new session (`start_new_session=True`), so it leads its own
+  process group and everything it spawns (short of another `setsid`) is in that group.
+- stdout and stderr are drained concurrently with feeding stdin (one `selectors` loop in
+  the calling thread, no helper threads), each kept within a byte bound.
+- The optional *result channel* is a pipe passed to the child (`pass_fds`); the child
+  learns its fd number from the last argv entry. Callers use it for data that must not mix
+  with what the action prints.
+- On timeout or cancel the whole group gets SIGTERM, then SIGKILL after `TERM_GRACE`
+  seconds. When the leader exits by itself, whatever it left behind in its group is killed
+  too: an action's processes never outlive it. Exit is detected without reaping (pidfd or
+  `waitid(WNOWAIT)`), so the group id cannot be recycled before that sweep.
+- The cancel event is checked at least every `POLL_INTERVAL` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from attune_pg.actions.outcome import ActionContext
+
+EndedBy = Literal["exit", "timeout", "cancel"]
+
+#: Seconds between SIGTERM and SIGKILL of a timed-out or canceled process group.
+TERM_GRACE = 0.5
+#: How often (seconds) the cancel event is checked while the process runs.
+POLL_INTERVAL = 0.05
+#: After the leader exits, how long to keep reading pipes that descendants still hold open.
+DRAIN_GRACE = 0.2
+_READ_SIZE = 65536
+
+
+class Capture:
+    """Bytes from one stream, kept within `limit`: the first bytes ("head") or the last ("tail")."""
+
+    def __init__(self, limit: int, keep: Literal["head", "tail"] = "head") -> None:
+        self.limit = limit
+        self.keep = keep
+        self.total = 0
+        self._buf = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.keep == "head":
+            room = self.limit - len(self._buf)
+            if room > 0:
+                self._buf += data[:room]
+        else:
+            self._buf += data
+            if len(self._buf) > 2 * self.limit:
+                del self._buf[: len(self._buf) - self.limit]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    @property
+    def data(self) -> bytes:
+        if self.keep == "tail" and len(self._buf) > self.limit:
+            return bytes(self._buf[-self.limit :])
+        return bytes(self._buf)
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """How a process run ended and what it wrote."""
+
+    ended_by: EndedBy
+    return_code: int | None  # negative: killed by that signal; None: could not be reaped
+    stdout: Capture
+    stderr: Capture
+    result: Capture | None  # the result channel, when one was asked for
+
+
+def signal_name(return_code: int) -> str:
+    """ "SIGSEGV" for -11; "" for a normal exit code."""
+    if return_code >= 0:
+        return ""
+    try:
+        return signal.Signals(-return_code).name
+    except ValueError:
+        return f"signal {-return_code}"
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cancel: threading.Event,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: bytes | None = None,
+    output_limit: int = 65536,
+    keep: Literal["head", "tail"] = "head",
+    result_channel: bool = False,
+    result_limit: int = 0,
+) -> ProcessRun:
+    """Run `argv` (no shell) to its end, its timeout or `cancel`, whichever comes first.
+
+    With `result_channel`, a pipe's write end is passed to the child and its fd number is
+    appended to argv; what the child writes there comes back in `ProcessRun.result`
+    (at most `result_limit` bytes kept). Raises OSError if the process cannot be started
+    (missing executable, permission, bad cwd).
+    """
+    stdout = Capture(output_limit, keep)
+    stderr = Capture(output_limit, keep)
+    result = Capture(result_limit, "head") if result_channel else None
+
+    args = list(argv)
+    pass_fds: tuple[int, ...] = ()
+    result_r = result_w = -1
+    if result_channel:
+        result_r, result_w = os.pipe()
+        args.append(str(result_w))
+        pass_fds = (result_w,)
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            pass_fds=pass_fds,
+            start_new_session=True,
+        )
+    except BaseException:
+        if result_channel:
+            os.close(result_r)
+            os.close(result_w)
+        raise
+    if result_channel:
+        os.close(result_w)
+    try:
+        session = _Session(proc, stdout, stderr, result, result_r, stdin)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if result_channel:
+            os.close(result_r)
+        raise
+    with session:
+        ended_by = session.wait(cancel, timeout)
+        return_code = session.finish(ended_by)
+    return ProcessRun(ended_by, return_code, stdout, stderr, result)
+
+
+class _Session:
+    """The selector loop around one running process."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        stdout: Capture,
+        stderr: Capture,
+        result: Capture | None,
+        result_fd: int,
+        stdin: bytes | None,
+    ) -> None:
+        self.proc = proc
+        self.sel = selectors.DefaultSelector()
+        self.readers: dict[int, Capture] = {}
+        self.pending_input = memoryview(stdin or b"")
+        self.stdin_fd = -1
+        self.exited = False
+        assert proc.stdout is not None and proc.stderr is not None
+        self.result_fd = result_fd  # ours to close (stdout/stderr belong to `proc`)
+        for fd, capture in (
+            (proc.stdout.fileno(), stdout),
+            (proc.stderr.fileno(), stderr),
+            (result_fd, result),
+        ):
+            if capture is not None:
+                self.readers[fd] = capture
+                self.sel.register(fd, selectors.EVENT_READ)
+        if proc.stdin is not None:
+            self.stdin_fd = proc.stdin.fileno()
+            os.set_blocking(self.stdin_fd, False)
+            self.sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+        self.pidfd = -1  # readable once the leader exits (Linux >= 5.3); else we poll
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(proc.pid)
+                try:
+                    self.sel.register(pidfd, selectors.EVENT_READ)
+                except (OSError, ValueError):
+                    os.close(pidfd)
+                else:
+                    self.pidfd = pidfd
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.returncode is None:  # an exception escaped: leave nothing behind
+            self._killpg(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        self.sel.close()
+        self.readers.clear()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        for fd in (self.pidfd, self.result_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def wait(self, cancel: threading.Event, timeout: float | None) -> EndedBy:
+        """Pump the pipes until the process is done, times out or is canceled."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        exit_seen_at: float | None = None
+        while True:
+            if cancel.is_set():
+                return "cancel"
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return "timeout"
+            if not self.exited:
+                self.exited = self._leader_exited()
+            if self.exited:
+                if not self.readers:
+                    return "exit"
+                if exit_seen_at is None:
+                    exit_seen_at = now
+                elif now - exit_seen_at >= DRAIN_GRACE:
+                    return "exit"  # descendants hold the pipes; the sweep will end them
+            wait = POLL_INTERVAL
+            if self.pidfd < 0 and not self.exited and not self.readers:
+                wait = 0.005  # nothing to wake us on exit: poll more often
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if exit_seen_at is not None:
+                wait = min(wait, max(0.0, exit_seen_at + DRAIN_GRACE - now))
+            self._pump(max(0.0, wait))
+
+    def _pump(self, wait: float) -> None:
+        for key, _ in self.sel.select(wait):
+            fd = int(key.fd)
+            if fd == self.pidfd:
+                self.exited = True
+                self.sel.unregister(fd)
+            elif fd == self.stdin_fd:
+                self._feed()
+            else:
+                self._read(fd)
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.readers[fd].add(data)
+        else:
+            self.sel.unregister(fd)
+            del self.readers[fd]
+
+    def _feed(self) -> None:
+        try:
+            written = os.write(self.stdin_fd, self.pending_input[:_READ_SIZE])
+        except BlockingIOError:
+            return
+        except OSError:  # BrokenPipeError: the process does not want the rest
+            written = len(self.pending_input)
+        self.pending_input = self.pending_input[written:]
+        if not self.pending_input:
+            self.sel.unregister(self.stdin_fd)
+            assert self.proc.stdin is not None
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            self.stdin_fd = -1
+
+    def _leader_exited(self) -> bool:
+        """Whether the leader has exited, without reaping it (so its pgid stays reserved)."""
+        if self.pidfd >= 0:
+            return False  # the selector reports it
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    # -- the end ----------------------------------------------------------------------
+
+    def finish(self, ended_by: EndedBy) -> int | None:
+        """Stop the process group (gently on timeout/cancel), drain the pipes, reap."""
+        if ended_by != "exit" and not self.exited:
+            self._killpg(signal.SIGTERM)
+            end = time.monotonic() + TERM_GRACE
+            while not self.exited and time.monotonic() < end:
+                self._pump(min(0.01, max(0.0, end - time.monotonic())))
+                if not self.exited:
+                    self.exited = self._leader_exited()
+        # The leader is gone or about to be killed; sweep the rest of its group.
+        self._killpg(signal.SIGKILL)
+        self._close_stdin()
+        end = time.monotonic() + DRAIN_GRACE
+        while self.readers and time.monotonic() < end:
+            self._pump(min(0.01, max(0.0, end - time.monotonic())))
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _close_stdin(self) -> None:
+        if self.stdin_fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self.stdin_fd)
+            self.stdin_fd = -1
+            if self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
+
+    def _killpg(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+
+def action_env(context: ActionContext, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of an action process: the worker's, plus the attempt's identity.
+
+    `ATTUNE_IDEMPOTENCY_KEY` is the key side effects should be deduplicated on: it is the
+    same for every attempt of a task occurrence and for a re-run after a worker crash.
+    """
+    env = dict(os.environ)
+    env["ATTUNE_IDEMPOTENCY_KEY"] = context.idempotency_key
+    env["ATTUNE_EXECUTION_ID"] = str(context.execution_id)
+    env["ATTUNE_TASK_EXECUTION_ID"] = str(context.task_execution_id)
+    env["ATTUNE_TASK_NAME"] = context.task_name
+    env["ATTUNE_ATTEMPT"] = str(context.attempt)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def pack_file(pack_path: str | None, relative: str, ref: str) -> str:
+    """The absolute path of `relative` inside the pack's `actions/` directory.
+
+    Raises ValueError (naming the action `ref`) if the pack is unknown or the path is
+    absolute or escapes `actions/`.
+    """
+    if not pack_path:
+        raise ValueError(f"action {ref} has no pack directory to find {relative!r} in")
+    if os.path.isabs(relative):
+        raise ValueError(f"action {ref}: {relative!r} must be relative to the pack's actions/")
+    base = os.path.realpath(os.path.join(pack_path, "actions"))
+    path = os.path.realpath(os.path.join(base, relative))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(f"action {ref}: {relative!r} is outside the pack's actions/ directory")
+    return path

@@ -1,0 +1,186 @@
+"""`attune-pg bench`: size a deployment by measuring this engine on your server.
+
+N workflows of K sequential no-op tasks run on W worker processes. Reports
+workflows/s and task steps/s (wall clock, from the first INSERT to the last
+workflow finishing, DB clock), and the latency from a task becoming claimable
+(`run_at`, stamped when the advance transaction scheduled it) to a worker
+starting it (`started_at`). A second phase measures idle wake-up latency: single
+workflows submitted one at a time to idle workers, so every claim rides a NOTIFY.
+
+Durability settings (fsync, synchronous_commit) are printed with the figures:
+numbers measured with them off are not comparable.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from attune_pg import db, packs
+from attune_pg.demo import packs_dir
+from attune_pg.store import migrate
+from attune_pg.workerproc import start_worker, stop_worker
+
+_WORKFLOW = """\
+label: Benchmark chain of {k} no-op tasks
+version: "1.0.0"
+tasks:
+{tasks}
+"""
+
+
+@dataclass
+class BenchResult:
+    workflows: int
+    tasks_per_workflow: int
+    workers: int
+    concurrency: int
+    seconds: float
+    succeeded: int
+    latency_ms: tuple[float, float, float]
+    idle_latency_ms: tuple[float, float, float] | None
+    settings: dict[str, str]
+
+    @property
+    def workflows_per_s(self) -> float:
+        return self.workflows / self.seconds
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.workflows * self.tasks_per_workflow / self.seconds
+
+    def report(self) -> str:
+        p50, p95, p99 = self.latency_ms
+        lines = [
+            f"server: fsync={self.settings['fsync']} synchronous_commit="
+            f"{self.settings['synchronous_commit']} ({self.settings['version']})",
+            f"load: {self.workflows} workflows x {self.tasks_per_workflow} no-op tasks,"
+            f" {self.workers} workers x concurrency {self.concurrency}",
+            f"succeeded: {self.succeeded}/{self.workflows} in {self.seconds:.2f}s",
+            f"throughput: {self.workflows_per_s:,.1f} workflows/s, {self.tasks_per_s:,.1f} task steps/s",
+            f"claimable->started under load: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms",
+        ]
+        if self.idle_latency_ms:
+            i50, i95, i99 = self.idle_latency_ms
+            lines.append(
+                f"idle wake-up (claimable->started): p50 {i50:.2f} ms, p95 {i95:.2f} ms, p99 {i99:.2f} ms"
+            )
+        return "\n".join(lines)
+
+
+def _bench_pack(root: Path, k: int) -> Path:
+    pack = root / "bench"
+    (pack / "workflows").mkdir(parents=True)
+    (pack / "pack.yaml").write_text('ref: bench\nlabel: Benchmark\nversion: "1.0.0"\n')
+    steps = []
+    for i in range(k):
+        nxt = f"\n    on_success: t{i + 1}" if i + 1 < k else ""
+        steps.append(f"  - name: t{i}\n    action: core.noop{nxt}")
+    (pack / "workflows" / "chain.yaml").write_text(_WORKFLOW.format(k=k, tasks="\n".join(steps)))
+    (pack / "workflows" / "single.yaml").write_text(
+        _WORKFLOW.format(k=1, tasks="  - name: t0\n    action: core.noop")
+    )
+    return pack
+
+
+def _percentiles(conn: psycopg.Connection, ids: list[int]) -> tuple[float, float, float]:
+    row = conn.execute(
+        "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
+        " (ORDER BY extract(epoch FROM started_at - run_at) * 1000)"
+        " FROM attune.task_execution WHERE workflow_execution_id = ANY(%s)",
+        (ids,),
+    ).fetchone()
+    assert row is not None and row[0] is not None
+    p50, p95, p99 = row[0]
+    return float(p50), float(p95), float(p99)
+
+
+def _wait_all(conn: psycopg.Connection, ids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM attune.workflow_execution WHERE id = ANY(%s)"
+            " AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')",
+            (ids,),
+        ).fetchone()
+        if row is not None and row[0] == 0:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"benchmark workflows did not finish within {timeout:.0f}s")
+
+
+def _wait_workers(conn: psycopg.Connection, since: Any, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM attune.worker WHERE started_at >= %s AND stopped_at IS NULL",
+            (since,),
+        ).fetchone()
+        if row is not None and row[0] >= count:
+            time.sleep(0.3)  # let their listeners connect
+            return
+        time.sleep(0.05)
+    raise TimeoutError("benchmark workers did not start")
+
+
+def run_bench(dsn: str | None, *, workflows: int, tasks: int, workers: int, concurrency: int,
+              idle_samples: int = 50, timeout: float = 600) -> BenchResult:
+    resolved = db.resolve_dsn(dsn)
+    with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
+        migrate.migrate(conn)
+        packs.register(conn, packs_dir() / "core")
+        packs.register(conn, _bench_pack(Path(tmp), tasks))
+        settings = {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in ("fsync", "synchronous_commit", "server_version")
+        }
+        settings["version"] = "PostgreSQL " + settings.pop("server_version")
+        since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
+        try:
+            _wait_workers(conn, since, workers)
+            idle = _idle_latency(conn, idle_samples) if idle_samples else None
+            t0 = time.monotonic()
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "INSERT INTO attune.workflow_execution (workflow_ref, requested_by)"
+                    " SELECT 'bench.chain', 'bench' FROM generate_series(1, %s) RETURNING id",
+                    (workflows,),
+                ).fetchall()
+            ]
+            _wait_all(conn, ids, timeout)
+            wall = time.monotonic() - t0
+            row = conn.execute(
+                "SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8,"
+                " count(*) FILTER (WHERE status = 'succeeded')"
+                " FROM attune.workflow_execution WHERE id = ANY(%s)",
+                (ids,),
+            ).fetchone()
+            assert row is not None
+            seconds = float(row[0]) if row[0] else wall
+            latency = _percentiles(conn, ids)
+        finally:
+            for proc in procs:
+                stop_worker(proc)
+    return BenchResult(workflows, tasks, workers, concurrency, seconds, int(row[1]), latency, idle,
+                       settings)
+
+
+def _idle_latency(conn: psycopg.Connection, samples: int) -> tuple[float, float, float]:
+    ids = []
+    for _ in range(samples):
+        row = conn.execute(
+            "INSERT INTO attune.workflow_execution (workflow_ref, requested_by)"
+            " VALUES ('bench.single', 'bench') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        ids.append(row[0])
+        _wait_all(conn, [row[0]], 30)
+        time.sleep(0.02)  # workers go back to sleep on LISTEN
+    return _percentiles(conn, ids)

@@ -1,0 +1,45 @@
+"""`attune-pg demo` and `attune-pg bench`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from attune_pg.cli.common import dsn_option, errors_to_exit
+
+
+@click.command()
+@click.option("--name", default="attune", show_default=True, help="Who the demo greets.")
+@dsn_option
+@errors_to_exit
+def demo(name: str, dsn: str | None) -> None:
+    """Run a demo workflow end to end (embedded PostgreSQL unless ATTUNE_DSN is set)."""
+    from attune_pg.demo import run_demo
+
+    sys.exit(run_demo(dsn, name))
+
+
+@click.command()
+@click.option("--workflows", "-n", default=500, show_default=True)
+@click.option("--tasks", "-k", default=5, show_default=True, help="Sequential no-op tasks each.")
+@click.option("--workers", "-w", default=2, show_default=True, help="Worker processes.")
+@click.option("--concurrency", "-c", default=20, show_default=True, help="Slots per worker.")
+@click.option("--idle-samples", default=50, show_default=True, help="Idle wake-up samples (0: skip).")
+@dsn_option
+@errors_to_exit
+def bench(workflows: int, tasks: int, workers: int, concurrency: int, idle_samples: int,
+          dsn: str | None) -> None:
+    """Measure workflows/s, task steps/s and claim latency on this server."""
+    from attune_pg.bench import run_bench
+
+    result = run_bench(dsn, workflows=workflows, tasks=tasks, workers=workers,
+                       concurrency=concurrency, idle_samples=idle_samples)
+    click.echo(result.report())
+    if result.succeeded != result.workflows:
+        sys.exit(1)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(demo)
+    group.add_command(bench)

@@ -1,0 +1,566 @@
+"""The pure conductor: (snapshot, event, context) -> commands.
+
+One `Conductor` is built per advance transaction from the locked execution row
+and the latest `task_state` of each task. Events are fed in (`start`,
+`attempt_finished`, `items_aggregated`); the conductor updates its in-memory
+copies and `flush()` returns the commands, with at most one write per row.
+
+No I/O, no clock, no randomness: the same snapshot and events always give the
+same commands (retry jitter is derived from a hash of the task occurrence).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import replace
+from typing import Any
+
+import jsonschema
+
+from attune_pg import template
+from attune_pg.engine.state import (
+    AggregateItems,
+    Attempt,
+    CancelPendingItems,
+    Command,
+    Context,
+    Execution,
+    NewTaskRows,
+    Publish,
+    ReleaseItems,
+    TaskState,
+    WriteExecution,
+    WriteTaskState,
+)
+from attune_pg.errors import ParameterError, TemplateError
+from attune_pg.spec.model import DEFAULT_ITERATION_CAP, TaskSpec
+from attune_pg.spec.params import validate_parameters
+
+Json = Any
+
+FAILED = frozenset({"failed", "timed_out"})
+DONE = frozenset({"succeeded", "failed", "timed_out", "canceled", "skipped"})
+# Workflow statuses in which new tasks are dispatched.
+DISPATCHING = frozenset({"running"})
+# Statuses from which the workflow finishes once nothing is active.
+FINISHABLE = frozenset({"running", "canceling"})
+
+
+def error_of(kind: str, message: str, **extra: Json) -> dict[str, Json]:
+    return {"type": kind, "message": message, **extra}
+
+
+class Conductor:
+    def __init__(
+        self,
+        execution: Execution,
+        tasks: dict[str, TaskState],
+        ctx: Context,
+        *,
+        iteration_cap: int = DEFAULT_ITERATION_CAP,
+    ) -> None:
+        self.spec = execution.spec
+        self.ctx = ctx
+        self.iteration_cap = iteration_cap
+        self._before = execution
+        self.status = execution.status
+        self.vars = dict(execution.vars)
+        self.parameters = dict(execution.parameters)
+        self.active = execution.active_tasks
+        self.error = execution.error
+        self.output: Json = execution.output
+        self.timeout_at: float | None = None
+        self.execution = execution
+        # Latest iteration of each task (what templates see as task.<name>).
+        self.latest: dict[str, TaskState] = dict(tasks)
+        # Every state touched in this transaction, with its status when loaded.
+        self._states: dict[tuple[str, int], TaskState] = {s.key: s for s in tasks.values()}
+        self._loaded: dict[tuple[str, int], str | None] = {s.key: s.status for s in tasks.values()}
+        self._dirty: list[tuple[str, int]] = []
+        self._commands: list[Command] = []
+
+    # ------------------------------------------------------------ events
+
+    def start(self) -> None:
+        """A requested execution begins: validate parameters, set vars, run start tasks."""
+        self.status = "running"
+        where = f"workflow {self.spec.ref!r}"
+        try:
+            self.parameters = validate_parameters(
+                self.spec.parameters, self.execution.parameters, where=where
+            )
+            rendered = template.render(self.spec.vars, self._scope(), where=f"{where} vars")
+        except (ParameterError, TemplateError) as exc:
+            # Bad input ends the execution before any task exists.
+            self._fail_workflow(error_of(type(exc).__name__, str(exc)))
+            self._check_complete()
+            return
+        self.vars = dict(rendered) if isinstance(rendered, dict) else {}
+        if self.spec.timeout:
+            self.timeout_at = self.ctx.now + self.spec.timeout
+        for task in self.spec.start_tasks():
+            self._trigger(task.name)
+        self._check_complete()
+
+    def add_state(self, state: TaskState) -> None:
+        """Make a (possibly older) iteration known before an attempt of it finishes."""
+        self._states.setdefault(state.key, state)
+        self._loaded.setdefault(state.key, state.status)
+
+    def attempt_finished(self, attempt: Attempt) -> None:
+        spec = self.spec.task(attempt.task_name)
+        state = self._states[(attempt.task_name, attempt.iteration)]
+        if attempt.status in FAILED and self._should_retry(spec, attempt):
+            return
+        if attempt.item_index is None:
+            self._task_done(state, attempt.status, attempt.result, attempt.error)
+            return
+        self._item_done(spec, state, attempt)
+
+    def items_aggregated(
+        self, task_name: str, iteration: int, results: list[Json], failed_items: list[int]
+    ) -> None:
+        """All released items of a with-items task finished; `results` is in item order."""
+        state = self._states[(task_name, iteration)]
+        total = state.items_total or 0
+        result = {"results": results, "failed_items": failed_items, "total_count": total}
+        if failed_items:
+            shown = ", ".join(str(i) for i in failed_items[:10])
+            more = "" if len(failed_items) <= 10 else f" and {len(failed_items) - 10} more"
+            error = error_of(
+                "ItemsFailed",
+                f"{len(failed_items)} of {total} items failed (indices {shown}{more})",
+            )
+            self._task_done(state, "failed", result, error)
+        elif state.items_done < total:
+            self._task_done(state, "canceled", result, None)
+        else:
+            self._task_done(state, "succeeded", result, None)
+
+    # ------------------------------------------------------------ output
+
+    def flush(self) -> list[Command]:
+        """The commands for everything that changed, then forget them."""
+        commands = [
+            WriteTaskState(self._states[key], self._loaded.get(key)) for key in self._dirty
+        ]
+        commands.extend(self._commands)
+        for key in self._dirty:
+            self._loaded[key] = self._states[key].status
+        self._dirty = []
+        self._commands = []
+        before = self._before
+        if (
+            self.status != before.status
+            or self.parameters != before.parameters
+            or self.vars != before.vars
+            or self.active != before.active_tasks
+            or self.error != before.error
+            or self.output != before.output
+            or self.timeout_at is not None
+        ):
+            commands.append(
+                WriteExecution(
+                    before=before.status,
+                    status=self.status,
+                    parameters=self.parameters,
+                    vars=self.vars,
+                    active_tasks=self.active,
+                    error=self.error,
+                    output=self.output,
+                    timeout_at=self.timeout_at,
+                )
+            )
+            self._before = replace(
+                before,
+                status=self.status,
+                parameters=dict(self.parameters),
+                vars=dict(self.vars),
+                active_tasks=self.active,
+                error=self.error,
+                output=self.output,
+            )
+            self.timeout_at = None
+        return commands
+
+    # ------------------------------------------------------------ internals
+
+    def _put(self, state: TaskState) -> None:
+        if state.key not in self._dirty:
+            self._dirty.append(state.key)
+        self._states[state.key] = state
+        latest = self.latest.get(state.name)
+        if latest is None or latest.iteration <= state.iteration:
+            self.latest[state.name] = state
+
+    def _dispatching(self) -> bool:
+        return self.status in DISPATCHING and self.error is None
+
+    def _scope(
+        self,
+        current: template.CurrentTask | None = None,
+        *,
+        item: Json = template.MISSING,
+        index: Json = template.MISSING,
+    ) -> dict[str, Json]:
+        tasks: dict[str, dict[str, Json]] = {}
+        for name, state in self.latest.items():
+            view: dict[str, Json] = {
+                "status": state.status,
+                "result": state.result,
+                "error": state.error,
+            }
+            if state.items_total is not None and isinstance(state.result, dict):
+                view["results"] = state.result.get("results")
+                view["failed_items"] = state.result.get("failed_items")
+                view["total_count"] = state.result.get("total_count")
+            tasks[name] = view
+        system = {
+            "execution_id": self.execution.id,
+            "workflow_ref": self.spec.ref,
+            "timestamp": self.ctx.now,
+            "started_at": self.execution.started_at,
+            "depth": self.execution.depth,
+            "identity": {"login": self.execution.requested_by},
+        }
+        return template.build_scope(
+            parameters=self.parameters,
+            vars=self.vars,
+            tasks=tasks,
+            pack_config=self.execution.pack_config,
+            system=system,
+            kv=self.ctx.kv,
+            current=current,
+            item=item,
+            index=index,
+        )
+
+    def _fail_workflow(self, error: dict[str, Json]) -> None:
+        """Record the first unhandled failure; nothing new is dispatched after it."""
+        if self.error is None:
+            self.error = error
+
+    # -- retries
+
+    def _should_retry(self, spec: TaskSpec, attempt: Attempt) -> bool:
+        policy = spec.retry
+        if policy is None or attempt.attempt > policy.count or not self._dispatching():
+            return False
+        if policy.on_error:
+            current = template.CurrentTask(attempt.status, attempt.result, attempt.error)
+            where = f"task {spec.name!r} retry.on_error"
+            try:
+                if not template.truthy(
+                    template.render(policy.on_error, self._scope(current), where=where)
+                ):
+                    return False
+            except TemplateError as exc:
+                self._fail_workflow(error_of("TemplateError", str(exc), task=spec.name))
+                return False
+        nxt = attempt.attempt + 1
+        delay = policy.delay_before(nxt)
+        if policy.jitter:
+            seed = f"{self.execution.id}:{spec.name}:{attempt.iteration}:{attempt.item_index}:{nxt}"
+            delay += delay * policy.jitter * (zlib.crc32(seed.encode()) / 0xFFFFFFFF)
+        self._commands.append(
+            NewTaskRows(
+                task_name=spec.name,
+                iteration=attempt.iteration,
+                action_ref=attempt.action_ref,
+                attempt=nxt,
+                items=((attempt.item_index, attempt.input),),
+                release=1,
+                delay=delay,
+                timeout=self._timeout(spec),
+            )
+        )
+        return True
+
+    # -- with-items
+
+    def _item_done(self, spec: TaskSpec, state: TaskState, attempt: Attempt) -> None:
+        failed = attempt.status != "succeeded"
+        state = replace(
+            state,
+            items_done=state.items_done + 1,
+            items_failed=state.items_failed + (1 if failed else 0),
+        )
+        total = state.items_total or 0
+        keep_going = self._dispatching() and state.items_failed == 0
+        if keep_going and state.items_released < total:
+            self._commands.append(ReleaseItems(spec.name, state.iteration, 1))
+            state = replace(state, items_released=state.items_released + 1)
+        self._put(state)
+        if state.items_done < state.items_released:
+            return  # items still in flight
+        if state.items_released < total and keep_going:
+            return
+        if state.items_released < total:
+            self._commands.append(CancelPendingItems(spec.name, state.iteration))
+        self._commands.append(AggregateItems(spec.name, state.iteration))
+
+    # -- finishing a task and following its transitions
+
+    def _task_done(self, state: TaskState, status: str, result: Json, error: Json) -> None:
+        if state.status == "running":
+            self.active -= 1
+        state = replace(state, status=status, result=result, error=error)
+        self._put(state)
+        if status != "canceled":
+            self._route(state)
+        self._check_complete()
+
+    def _route(self, state: TaskState) -> None:
+        spec = self.spec.task(state.name)
+        current = template.CurrentTask(state.status, state.result, state.error)
+        handled = False
+        for number, transition in enumerate(spec.next):
+            where = f"task {spec.name!r} next[{number}]"
+            try:
+                if transition.when is not None and not template.truthy(
+                    template.render(transition.when, self._scope(current), where=f"{where}.when")
+                ):
+                    continue
+                handled = True
+                if transition.publish:
+                    published: dict[str, Json] = {}
+                    for name, value in transition.publish:
+                        published[name] = template.render(
+                            value, self._scope(current), where=f"{where}.publish.{name}"
+                        )
+                        self.vars[name] = published[name]
+                    self._commands.append(Publish(spec.name, published))
+            except TemplateError as exc:
+                self._fail_workflow(error_of("TemplateError", str(exc), task=spec.name))
+                return
+            for target in transition.do:
+                self._trigger(target)
+            if spec.first_match:
+                break
+        if state.status in FAILED and not handled:
+            message = (state.error or {}).get("message", "") if isinstance(state.error, dict) else ""
+            self._fail_workflow(
+                error_of(
+                    "TaskFailed",
+                    f"task {spec.name!r} {state.status.replace('_', ' ')}"
+                    + (f": {message}" if message else ""),
+                    task=spec.name,
+                )
+            )
+
+    def _trigger(self, name: str) -> None:
+        if not self._dispatching():
+            return
+        spec = self.spec.task(name)
+        latest = self.latest.get(name)
+        if spec.join is None:
+            self._new_iteration(spec, latest)
+            return
+        inbound = self.spec.inbound(name)
+        required = inbound if spec.join == "all" else int(spec.join)
+        if latest is not None and latest.join_required is not None:
+            if latest.status == "pending":
+                latest = replace(latest, join_arrivals=latest.join_arrivals + 1)
+                if latest.join_arrivals >= latest.join_required:
+                    self._dispatch(spec, latest)
+                else:
+                    self._put(latest)
+                return
+            if latest.join_arrivals < inbound:
+                # A `join: N` already fired; the remaining inbound arrivals of
+                # that round are absorbed instead of starting a new round.
+                self._put(replace(latest, join_arrivals=latest.join_arrivals + 1))
+                return
+        iteration = self._next_iteration(spec, latest)
+        if iteration is None:
+            return
+        state = TaskState(spec.name, iteration, "pending", join_required=required, join_arrivals=1)
+        if required <= 1:
+            self._dispatch(spec, state)
+        else:
+            self._put(state)
+
+    def _next_iteration(self, spec: TaskSpec, latest: TaskState | None) -> int | None:
+        iteration = latest.iteration + 1 if latest else 1
+        if iteration > self.iteration_cap:
+            self._fail_workflow(
+                error_of(
+                    "IterationCap",
+                    f"task {spec.name!r} was triggered more than {self.iteration_cap} times",
+                    task=spec.name,
+                )
+            )
+            return None
+        return iteration
+
+    def _new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> None:
+        iteration = self._next_iteration(spec, latest)
+        if iteration is not None:
+            self._dispatch(spec, TaskState(spec.name, iteration, "pending"))
+
+    def _timeout(self, spec: TaskSpec) -> float | None:
+        action = self.ctx.actions.get(spec.action or "")
+        limits = [t for t in (spec.timeout, action.timeout if action else None) if t]
+        return min(limits) if limits else None
+
+    def _dispatch(self, spec: TaskSpec, state: TaskState) -> None:
+        """Run the task occurrence `state` (new, or a pending join now satisfied)."""
+        where = f"task {spec.name!r}"
+        try:
+            if spec.when is not None and not template.truthy(
+                template.render(spec.when, self._scope(), where=f"{where} when")
+            ):
+                self._put(replace(state, status="skipped"))
+                return
+        except TemplateError as exc:
+            self._fail_before_run(state, error_of("TemplateError", str(exc)))
+            return
+        running = replace(state, status="running")
+        self.active += 1
+        if spec.kind == "parallel":
+            self._put(running)
+            self._task_done(
+                running,
+                "failed",
+                None,
+                error_of("NotSupported", "type: parallel blocks are not supported yet"),
+            )
+            return
+        action = self.ctx.actions.get(spec.action or "")
+        if action is None:
+            self._put(running)
+            self._task_done(
+                running,
+                "failed",
+                None,
+                error_of("UnknownAction", f"action {spec.action!r} is not registered"),
+            )
+            return
+        try:
+            items = self._items(spec)
+            inputs = self._inputs(spec, items, action.parameters)
+        except (TemplateError, ParameterError) as exc:
+            self._put(running)
+            self._task_done(running, "failed", None, error_of(type(exc).__name__, str(exc)))
+            return
+        if items is None:
+            self._put(running)
+            self._commands.append(
+                NewTaskRows(
+                    task_name=spec.name,
+                    iteration=state.iteration,
+                    action_ref=action.ref,
+                    attempt=1,
+                    items=((None, inputs[0]),),
+                    release=1,
+                    delay=spec.delay or 0.0,
+                    timeout=self._timeout(spec),
+                )
+            )
+            return
+        total = len(inputs)
+        release = min(spec.concurrency or total, total)
+        running = replace(running, items_total=total, items_released=release)
+        self._put(running)
+        if total == 0:
+            result = {"results": [], "failed_items": [], "total_count": 0}
+            self._task_done(running, "succeeded", result, None)
+            return
+        self._commands.append(
+            NewTaskRows(
+                task_name=spec.name,
+                iteration=state.iteration,
+                action_ref=action.ref,
+                attempt=1,
+                items=tuple(enumerate(inputs)),
+                release=release,
+                delay=spec.delay or 0.0,
+                timeout=self._timeout(spec),
+            )
+        )
+
+    def _fail_before_run(self, state: TaskState, error: dict[str, Json]) -> None:
+        running = replace(state, status="running")
+        self.active += 1
+        self._put(running)
+        self._task_done(running, "failed", None, error)
+
+    def _items(self, spec: TaskSpec) -> list[Json] | None:
+        if spec.with_items is None:
+            return None
+        where = f"task {spec.name!r} with_items"
+        value = template.render(spec.with_items, self._scope(), where=where)
+        if not isinstance(value, list):
+            raise TemplateError(
+                f"{where}: must render to a list, got {type(value).__name__}: {str(value)[:80]!r}"
+            )
+        if spec.batch_size:
+            size = spec.batch_size
+            return [value[i : i + size] for i in range(0, len(value), size)]
+        return value
+
+    def _inputs(
+        self, spec: TaskSpec, items: list[Json] | None, schema: dict[str, Json]
+    ) -> list[dict[str, Json]]:
+        where = f"task {spec.name!r} input"
+        if items is None:
+            rendered = template.render(spec.input, self._scope(), where=where)
+            return [validate_parameters(schema, rendered, where=where)]
+        out = []
+        for index, item in enumerate(items):
+            rendered = template.render(
+                spec.input, self._scope(item=item, index=index), where=f"{where} (item {index})"
+            )
+            out.append(validate_parameters(schema, rendered, where=f"{where} (item {index})"))
+        return out
+
+    # -- completion
+
+    def _check_complete(self) -> None:
+        if self.active > 0 or self.status not in FINISHABLE:
+            return
+        waiting = [s for s in self.latest.values() if s.status == "pending"]
+        if self.error is None and self.status == "running":
+            for state in waiting:
+                self._fail_workflow(
+                    error_of(
+                        "JoinNeverFired",
+                        f"task {state.name!r} waits for {state.join_required} inbound "
+                        f"transitions but only {state.join_arrivals} arrived",
+                        task=state.name,
+                    )
+                )
+        for state in waiting:
+            self._put(replace(state, status="canceled"))
+        if self.status == "canceling":
+            self.status = "canceled"
+        elif self.error is not None:
+            self.status = "failed"
+        else:
+            self._finish_success()
+
+    def _finish_success(self) -> None:
+        output: Json = None
+        if self.spec.output_map is not None:
+            try:
+                output = template.render(
+                    self.spec.output_map, self._scope(), where=f"workflow {self.spec.ref!r} output_map"
+                )
+            except TemplateError as exc:
+                self.error = error_of("TemplateError", str(exc))
+                self.status = "failed"
+                return
+        if self.spec.output is not None:
+            problem = jsonschema.exceptions.best_match(
+                jsonschema.Draft202012Validator(self.spec.output).iter_errors(output)
+            )
+            if problem is not None:
+                path = ".".join(str(p) for p in problem.absolute_path) or "(root)"
+                self.error = error_of(
+                    "OutputInvalid", f"output {path}: {problem.message}"[:500]
+                )
+                self.output = output
+                self.status = "failed"
+                return
+        self.output = output
+        self.status = "succeeded"

@@ -1,0 +1,168 @@
+"""What the conductor reads (a snapshot) and what it writes (commands).
+
+The store turns rows into these and commands back into guarded SQL; the
+conductor never sees a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from attune_pg.spec.model import ActionSpec, WorkflowSpec
+
+Json = Any
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The locked `workflow_execution` row, as the conductor needs it."""
+
+    id: int
+    ref: str
+    status: str
+    spec: WorkflowSpec
+    parameters: dict[str, Json]
+    vars: dict[str, Json]
+    active_tasks: int
+    error: dict[str, Json] | None = None
+    output: Json = None
+    pack_config: dict[str, Json] = field(default_factory=dict)
+    requested_by: str = ""
+    started_at: float | None = None  # epoch seconds
+    depth: int = 0
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One `task_state` row: a logical task occurrence (task name + iteration)."""
+
+    name: str
+    iteration: int
+    status: str
+    join_required: int | None = None
+    join_arrivals: int = 0
+    items_total: int | None = None
+    items_released: int = 0
+    items_done: int = 0
+    items_failed: int = 0
+    result: Json = None
+    error: dict[str, Json] | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.name, self.iteration)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A `task_execution` row that just reached a terminal status."""
+
+    task_execution_id: int
+    task_name: str
+    iteration: int
+    item_index: int | None
+    attempt: int
+    action_ref: str
+    input: dict[str, Json]
+    status: str  # succeeded | failed | timed_out | canceled
+    result: Json = None
+    error: dict[str, Json] | None = None
+
+
+class KVLookup(Protocol):
+    def get(self, key: str, default: Json = None) -> Json: ...
+
+    def get_secret(self, key: str) -> Json: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything from outside the snapshot: the DB clock, actions, kv."""
+
+    now: float  # epoch seconds, from the database clock
+    actions: Mapping[str, ActionSpec]
+    kv: KVLookup | None = None
+
+
+# ----------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class WriteTaskState:
+    """Insert (`before` is None) or update a task_state row guarded by its old status."""
+
+    state: TaskState
+    before: str | None
+
+
+@dataclass(frozen=True)
+class NewTaskRows:
+    """Create task_execution rows: the first `release` scheduled, the rest pending."""
+
+    task_name: str
+    iteration: int
+    action_ref: str
+    attempt: int
+    items: tuple[tuple[int | None, dict[str, Json]], ...]  # (item_index, input)
+    release: int
+    delay: float = 0.0
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseItems:
+    """Promote the next `count` pending items (by item_index) to scheduled."""
+
+    task_name: str
+    iteration: int
+    count: int
+
+
+@dataclass(frozen=True)
+class CancelPendingItems:
+    task_name: str
+    iteration: int
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Audit record of variables published by a task's transition."""
+
+    task_name: str
+    values: dict[str, Json]
+
+
+@dataclass(frozen=True)
+class AggregateItems:
+    """All items of a with-items task are done: the store loads their results
+    (one query, once per task) and hands them to `Conductor.items_aggregated`."""
+
+    task_name: str
+    iteration: int
+
+
+@dataclass(frozen=True)
+class WriteExecution:
+    """Update the workflow_execution row, guarded by its status `before`."""
+
+    before: str
+    status: str
+    parameters: dict[str, Json]  # with defaults applied at start
+    vars: dict[str, Json]
+    active_tasks: int
+    error: dict[str, Json] | None
+    output: Json
+    timeout_at: float | None = None
+
+
+Command = (
+    WriteTaskState
+    | NewTaskRows
+    | ReleaseItems
+    | CancelPendingItems
+    | Publish
+    | AggregateItems
+    | WriteExecution
+)

@@ -1,0 +1,29 @@
+"""Discover, validate and register packs: all files of all packs, or nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+
+from attune_pg.spec.model import PackSpec
+from attune_pg.spec.packfiles import load_packs
+from attune_pg.store import catalog
+
+
+def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
+    """Validate every pack under `path` and register them in one transaction.
+
+    Validation happens before the transaction opens; a file that fails raises a
+    SpecError naming file, line and field, and the database is not touched.
+    """
+    with conn.transaction():
+        known = catalog.registered_action_refs(conn)
+        packs = load_packs(Path(path), known)
+        sources: dict[str, str] = {}
+        for pack in packs:
+            for workflow in pack.workflows:
+                if workflow.source_file:
+                    sources[workflow.ref] = Path(workflow.source_file).read_text(encoding="utf-8")
+        catalog.register_packs(conn, packs, sources)
+    return packs

@@ -1,0 +1,227 @@
+"""Schema-valid workflow data -> the canonical frozen `WorkflowSpec`.
+
+Every shorthand folds into `TaskSpec.next`, in the order the keys appear in the task:
+- `on_success`/`on_failure`/`on_timeout` -> a transition guarded by succeeded()/failed()/
+  timed_out(); `on_complete` -> an unguarded one;
+- task-level `publish` -> published on success: attached to `on_success` if there is one,
+  else its own `{{ succeeded() }}` transition with nothing to do;
+- `decision` -> ordered transitions plus an unguarded `default`, with `first_match=True`.
+`Source` remembers which YAML path each task, transition and publish entry came from, so
+later checks can point at the exact line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from attune_pg.spec.model import (
+    Backoff,
+    CancellationPolicy,
+    RetryPolicy,
+    TaskSpec,
+    Transition,
+    WorkflowSpec,
+)
+from attune_pg.spec.params import parameters_schema
+from attune_pg.spec.yaml_lines import Document, Path, Problem, one_line
+
+SUCCEEDED = "{{ succeeded() }}"
+FAILED = "{{ failed() }}"
+TIMED_OUT = "{{ timed_out() }}"
+RESULT = "{{ result() }}"
+
+SHORTHANDS: dict[str, str | None] = {
+    "on_success": SUCCEEDED,
+    "on_failure": FAILED,
+    "on_timeout": TIMED_OUT,
+    "on_complete": None,
+}
+TRANSITION_KEYS = frozenset({"next", "publish", "decision", *SHORTHANDS})
+# A parallel block only coordinates its sub-tasks; these belong on the sub-tasks.
+_NOT_ON_PARALLEL = ("action", "input", "with_items", "batch_size", "concurrency", "retry",
+                    "timeout", "delay")  # fmt: skip
+
+Publish = tuple[tuple[str, Any], ...]
+
+
+@dataclass
+class Source:
+    """Where the parts of a normalised workflow were written."""
+
+    doc: Document
+    transitions: dict[tuple[str, int], Path] = field(default_factory=dict)
+    publishes: dict[tuple[str, int, int], Path] = field(default_factory=dict)
+
+
+def normalize_workflow(doc: Document, *, ref: str) -> tuple[WorkflowSpec, Source]:
+    """Fold a schema-valid document into a WorkflowSpec; raises Problem on cross-key errors."""
+    data: dict[str, Any] = doc.data
+    source = Source(doc)
+    tasks = tuple(_task(raw, ("tasks", i), source) for i, raw in enumerate(data["tasks"]))
+    output = data.get("output")
+    if output is not None:
+        _check_schema(output, ("output",))
+    spec = WorkflowSpec(
+        ref=ref,
+        label=data["label"],
+        version=data["version"],
+        tasks=tasks,
+        description=data.get("description", ""),
+        parameters=parameters_schema(data.get("parameters")),
+        output=output,
+        vars=dict(data.get("vars") or {}),
+        output_map=data.get("output_map"),
+        tags=tuple(data.get("tags") or ()),
+        timeout=_seconds(data.get("timeout")),
+        cancellation_policy=cast(
+            CancellationPolicy, data.get("cancellation_policy", "allow_finish")
+        ),
+        source_file=doc.file,
+    )
+    return spec, source
+
+
+def _check_schema(schema: dict[str, Any], path: Path) -> None:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise Problem(
+            (*path, *exc.path), f"invalid JSON Schema: {one_line(exc.message, 160)}"
+        ) from None
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _task(raw: dict[str, Any], path: Path, source: Source) -> TaskSpec:
+    name: str = raw["name"]
+    kind = raw.get("type", "action")
+    if kind == "parallel":
+        for key in _NOT_ON_PARALLEL:
+            if key in raw:
+                raise Problem(
+                    (*path, key), f"a parallel block cannot have {key!r}; put it on its sub-tasks"
+                )
+        if "tasks" not in raw:
+            raise Problem((*path, "type"), "a parallel block needs 'tasks' (its sub-tasks)")
+    elif "tasks" in raw:
+        raise Problem((*path, "tasks"), "only a block with 'type: parallel' can have sub-tasks")
+    transitions, first_match = _transitions(raw, path, name, source)
+    subtasks = tuple(
+        _task(child, (*path, "tasks", i), source) for i, child in enumerate(raw.get("tasks", ()))
+    )
+    retry = raw.get("retry")
+    return TaskSpec(
+        name=name,
+        kind=kind,
+        action=raw.get("action"),
+        input=dict(raw.get("input") or {}),
+        when=raw.get("when"),
+        with_items=raw.get("with_items"),
+        batch_size=raw.get("batch_size"),
+        concurrency=raw.get("concurrency"),
+        retry=_retry(retry) if retry is not None else None,
+        timeout=_seconds(raw.get("timeout")),
+        delay=_seconds(raw.get("delay")),
+        join=raw.get("join"),
+        next=transitions,
+        first_match=first_match,
+        tasks=subtasks,
+        line=source.doc.line(path),
+    )
+
+
+def _retry(raw: dict[str, Any]) -> RetryPolicy:
+    return RetryPolicy(
+        count=raw["count"],
+        delay=float(raw.get("delay", 0.0)),
+        backoff=cast(Backoff, raw.get("backoff", "constant")),
+        max_delay=_seconds(raw.get("max_delay")),
+        jitter=float(raw.get("jitter", 0.0)),
+        on_error=raw.get("on_error"),
+    )
+
+
+def _transitions(
+    raw: dict[str, Any], path: Path, name: str, source: Source
+) -> tuple[tuple[Transition, ...], bool]:
+    out: list[Transition] = []
+
+    def add(when: str | None, publish: Any, publish_path: Path, do: Any, origin: Path) -> None:
+        index = len(out)
+        source.transitions[(name, index)] = origin
+        pairs = _publish(publish, publish_path, name, index, source) if publish is not None else ()
+        out.append(Transition(when=when, publish=pairs, do=targets(do)))
+
+    if "decision" in raw:
+        others = sorted(set(raw) & (TRANSITION_KEYS - {"decision"}))
+        if others:
+            raise Problem(
+                (*path, others[0]),
+                f"'decision' cannot be combined with {others[0]!r}; "
+                "write all the transitions under 'next' instead",
+            )
+        return _decision(raw["decision"], (*path, "decision"), name, source), True
+
+    for key in raw:
+        here = (*path, key)
+        if key == "next":
+            for i, entry in enumerate(raw["next"]):
+                pub = entry.get("publish")
+                add(entry.get("when"), pub, (*here, i, "publish"), entry.get("do"), (*here, i))
+        elif key in SHORTHANDS:
+            pub = raw.get("publish") if key == "on_success" else None
+            add(SHORTHANDS[key], pub, (*path, "publish"), raw[key], here)
+        elif key == "publish" and "on_success" not in raw:
+            add(SUCCEEDED, raw[key], here, None, here)
+    return tuple(out), False
+
+
+def _decision(
+    entries: list[dict[str, Any]], path: Path, name: str, source: Source
+) -> tuple[Transition, ...]:
+    out: list[Transition] = []
+    for i, entry in enumerate(entries):
+        source.transitions[(name, i)] = (*path, i)
+        if "default" in entry:
+            if i != len(entries) - 1:
+                raise Problem((*path, i), "'default' must be the last decision entry")
+            out.append(Transition(when=None, do=targets(entry["default"])))
+        else:
+            out.append(Transition(when=entry["when"], do=targets(entry["next"])))
+    return tuple(out)
+
+
+def targets(value: Any) -> tuple[str, ...]:
+    """`do`/`on_*` targets: a name, a list of names, or nothing."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _publish(value: Any, path: Path, name: str, index: int, source: Source) -> Publish:
+    """Publish forms -> ordered (variable, value) pairs; a bare name publishes the result."""
+    pairs: list[tuple[str, Any]] = []
+    paths: list[Path] = []
+    if isinstance(value, str):
+        pairs.append((value, RESULT))
+        paths.append(path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            pairs.append((key, item))
+            paths.append((*path, key))
+    else:
+        for i, entry in enumerate(value):
+            ((key, item),) = entry.items()
+            pairs.append((key, item))
+            paths.append((*path, i, key))
+    for j, where in enumerate(paths):
+        source.publishes[(name, index, j)] = where
+    return tuple(pairs)

@@ -1,0 +1,260 @@
+"""Pack directories -> `PackSpec`: pack.yaml, actions/*.yaml and workflows/*.yaml.
+
+All-or-nothing: the first invalid file raises a located SpecError and nothing is returned.
+Layout (DESIGN section 5):
+
+    <pack>/pack.yaml          ref (= directory name), version, label, description,
+                              config_schema, config (defaults applied, then validated)
+    <pack>/actions/<a>.yaml   name, runner (python|shell|http|builtin), entry_point,
+                              description, parameters, output_schema, timeout
+    <pack>/actions/<a>.py     code of python actions (entry_point "file.py:function")
+    <pack>/workflows/<w>.yaml (or .yml) workflows, ref <pack>.<w>; each is also an action
+
+Files whose names start with "." (editor leftovers) are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Set
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from attune_pg.errors import ParameterError, SpecError
+from attune_pg.spec.checks import check_actions, check_inputs
+from attune_pg.spec.loader import load_workflow_source, read_source, validate_document
+from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
+from attune_pg.spec.normalize import Source
+from attune_pg.spec.params import parameters_schema, validate_parameters
+from attune_pg.spec.yaml_lines import Document, Problem, load_yaml, one_line
+
+_NAME = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+_ENTRY_RE = re.compile(r"^([^:]+\.py):([A-Za-z_][A-Za-z0-9_]*)$")
+
+PACK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["ref", "version"],
+    "additionalProperties": False,
+    "properties": {
+        "ref": {"type": "string", "pattern": _NAME},
+        "label": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "version": {"type": "string", "minLength": 1},
+        "config_schema": {"type": "object"},
+        "config": {"type": "object"},
+    },
+}
+
+ACTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "runner"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": _NAME},
+        "description": {"type": "string"},
+        "runner": {"enum": ["python", "shell", "http", "builtin"]},
+        "entry_point": {"type": "string", "minLength": 1},
+        "parameters": {"type": "object"},
+        "output_schema": {"type": "object"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+_PACK_VALIDATOR = Draft202012Validator(PACK_SCHEMA)
+_ACTION_VALIDATOR = Draft202012Validator(ACTION_SCHEMA)
+
+
+def find_pack_dirs(path: str | Path) -> list[Path]:
+    """`path` itself if it is a pack, else its sub-directories that are packs, sorted."""
+    root = Path(path)
+    if not root.is_dir():
+        raise SpecError("no such directory", file=str(path))
+    if (root / "pack.yaml").is_file():
+        return [root]
+    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "pack.yaml").is_file())
+
+
+def load_pack_dir(path: str | Path) -> PackSpec:
+    """Load and check one pack (references to other packs are checked by `load_packs`)."""
+    return _load_pack(Path(path))[0]
+
+
+def load_packs(path: str | Path, known_action_refs: Set[str] = frozenset()) -> list[PackSpec]:
+    """Load every pack under `path`, then check each workflow's actions and inputs against
+    `known_action_refs` plus all actions and workflows of the packs loaded together."""
+    loaded = [_load_pack(d) for d in find_pack_dirs(path)]
+    actions = all_actions(pack for pack, _ in loaded)
+    known = set(known_action_refs) | set(actions)
+    for pack, sources in loaded:
+        for wf in pack.workflows:
+            check_actions(wf, known, sources[wf.ref])
+            check_inputs(wf, actions, sources[wf.ref])
+    return [pack for pack, _ in loaded]
+
+
+def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
+    doc = _load_doc(root / "pack.yaml")
+    validate_document(doc, _PACK_VALIDATOR)
+    data: dict[str, Any] = doc.data
+    ref: str = data["ref"]
+    dirname = root.resolve().name
+    if ref != dirname:
+        raise doc.error(f"pack ref {ref!r} must equal its directory name {dirname!r}", ("ref",))
+    config_schema, config = _config(doc)
+    pack_path = str(root.resolve())
+
+    actions: dict[str, ActionSpec] = {}
+    for file in _yaml_files(root / "actions"):
+        action, line = _load_action(file, ref, pack_path)
+        _refuse_duplicate(actions, action.ref, file, line)
+        actions[action.ref] = action
+
+    workflows: list[WorkflowSpec] = []
+    sources: dict[str, Source] = {}
+    for file in _yaml_files(root / "workflows"):
+        wf, source = load_workflow_source(read_source(file), file=str(file), pack=ref)
+        _refuse_duplicate(actions, wf.ref, file)
+        actions[wf.ref] = _workflow_action(wf, pack_path)
+        workflows.append(wf)
+        sources[wf.ref] = source
+
+    # References into this very pack can be checked now; other packs' refs in load_packs.
+    for wf in workflows:
+        foreign = {t.action for t in wf.all_tasks() if t.action and t.action.split(".")[0] != ref}
+        check_actions(wf, set(actions) | foreign, sources[wf.ref])
+        check_inputs(wf, actions, sources[wf.ref])
+
+    pack = PackSpec(
+        ref=ref,
+        label=data.get("label", ref),
+        version=data["version"],
+        path=pack_path,
+        description=data.get("description", ""),
+        config_schema=config_schema,
+        config=config,
+        actions=tuple(actions.values()),
+        workflows=tuple(workflows),
+    )
+    return pack, sources
+
+
+def _load_doc(file: Path) -> Document:
+    doc = load_yaml(read_source(file), file=str(file))
+    if not isinstance(doc.data, dict):
+        raise doc.error(f"{file.name} must be a mapping")
+    return doc
+
+
+def _config(doc: Document) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    config: dict[str, Any] = doc.data.get("config") or {}
+    if "config_schema" not in doc.data:
+        return None, config
+    try:
+        schema = parameters_schema(doc.data["config_schema"], ("config_schema",))
+    except Problem as problem:
+        raise doc.problem(problem) from None
+    try:
+        return schema, validate_parameters(schema, config, where="")
+    except ParameterError as exc:
+        raise doc.error(str(exc), ("config",)) from None
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    if not directory.exists():
+        return []
+    if not directory.is_dir():
+        raise SpecError("not a directory", file=str(directory))
+    files = sorted(
+        f
+        for f in directory.iterdir()
+        if f.suffix in (".yaml", ".yml") and not f.name.startswith(".")
+    )
+    stems: dict[str, Path] = {}
+    for f in files:
+        if f.stem in stems:
+            raise SpecError(f"{stems[f.stem].name} and {f.name} define the same name", file=str(f))
+        stems[f.stem] = f
+    return files
+
+
+def _refuse_duplicate(
+    actions: dict[str, ActionSpec], ref: str, file: Path, line: int | None = None
+) -> None:
+    if ref in actions:
+        raise SpecError(
+            f"{ref!r} is already defined by {actions[ref].source_file}", file=str(file), line=line
+        )
+
+
+def _load_action(file: Path, pack: str, pack_path: str) -> tuple[ActionSpec, int | None]:
+    """The action of one metadata file, and the line of its name (for duplicate errors)."""
+    doc = _load_doc(file)
+    validate_document(doc, _ACTION_VALIDATOR)
+    data: dict[str, Any] = doc.data
+    entry_point: str | None = data.get("entry_point")
+    if data["runner"] == "python":
+        _check_python_entry(doc, file.parent, entry_point)
+    output_schema = data.get("output_schema")
+    try:
+        parameters = parameters_schema(data.get("parameters"), ("parameters",))
+        if output_schema is not None:
+            Draft202012Validator.check_schema(output_schema)
+    except Problem as problem:
+        raise doc.problem(problem) from None
+    except SchemaError as exc:
+        raise doc.error(
+            f"invalid JSON Schema: {one_line(exc.message, 160)}", ("output_schema", *exc.path)
+        ) from None
+    timeout = data.get("timeout")
+    action = ActionSpec(
+        ref=f"{pack}.{data['name']}",
+        runner=data["runner"],
+        entry_point=entry_point,
+        description=data.get("description", ""),
+        parameters=parameters,
+        output_schema=output_schema,
+        timeout=None if timeout is None else float(timeout),
+        pack_path=pack_path,
+        source_file=str(file),
+    )
+    return action, doc.line(("name",))
+
+
+def _check_python_entry(doc: Document, actions_dir: Path, entry: str | None) -> None:
+    if entry is None:
+        raise doc.error("a python action needs entry_point 'file.py:function'")
+    match = _ENTRY_RE.match(entry)
+    if not match:
+        raise doc.error(
+            f"python entry_point {entry!r} must look like 'file.py:function'", ("entry_point",)
+        )
+    rel = PurePosixPath(match[1])
+    if rel.is_absolute() or ".." in rel.parts or "\\" in match[1]:
+        raise doc.error(
+            f"entry point file {match[1]!r} must be inside the actions directory", ("entry_point",)
+        )
+    if not (actions_dir / rel).is_file():
+        raise doc.error(
+            f"entry point file {match[1]!r} does not exist in {actions_dir}", ("entry_point",)
+        )
+
+
+def _workflow_action(wf: WorkflowSpec, pack_path: str) -> ActionSpec:
+    return ActionSpec(
+        ref=wf.ref,
+        runner="workflow",
+        description=wf.description,
+        parameters=wf.parameters,
+        output_schema=wf.output,
+        timeout=wf.timeout,
+        pack_path=pack_path,
+        source_file=wf.source_file,
+    )
+
+
+def all_actions(packs: Iterable[PackSpec]) -> dict[str, ActionSpec]:
+    """Every action (and workflow-as-action) of `packs` by ref."""
+    return {action.ref: action for pack in packs for action in pack.actions}

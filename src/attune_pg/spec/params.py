@@ -1,0 +1,233 @@
+"""Parameter declarations -> one JSON Schema shape, and validation of actual values.
+
+Workflows, actions and pack configs declare parameters either StackStorm-style
+(`{app: {type: string, required: true}}`) or as a full JSON Schema object (recognised by
+`type: object` or a top-level `properties` map). Both become
+`{"type": "object", "properties": {...}, "required": [...], "additionalProperties": false}`
+so everything downstream (validation, defaults, secrets, input checks) handles one shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+
+from attune_pg.errors import ParameterError
+from attune_pg.spec.yaml_lines import Path, Problem, one_line
+
+# Keys a StackStorm-style entry may carry besides plain JSON Schema keywords.
+_ENTRY_KEYS = frozenset({"type", "required", "default", "enum", "items", "description", "secret"})
+# JSON Schema keywords also accepted in an entry, so simple constraints need no full schema.
+_SCHEMA_KEYS = frozenset(
+    {
+        "title", "const", "examples", "format", "pattern", "minLength", "maxLength",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minItems", "maxItems", "uniqueItems", "properties", "additionalProperties",
+        "minProperties", "maxProperties", "anyOf", "oneOf", "allOf", "$defs",
+    }
+)  # fmt: skip
+IDENTIFIER = "^[A-Za-z_][A-Za-z0-9_]*$"
+_TYPES = frozenset({"string", "integer", "number", "boolean", "array", "object", "null"})
+
+
+def empty_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {}, "required": [], "additionalProperties": False}
+
+
+def is_json_schema(value: Mapping[str, Any]) -> bool:
+    """A full JSON Schema object rather than a StackStorm-style map of parameters."""
+    if value.get("type") == "object":
+        return True
+    props = value.get("properties")
+    # A parameter *named* "properties" looks like {"type": "string", ...}; a schema's
+    # properties map holds one schema per name.
+    return isinstance(props, dict) and not isinstance(props.get("type"), str)
+
+
+def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any]:
+    """Normalise a parameter declaration (or None) into the canonical JSON Schema object."""
+    if value is None:
+        return empty_schema()
+    if not isinstance(value, dict):
+        raise Problem(path, "parameters must be a mapping")
+    schema = _from_json_schema(value, path) if is_json_schema(value) else _from_map(value, path)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise Problem(
+            (*path, *_schema_path(exc, value)), f"invalid schema: {one_line(exc.message, 160)}"
+        ) from None
+    for name, prop in schema["properties"].items():
+        if isinstance(prop, dict) and "default" in prop:
+            error = best_match(Draft202012Validator(prop).iter_errors(prop["default"]))
+            if error is not None:
+                where = (*path, "properties", name) if is_json_schema(value) else (*path, name)
+                raise Problem((*where, "default"), f"default {describe(error)}")
+    return schema
+
+
+def _schema_path(exc: SchemaError, value: Mapping[str, Any]) -> Path:
+    # Our map form nests each parameter under "properties"; point back at the user's layout.
+    parts: list[str | int] = list(exc.path)
+    if parts[:1] == ["properties"] and not is_json_schema(value):
+        parts = parts[1:]
+    return tuple(parts)
+
+
+def _from_json_schema(value: dict[str, Any], path: Path) -> dict[str, Any]:
+    if value.get("type", "object") != "object":
+        raise Problem((*path, "type"), "a parameters schema must have type 'object'")
+    schema = copy.deepcopy(value)
+    schema["type"] = "object"
+    schema.setdefault("properties", {})
+    schema.setdefault("required", [])
+    schema.setdefault("additionalProperties", False)
+    if not isinstance(schema["properties"], dict):
+        raise Problem((*path, "properties"), "'properties' must be a mapping")
+    return schema
+
+
+def _from_map(value: dict[str, Any], path: Path) -> dict[str, Any]:
+    schema = empty_schema()
+    for name, entry in value.items():
+        where = (*path, name)
+        if not isinstance(entry, dict):
+            raise Problem(where, f"parameter {name!r} must be a mapping like {{type: string}}")
+        unknown = sorted(set(entry) - _ENTRY_KEYS - _SCHEMA_KEYS)
+        if unknown:
+            raise Problem((*where, unknown[0]), f"unknown key {unknown[0]!r} in parameter {name!r}")
+        kind = entry.get("type")
+        kinds = kind if isinstance(kind, list) else [kind]
+        if kind is not None and not all(isinstance(k, str) and k in _TYPES for k in kinds):
+            raise Problem(
+                (*where, "type"),
+                f"unknown type {show(kind)} (use one of {', '.join(sorted(_TYPES))})",
+            )
+        required = entry.get("required", False)
+        if not isinstance(required, bool):
+            raise Problem((*where, "required"), "'required' must be true or false")
+        secret = entry.get("secret", False)
+        if not isinstance(secret, bool):
+            raise Problem((*where, "secret"), "'secret' must be true or false")
+        prop = {k: copy.deepcopy(v) for k, v in entry.items() if k not in ("required", "secret")}
+        if secret:
+            prop["secret"] = True
+        schema["properties"][name] = prop
+        if required:
+            schema["required"].append(name)
+    return schema
+
+
+def secret_parameters(schema: Mapping[str, Any]) -> set[str]:
+    """Names of the top-level parameters marked `secret: true`."""
+    props = schema.get("properties") or {}
+    return {name for name, prop in props.items() if isinstance(prop, dict) and prop.get("secret")}
+
+
+def apply_defaults(schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `values` with missing properties filled from `default`, recursing into
+    nested objects whose schema declares properties."""
+    out = dict(values)
+    props = schema.get("properties") or {}
+    for name, prop in props.items():
+        if not isinstance(prop, dict):
+            continue
+        if name not in out and "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
+        if isinstance(out.get(name), dict) and isinstance(prop.get("properties"), dict):
+            out[name] = apply_defaults(prop, out[name])
+    return out
+
+
+def validate_parameters(schema: dict[str, Any], values: Any, *, where: str) -> dict[str, Any]:
+    """`values` with defaults applied, or ParameterError naming the first bad parameter."""
+
+    def fail(detail: str) -> ParameterError:
+        return ParameterError(one_line(f"{where}: {detail}" if where else detail))
+
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise fail(f"parameters must be an object, got {show(values)}")
+    props = schema.get("properties") or {}
+    if schema.get("additionalProperties") is False:
+        for name in values:
+            if name not in props:
+                raise fail(f"unknown parameter {name!r}")
+    result = apply_defaults(schema, values)
+    for name in schema.get("required") or ():
+        if name not in result:
+            raise fail(f"missing required parameter {name!r}")
+    error = best_match(Draft202012Validator(schema).iter_errors(result))
+    if error is not None:
+        raise fail(f"{param_name(error)}: {describe(error)}")
+    return result
+
+
+def param_name(error: ValidationError) -> str:
+    path = list(error.absolute_path)
+    if not path:
+        return "parameters"
+    text = str(path[0])
+    for part in path[1:]:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return f"parameter {text!r}"
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A short JSON rendering of a value for messages (YAML users know null, not None)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if isinstance(value, str):
+        text = "'" + value.replace("'", "\\'") + "'"
+    return one_line(text, limit)
+
+
+def describe(error: ValidationError) -> str:
+    """A short one-line version of a jsonschema error, quoting values as JSON."""
+    v, inst = error.validator, error.instance
+    arg: Any = error.validator_value
+    if v == "type":
+        kinds = arg if isinstance(arg, list) else [arg]
+        return f"{show(inst)} is not of type " + " or ".join(repr(k) for k in kinds)
+    if v == "enum":
+        return f"{show(inst)} is not one of " + ", ".join(show(x) for x in arg)
+    if v == "const":
+        return f"{show(inst)} is not {show(arg)}"
+    if v == "minimum":
+        return f"{show(inst)} is less than the minimum of {arg}"
+    if v == "exclusiveMinimum":
+        return f"{show(inst)} must be greater than {arg}"
+    if v == "maximum":
+        return f"{show(inst)} is greater than the maximum of {arg}"
+    if v == "exclusiveMaximum":
+        return f"{show(inst)} must be less than {arg}"
+    if v == "pattern" and arg == IDENTIFIER:
+        return (
+            f"{show(inst)} is not a valid name (letters, digits and '_', not starting with a digit)"
+        )
+    if v == "pattern":
+        return f"{show(inst)} does not match {arg!r}"
+    if v == "minItems":
+        return "must not be empty" if arg == 1 else f"needs at least {arg} items"
+    if v == "minLength":
+        return "must not be empty" if arg == 1 else f"needs at least {arg} characters"
+    if v in ("minProperties", "maxProperties"):
+        bound = "at least" if v == "minProperties" else "at most"
+        return f"{show(inst)} must have {bound} {arg} key{'s' if arg != 1 else ''}"
+    if v == "required":
+        missing = [k for k in arg if isinstance(inst, dict) and k not in inst]
+        return f"missing required key {missing[0]!r}" if missing else one_line(error.message)
+    if v == "additionalProperties" and isinstance(inst, dict):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        known = set(schema.get("properties", {}))
+        extra = [k for k in inst if k not in known]
+        return f"unknown key {extra[0]!r}" if extra else one_line(error.message)
+    return one_line(error.message, 200)

@@ -1,0 +1,335 @@
+"""YAML text -> plain JSON-like data, plus the source line of every key and value.
+
+Hostile input is refused in bounded time and memory:
+- more than 1 MB of bytes, or bytes that are not UTF-8 (the message names the line);
+- nesting deeper than `MAX_DEPTH` (checked while composing, before Python's stack is at risk);
+- more than `MAX_NODES` nodes *after alias expansion*. Aliases and merge keys (`<<: *base`)
+  stay usable for ordinary reuse, but a "billion laughs" document stops at the cap instead of
+  being expanded, and a self-referencing alias stops at the depth cap;
+- tags other than the JSON ones (str, int, float, bool, null), non-finite floats, non-scalar
+  mapping keys and duplicate keys (PyYAML would silently keep the last one).
+
+Dates stay strings (no implicit timestamps), so every value is JSON-serialisable. Mapping keys
+are always strings: the key's source text (`on:` stays "on", `1:` becomes "1").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from attune_pg.errors import SpecError
+
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+Path = tuple[str | int, ...]
+
+_TAG = "tag:yaml.org,2002:"
+_MERGE = _TAG + "merge"
+_SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
+
+
+class Problem(Exception):
+    """A problem at a path of a document; turned into a located SpecError by the caller."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Collapse whitespace so every message stays on one line, and cap its length."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class Document:
+    """Parsed data plus where each part came from."""
+
+    file: str
+    data: Any
+    value_lines: dict[Path, int] = field(default_factory=dict)
+    key_lines: dict[Path, int] = field(default_factory=dict)
+
+    def line(self, path: Path) -> int | None:
+        """Line of the node at `path` (its key's line for mapping values), else of its parent."""
+        for end in range(len(path), -1, -1):
+            sub = path[:end]
+            found = self.key_lines.get(sub) or self.value_lines.get(sub)
+            if found:
+                return found
+        return None
+
+    def field(self, path: Path) -> str:
+        """`tasks[2] (build).retry.count`: indices in brackets, task names in parentheses."""
+        out = ""
+        node: Any = self.data
+        for i, part in enumerate(path):
+            if isinstance(part, int):
+                out += f"[{part}]"
+            else:
+                out += f".{part}" if out else str(part)
+            node = _child(node, part)
+            if isinstance(part, int) and i > 0 and path[i - 1] == "tasks":
+                name = node.get("name") if isinstance(node, dict) else None
+                if isinstance(name, str):
+                    out += f" ({one_line(name, 60)})"
+        return out
+
+    def error(self, message: str, path: Path = ()) -> SpecError:
+        return SpecError(
+            one_line(message),
+            file=self.file,
+            line=self.line(path),
+            field=self.field(path) or None,
+        )
+
+    def problem(self, problem: Problem) -> SpecError:
+        return self.error(problem.message, problem.path)
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+        return node[part]
+    if isinstance(part, str) and isinstance(node, dict):
+        return node.get(part)
+    return None
+
+
+class _TooDeep(yaml.composer.ComposerError):
+    """Nesting cap hit while composing (not a syntax error, so reported plainly)."""
+
+
+def _line(mark: yaml.Mark | None) -> int | None:
+    return mark.line + 1 if mark else None
+
+
+class _Resolver(yaml.resolver.Resolver):
+    """YAML 1.1 implicit types as SafeLoader has them, minus timestamps (dates stay strings)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != _TAG + "timestamp"]
+        for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
+    }
+
+
+# libyaml's parser when available (about 10x faster); both are iterative state machines, so
+# they never recurse however deep the input nests. Composing is ours, iterative and capped.
+_Parser: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str) -> Node | None:
+    """Events -> node graph, like PyYAML's Composer but iterative and depth-capped."""
+    resolver = _Resolver()
+    parser = _Parser(text)
+    try:
+        anchors: dict[str, Node] = {}
+        stack: list[list[Any]] = []  # [open collection node, pending mapping key]
+        root: Node | None = None
+        documents = 0
+        while parser.check_event():
+            event = parser.get_event()
+            # libyaml's marks are their own type; nodes only need .line from them.
+            start: Any = event.start_mark
+            end: Any = event.end_mark
+            node: Node
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise yaml.composer.ComposerError(
+                        None, None, "expected a single document, found another", start
+                    )
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                node = stack.pop()[0]
+                node.end_mark = end
+            elif isinstance(event, yaml.AliasEvent):
+                if event.anchor not in anchors:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"found undefined alias {event.anchor!r}", start
+                    )
+                node = anchors[event.anchor]
+            elif isinstance(event, yaml.ScalarEvent):
+                node = ScalarNode(
+                    _tag(resolver, ScalarNode, event.tag, event.value, event.implicit),
+                    event.value,
+                    start,
+                    end,
+                    event.style,
+                )
+            elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    raise _TooDeep(
+                        None,
+                        None,
+                        f"document is nested deeper than {MAX_DEPTH} levels",
+                        start,
+                    )
+                kind = SequenceNode if isinstance(event, yaml.SequenceStartEvent) else MappingNode
+                tag = _tag(resolver, kind, event.tag, None, event.implicit)
+                node = kind(tag, [], start, None, event.flow_style)
+                if event.anchor is not None:
+                    anchors[event.anchor] = node
+                stack.append([node, None])
+                continue
+            else:
+                continue  # stream start/end, document end
+            if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+                anchors[event.anchor] = node
+            if not stack:
+                root = node
+            elif isinstance(stack[-1][0], SequenceNode):
+                stack[-1][0].value.append(node)
+            elif stack[-1][1] is None:
+                stack[-1][1] = node
+            else:
+                stack[-1][0].value.append((stack[-1][1], node))
+                stack[-1][1] = None
+        return root
+    finally:
+        parser.dispose()
+
+
+def _tag(resolver: _Resolver, kind: type[Node], tag: str | None, value: Any, implicit: Any) -> str:
+    if tag is None or tag == "!":
+        resolved: str = resolver.resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+        return resolved
+    return tag
+
+
+def decode(source: str | bytes) -> str:
+    """The text of `source`, refusing oversized files and non-UTF-8 bytes (naming the line)."""
+    if isinstance(source, str):
+        if len(source) > MAX_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+            raise SpecError("file is larger than 1 MB")
+        return source
+    if len(source) > MAX_BYTES:
+        raise SpecError("file is larger than 1 MB")
+    try:
+        return source.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = source[: exc.start].count(b"\n") + 1
+        byte = source[exc.start]
+        raise SpecError(f"invalid UTF-8 byte 0x{byte:02x}", line=line) from None
+
+
+def load_yaml(source: str | bytes, *, file: str) -> Document:
+    """Parse one YAML document into a `Document`; every failure is a one-line SpecError."""
+    try:
+        text = decode(source)
+    except SpecError as exc:
+        raise exc.located(file) from None
+    try:
+        root = _compose(text)
+    except _TooDeep as exc:
+        raise SpecError(str(exc.problem), file=file, line=_line(exc.problem_mark)) from None
+    except yaml.MarkedYAMLError as exc:
+        raise _syntax_error(exc, file) from None
+    except yaml.reader.ReaderError as exc:
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
+        line = text[: exc.position].count("\n") + 1
+        raise SpecError(
+            f"character 0x{code:02x} is not allowed in YAML", file=file, line=line
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(one_line(f"YAML error: {exc}"), file=file) from None
+    if root is None:
+        raise SpecError("file is empty", file=file)
+    doc = Document(file=file, data=None)
+    doc.data = _Builder(doc).build(root, ())
+    return doc
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
+    mark = exc.problem_mark or exc.context_mark
+    message = exc.problem or exc.context or "invalid YAML"
+    if exc.context and exc.problem:
+        message = f"{message} ({exc.context}"
+        if exc.context_mark and mark and exc.context_mark.line != mark.line:
+            message += f" at line {exc.context_mark.line + 1}"
+        message += ")"
+    return SpecError(
+        one_line(f"YAML syntax error: {message}"),
+        file=file,
+        line=_line(mark),
+    )
+
+
+class _Builder:
+    """Turns composed nodes into data, recording lines and enforcing the node cap."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.count = 0
+
+    def fail(self, node: Node, message: str) -> SpecError:
+        return SpecError(one_line(message), file=self.doc.file, line=node.start_mark.line + 1)
+
+    def build(self, node: Node, path: Path) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise self.fail(
+                node, f"document has more than {MAX_NODES} nodes after expanding aliases"
+            )
+        if len(path) > MAX_DEPTH:
+            raise self.fail(node, f"document is nested deeper than {MAX_DEPTH} levels")
+        # setdefault: a mapping's own keys are built before merged ones and keep their lines.
+        self.doc.value_lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, ScalarNode):
+            return self.scalar(node)
+        if isinstance(node, SequenceNode):
+            if node.tag != _TAG + "seq":
+                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
+            return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+        if isinstance(node, MappingNode):
+            if node.tag != _TAG + "map":
+                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
+            return self.mapping(node, path)
+        raise self.fail(node, "unsupported YAML node")
+
+    def scalar(self, node: ScalarNode) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
+        value = self.constructor.construct_object(node)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(node, f"{node.value!r} is not a finite number")
+        return value
+
+    def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merges: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merges.append(value_node)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                raise self.fail(key_node, "mapping keys must be plain strings")
+            key = str(key_node.value)
+            if key in out:
+                raise self.fail(key_node, f"duplicate key {key!r}")
+            self.doc.key_lines.setdefault((*path, key), key_node.start_mark.line + 1)
+            out[key] = self.build(value_node, (*path, key))
+        # Merge keys fill in what the mapping does not say itself (YAML merge semantics).
+        for source in self.merge_sources(merges):
+            for key, value in self.build(source, path).items():
+                out.setdefault(key, value)
+        return out
+
+    def merge_sources(self, merges: list[Node]) -> Iterator[Node]:
+        for value in merges:
+            sources = value.value if isinstance(value, SequenceNode) else [value]
+            for source in sources:
+                if not isinstance(source, MappingNode):
+                    raise self.fail(source, "a merge key ('<<') needs a mapping or a list of them")
+                yield source

@@ -1,0 +1,78 @@
+"""Apply the numbered, forward-only migrations in `schema/`.
+
+Runs under a transaction-scoped advisory lock so concurrent `attune-pg init` calls
+(or workers starting together) apply each migration exactly once; applying twice
+changes nothing. Each migration runs in the same transaction as its bookkeeping row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+
+# Any fixed 64-bit number works; this one spells "attune" in hex-ish.
+MIGRATION_LOCK_ID = 0x617474756E65
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def schema_dir() -> Path:
+    return Path(str(resources.files("attune_pg") / "schema"))
+
+
+def available() -> list[Migration]:
+    out = []
+    for path in sorted(schema_dir().iterdir()):
+        match = _NAME.match(path.name)
+        if match:
+            out.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    versions = [m.version for m in out]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration numbers in {schema_dir()}")
+    return out
+
+
+def applied(conn: psycopg.Connection) -> set[int]:
+    exists = conn.execute("SELECT to_regclass('attune.schema_migration') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return set()
+    return {row[0] for row in conn.execute("SELECT version FROM attune.schema_migration")}
+
+
+def migrate(conn: psycopg.Connection) -> list[Migration]:
+    """Apply every migration not applied yet; return those applied now."""
+    done: list[Migration] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+        conn.execute("CREATE SCHEMA IF NOT EXISTS attune")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS attune.schema_migration ("
+            " version int PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        have = applied(conn)
+        for migration in available():
+            if migration.version in have:
+                continue
+            conn.execute(migration.sql.encode())  # type: ignore[call-overload]
+            conn.execute(
+                "INSERT INTO attune.schema_migration (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            done.append(migration)
+    return done
+
+
+def current_version(conn: psycopg.Connection) -> int:
+    return max(applied(conn), default=0)

@@ -1,0 +1,107 @@
+"""Read-side queries for the CLI and tests: executions, tasks, definitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from attune_pg.errors import NotFoundError
+
+Row = dict[str, Any]
+
+
+def _rows(conn: psycopg.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)  # type: ignore[arg-type]
+        return cur.fetchall()
+
+
+def start_execution(
+    conn: psycopg.Connection,
+    ref: str,
+    parameters: dict[str, Any],
+    *,
+    requested_by: str | None = None,
+    priority: int = 0,
+    idempotency_key: str | None = None,
+) -> int:
+    row = conn.execute(
+        "INSERT INTO attune.workflow_execution (workflow_ref, parameters, priority,"
+        " idempotency_key, requested_by) VALUES (%s, %s, %s, %s, coalesce(%s, current_user))"
+        " RETURNING id",
+        (ref, Jsonb(parameters), priority, idempotency_key, requested_by),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def execution(conn: psycopg.Connection, execution_id: int) -> Row:
+    rows = _rows(
+        conn,
+        "SELECT id, workflow_ref, status, parameters, output, error, vars, priority, requested_by,"
+        " parent_task_id, depth, created_at, started_at, finished_at"
+        " FROM attune.workflow_execution WHERE id = %s",
+        (execution_id,),
+    )
+    if not rows:
+        raise NotFoundError(f"execution {execution_id} does not exist")
+    return rows[0]
+
+
+def executions(conn: psycopg.Connection, *, status: str | None = None, limit: int = 20) -> list[Row]:
+    where = "WHERE status = %s" if status else ""
+    params: tuple[Any, ...] = (status, limit) if status else (limit,)
+    return _rows(
+        conn,
+        "SELECT id, workflow_ref, status, requested_by, created_at, started_at, finished_at,"
+        f" error_message, tasks_total FROM attune.workflow_execution_summary {where}"
+        " ORDER BY id DESC LIMIT %s",
+        params,
+    )
+
+
+def tasks(conn: psycopg.Connection, execution_id: int) -> list[Row]:
+    return _rows(
+        conn,
+        "SELECT id, task_name, iteration, item_index, attempt, action_ref, status, input, result,"
+        " error, run_at, started_at, finished_at, lease_owner, claims"
+        " FROM attune.task_execution WHERE workflow_execution_id = %s"
+        " ORDER BY coalesce(started_at, run_at), id",
+        (execution_id,),
+    )
+
+
+def status(conn: psycopg.Connection, execution_id: int) -> str:
+    row = conn.execute(
+        "SELECT status FROM attune.workflow_execution WHERE id = %s", (execution_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"execution {execution_id} does not exist")
+    return str(row[0])
+
+
+def workflows(conn: psycopg.Connection) -> list[Row]:
+    return _rows(
+        conn,
+        "SELECT ref, label, version, enabled, description FROM attune.workflow_definition"
+        " ORDER BY ref",
+    )
+
+
+def workflow(conn: psycopg.Connection, ref: str) -> Row:
+    rows = _rows(
+        conn,
+        "SELECT ref, label, version, enabled, description, parameters, definition, source,"
+        " source_file, updated_at FROM attune.workflow_definition WHERE ref = %s",
+        (ref,),
+    )
+    if not rows:
+        raise NotFoundError(f"workflow {ref!r} is not registered")
+    return rows[0]
+
+
+def workers(conn: psycopg.Connection) -> list[Row]:
+    return _rows(conn, "SELECT * FROM attune.worker_status ORDER BY started_at DESC")

@@ -1,0 +1,51 @@
+"""A dedicated LISTEN connection that turns notifications into a wake-up event.
+
+NOTIFY is only a hint: the worker also polls, so a lost notification (or an outage
+of this connection) delays work by at most one poll interval, never loses it. On
+reconnect it sets the event, so the main loop catches up by querying.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg
+
+from attune_pg import db
+
+log = logging.getLogger("attune_pg.worker")
+
+CHANNELS = ("attune_work",)
+
+
+class Listener(threading.Thread):
+    def __init__(self, dsn: str, wake: threading.Event, stopping: threading.Event) -> None:
+        super().__init__(name="attune-listener", daemon=True)
+        self._dsn = dsn
+        self._wake = wake
+        self._stopping = stopping
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            try:
+                with db.connect(self._dsn, name="attune_worker_listen") as conn:
+                    for channel in CHANNELS:
+                        conn.execute(f"LISTEN {channel}")
+                    self.connected.set()
+                    self._wake.set()  # catch up on anything sent while we were away
+                    backoff = 0.2
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=64):
+                            self._wake.set()
+            except (psycopg.Error, OSError, Exception) as exc:  # reconnect whatever broke
+                self.connected.clear()
+                if self._stopping.is_set():
+                    return
+                log.warning("listener lost its connection (%s); retrying in %.1fs",
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                            backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)

@@ -1,0 +1,214 @@
+"""The worker: claim, run, advance, wait; heartbeat and reap on the side.
+
+One thread (this loop) owns the main database connection; actions run on a
+thread pool and report back through a queue; a listener thread turns NOTIFY into
+a wake-up. Completions are advanced in batches: everything that finished since
+the last turn goes into one transaction.
+
+Stopping: SIGTERM (`request_stop`) stops claiming, lets running actions finish for
+`grace` seconds, then cancels them and hands their rows back so another worker
+runs them at once. SIGKILL loses nothing either: the leases expire and any
+worker's reaper hands the rows back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from attune_pg import advance, db
+from attune_pg.actions import ActionOutcome
+from attune_pg.store import work
+from attune_pg.store.catalog import ActionCatalog
+from attune_pg.worker.listener import Listener
+from attune_pg.worker.runner import Running, TaskRunner
+
+log = logging.getLogger("attune_pg.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    concurrency: int = 10
+    lease_seconds: float = 30.0
+    poll_seconds: float = 5.0  # safety net when a notification is missed
+    grace_seconds: float = 30.0  # SIGTERM: how long running actions may finish
+    start_batch: int = 100  # requested executions started per transaction
+
+
+class Worker:
+    def __init__(self, dsn: str, config: WorkerConfig | None = None, name: str | None = None) -> None:
+        self.dsn = dsn
+        self.config = config or WorkerConfig()
+        host = socket.gethostname()
+        self.id = name or f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._host = host
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
+        self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
+        self._pending: list[work.Finished] = []  # finished, not yet committed
+        self._hand_back: list[int] = []
+        self.tasks_done = 0
+        self._stop_deadline: float | None = None
+
+    # ------------------------------------------------------------ control
+
+    def request_stop(self) -> None:
+        """Graceful stop (SIGTERM): stop claiming, finish or hand back running tasks."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping: %d tasks running", self.id, len(self._runner.running))
+            self._stop_deadline = time.monotonic() + self.config.grace_seconds
+            self._stopping.set()
+            self._wake.set()
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        listener = Listener(self.dsn, self._wake, self._stopping)
+        listener.start()
+        conn: psycopg.Connection | None = None
+        outage_since: float | None = None
+        backoff = 0.2
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = db.connect(self.dsn, name="attune_worker")
+                        work.register_worker(
+                            conn, self.id, self._host, os.getpid(), self.config.concurrency
+                        )
+                        actions = ActionCatalog(conn)
+                        if outage_since is not None:
+                            log.warning(
+                                "database is back after %.1fs; worker %s resumes",
+                                time.monotonic() - outage_since,
+                                self.id,
+                            )
+                        else:
+                            log.info(
+                                "worker %s started: concurrency=%d lease=%ss",
+                                self.id,
+                                self.config.concurrency,
+                                self.config.lease_seconds,
+                            )
+                        outage_since = None
+                        backoff = 0.2
+                    if self._turn(conn, actions):
+                        break
+                except psycopg.OperationalError as exc:
+                    if outage_since is None:
+                        outage_since = time.monotonic()
+                        first = str(exc).strip().splitlines()
+                        log.warning(
+                            "database unreachable (%s); keeping %d results and retrying",
+                            first[0] if first else type(exc).__name__,
+                            len(self._pending),
+                        )
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if self._stopping.wait(backoff) and not self._runner.running and not self._pending:
+                        break
+                    backoff = min(backoff * 2, 5.0)
+            if conn is not None and not conn.closed:
+                work.stop_worker(conn, self.id, self.tasks_done)
+        finally:
+            self._stopping.set()
+            self._runner.cancel_all(hand_back=True)
+            self._runner.shutdown()
+            if conn is not None:
+                conn.close()
+            listener.join(timeout=2)
+            log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+
+    def _turn(self, conn: psycopg.Connection, actions: ActionCatalog) -> bool:
+        """One pass of the loop; True when the worker should exit."""
+        self._wake.clear()
+        self._collect()
+        if self._hand_back:
+            work.hand_back(conn, self.id, self._hand_back)
+            self._hand_back = []
+        if self._pending:
+            stats = advance.complete(conn, self.id, self._pending, actions)
+            self.tasks_done += stats.advanced
+            if stats.stale:
+                log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
+            self._pending = []
+        stopping = self._stopping.is_set()
+        if stopping:
+            if not self._runner.running:
+                return True
+            if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
+                log.warning("grace period over: handing back %d tasks", len(self._runner.running))
+                self._runner.cancel_all(hand_back=True)
+                self._stop_deadline = None
+        else:
+            self._claim(conn, actions)
+        self._housekeeping(conn)
+        self._wake.wait(self._sleep_for(conn, stopping))
+        return False
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                entry, outcome = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if entry.hand_back:
+                self._runner.running.pop(entry.task.id, None)
+                self._hand_back.append(entry.task.id)
+            else:
+                self._pending.append(self._runner.finished(entry, outcome))
+
+    def _claim(self, conn: psycopg.Connection, actions: ActionCatalog) -> None:
+        advance.start_requested(conn, actions, self.config.start_batch)
+        free = self.config.concurrency - len(self._runner.running)
+        if free <= 0:
+            return
+        for task in work.claim_tasks(conn, self.id, free, self.config.lease_seconds):
+            log.debug("claimed task %s (%s) of execution %s", task.id, task.task_name,
+                      task.workflow_execution_id)
+            self._runner.submit(task, actions)
+        self._full = len(self._runner.running) >= self.config.concurrency
+
+    _last_heartbeat = 0.0
+    _last_reap = 0.0
+    _full = False
+
+    def _housekeeping(self, conn: psycopg.Connection) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.config.lease_seconds / 3:
+            work.heartbeat(
+                conn, self.id, list(self._runner.running), self.config.lease_seconds,
+                self.tasks_done,
+            )
+            self._last_heartbeat = now
+        if now - self._last_reap >= min(self.config.lease_seconds / 2, 5.0):
+            reaped = work.reap_expired(conn)
+            if reaped:
+                log.warning("requeued %d tasks whose worker stopped heartbeating", reaped)
+                self._wake.set()
+            self._last_reap = now
+
+    def _sleep_for(self, conn: psycopg.Connection, stopping: bool) -> float:
+        if not self._done.empty():
+            return 0.0
+        delay = self.config.poll_seconds * random.uniform(0.8, 1.2)
+        delay = min(delay, self.config.lease_seconds / 3)
+        if stopping:
+            return min(delay, 0.2)
+        if not self._full:
+            due = work.next_due_in(conn)
+            if due is not None:
+                # Due now but not claimed: another worker holds the row; look again shortly.
+                delay = min(delay, max(due, 0.01))
+        return delay

