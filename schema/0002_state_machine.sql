@@ -138,7 +138,7 @@ BEGIN
         VALUES (NEW.id, 'workflow_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
                 CASE WHEN NEW.error IS NOT NULL THEN jsonb_build_object('error', NEW.error) END);
         IF NEW.status = 'requested' THEN
-            PERFORM pg_notify('attune_work', '');
+            PERFORM pg_notify('attune_start', '');
         END IF;
         PERFORM pg_notify('attune_execution', NEW.id::text || ':' || NEW.status);
     ELSIF v_entity = 'task' THEN

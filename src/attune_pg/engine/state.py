@@ -60,6 +60,7 @@ class Attempt:
     """A `task_execution` row that just reached a terminal status."""
 
     task_execution_id: int
+    execution_id: int
     task_name: str
     iteration: int
     item_index: int | None

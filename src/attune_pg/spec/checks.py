@@ -12,13 +12,10 @@ import re
 from collections.abc import Iterator, Mapping, Set
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-
 from attune_pg.errors import SpecError, TemplateError
 from attune_pg.spec.model import RESERVED_TASK_NAMES, ActionSpec, TaskSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
-from attune_pg.spec.params import describe
+from attune_pg.spec.params import describe, property_error
 from attune_pg.spec.yaml_lines import Document, Path, one_line
 from attune_pg.template import check_syntax, is_template
 
@@ -177,11 +174,15 @@ def _suggest(name: str, choices: Set[str]) -> str:
 def check_templates(wf: WorkflowSpec, source: Source | None = None) -> None:
     """Parse every template-bearing string, so syntax errors surface at load time."""
     where = _Where(wf, source)
+    seen: set[str] = set()  # compiling is the slow part; repeated texts need it once
     for path, text in _template_strings(wf, where):
+        if text in seen:
+            continue
         try:
             check_syntax(text)
         except TemplateError as exc:
             raise where.error(f"template {one_line(str(exc), 240)}", path) from None
+        seen.add(text)
 
 
 def _template_strings(wf: WorkflowSpec, where: _Where) -> Iterator[tuple[Path, str]]:
@@ -252,8 +253,8 @@ def check_inputs(
                         path,
                     )
                 continue
-            if isinstance(props[key], dict) and not _has_template(value):
-                error = best_match(Draft202012Validator(props[key]).iter_errors(value))
+            if not _has_template(value):
+                error = property_error(schema, key, value)
                 if error is not None:
                     raise where.error(f"{describe(error)} (action {action.ref!r})", path)
         for name in schema.get("required") or ():

@@ -98,6 +98,11 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _int(value: Any) -> int | None:
+    # JSON Schema's "integer" also admits 2.0; the model wants a real int.
+    return None if value is None else int(value)
+
+
 def _task(raw: dict[str, Any], path: Path, source: Source) -> TaskSpec:
     name: str = raw["name"]
     kind = raw.get("type", "action")
@@ -123,12 +128,12 @@ def _task(raw: dict[str, Any], path: Path, source: Source) -> TaskSpec:
         input=dict(raw.get("input") or {}),
         when=raw.get("when"),
         with_items=raw.get("with_items"),
-        batch_size=raw.get("batch_size"),
-        concurrency=raw.get("concurrency"),
+        batch_size=_int(raw.get("batch_size")),
+        concurrency=_int(raw.get("concurrency")),
         retry=_retry(retry) if retry is not None else None,
         timeout=_seconds(raw.get("timeout")),
         delay=_seconds(raw.get("delay")),
-        join=raw.get("join"),
+        join="all" if raw.get("join") == "all" else _int(raw.get("join")),
         next=transitions,
         first_match=first_match,
         tasks=subtasks,
@@ -138,7 +143,7 @@ def _task(raw: dict[str, Any], path: Path, source: Source) -> TaskSpec:
 
 def _retry(raw: dict[str, Any]) -> RetryPolicy:
     return RetryPolicy(
-        count=raw["count"],
+        count=int(raw["count"]),
         delay=float(raw.get("delay", 0.0)),
         backoff=cast(Backoff, raw.get("backoff", "constant")),
         max_delay=_seconds(raw.get("max_delay")),

@@ -64,11 +64,21 @@ def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any
         ) from None
     for name, prop in schema["properties"].items():
         if isinstance(prop, dict) and "default" in prop:
-            error = best_match(Draft202012Validator(prop).iter_errors(prop["default"]))
+            error = property_error(schema, name, prop["default"])
             if error is not None:
                 where = (*path, "properties", name) if is_json_schema(value) else (*path, name)
                 raise Problem((*where, "default"), f"default {describe(error)}")
     return schema
+
+
+def property_error(schema: Mapping[str, Any], name: str, value: Any) -> ValidationError | None:
+    """The best error of `value` as property `name` of `schema` (validated in place, so
+    `$ref`s into the schema's `$defs` resolve), or None."""
+    errors = Draft202012Validator(schema).iter_errors({name: value})
+    found: ValidationError | None = best_match(
+        e for e in errors if list(e.absolute_path)[:1] == [name]
+    )
+    return found
 
 
 def _schema_path(exc: SchemaError, value: Mapping[str, Any]) -> Path:

@@ -80,7 +80,8 @@ class Document:
             else:
                 out += f".{part}" if out else str(part)
             node = _child(node, part)
-            if isinstance(part, int) and i > 0 and path[i - 1] == "tasks":
+            # Name the task at tasks[i] and tasks[i].tasks[j] (not lists called "tasks" in inputs).
+            if isinstance(part, int) and path[:i] in (("tasks",), ("tasks", path[1], "tasks")):
                 name = node.get("name") if isinstance(node, dict) else None
                 if isinstance(name, str):
                     out += f" ({one_line(name, 60)})"

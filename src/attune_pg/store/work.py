@@ -94,15 +94,6 @@ def next_due_in(conn: psycopg.Connection) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def lock_requested(conn: psycopg.Connection, n: int) -> list[int]:
-    rows = conn.execute(
-        "SELECT id FROM attune.workflow_execution WHERE status = 'requested'"
-        " ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
-        (n,),
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
 def heartbeat(
     conn: psycopg.Connection, me: str, task_ids: Sequence[int], lease: float, done: int
 ) -> None:
@@ -171,52 +162,56 @@ def stop_worker(conn: psycopg.Connection, me: str, done: int) -> None:
 # ----------------------------------------------------------------- advancing
 
 _EXECUTION_COLUMNS = (
-    "id, workflow_ref, status, definition, parameters, vars, active_tasks, error, output,"
-    " pack_config, requested_by, extract(epoch FROM started_at)::float8, depth,"
+    "id, workflow_ref, status, md5(definition::text), parameters, vars, active_tasks, error,"
+    " output, pack_config, requested_by, extract(epoch FROM started_at)::float8, depth,"
     " extract(epoch FROM now())::float8"
 )
 
+# Definition snapshots are immutable, so each is parsed once per process, keyed by
+# its md5; the advance then reads 32 bytes instead of the whole definition.
+_SPECS: dict[str, WorkflowSpec] = {}
 
-def lock_execution(conn: psycopg.Connection, execution_id: int) -> tuple[Execution, float] | None:
-    """Lock the workflow row (always first: see DESIGN §8 lock order); return it and DB now."""
-    row = conn.execute(
-        f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE id = %s FOR UPDATE",
-        (execution_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    (
-        id_,
-        ref,
-        status,
-        definition,
-        parameters,
-        vars_,
-        active,
-        error,
-        output,
-        pack_config,
-        requested_by,
-        started_at,
-        depth,
-        now,
-    ) = row
-    execution = Execution(
-        id=id_,
-        ref=ref,
-        status=status,
-        spec=WorkflowSpec.from_dict(definition),
-        parameters=parameters,
-        vars=vars_,
-        active_tasks=active,
-        error=error,
-        output=output,
-        pack_config=pack_config,
-        requested_by=requested_by,
-        started_at=started_at,
-        depth=depth,
+
+def lock_executions(
+    conn: psycopg.Connection, ids: Sequence[int] = (), *, requested: int = 0
+) -> tuple[list[Execution], float]:
+    """Lock workflow rows in id order (the global lock order, DESIGN §8), or claim up
+    to `requested` executions waiting to start. Returns them and the DB clock."""
+    if requested:
+        rows = conn.execute(
+            f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE status = 'requested'"
+            " ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
+            (requested,),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE id = ANY(%s)"
+            " ORDER BY id FOR UPDATE",
+            (list(ids),),
+        ).fetchall()
+    if not rows:
+        return [], 0.0
+    missing = [row[0] for row in rows if row[3] not in _SPECS]
+    if missing:
+        if len(_SPECS) > 1024:
+            _SPECS.clear()
+        for digest, definition in conn.execute(
+            "SELECT md5(definition::text), definition FROM attune.workflow_execution"
+            " WHERE id = ANY(%s)",
+            (missing,),
+        ):
+            _SPECS[digest] = WorkflowSpec.from_dict(definition)
+    return [_execution(row) for row in rows], float(rows[0][-1])
+
+
+def _execution(row: Sequence[Any]) -> Execution:
+    (id_, ref, status, digest, parameters, vars_, active, error, output, pack_config,
+     requested_by, started_at, depth, _now) = row
+    return Execution(
+        id=id_, ref=ref, status=status, spec=_SPECS[digest], parameters=parameters,
+        vars=vars_, active_tasks=active, error=error, output=output, pack_config=pack_config,
+        requested_by=requested_by, started_at=started_at, depth=depth,
     )
-    return execution, float(now)
 
 
 _STATE_COLUMNS = (
@@ -225,28 +220,33 @@ _STATE_COLUMNS = (
 )
 
 
-def latest_states(conn: psycopg.Connection, execution_id: int) -> dict[str, TaskState]:
-    """The newest iteration of every task of one execution (bounded by its task count)."""
+def latest_states_many(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, dict[str, TaskState]]:
+    out: dict[int, dict[str, TaskState]] = {i: {} for i in ids}
     rows = conn.execute(
-        f"SELECT DISTINCT ON (task_name) {_STATE_COLUMNS} FROM attune.task_state"
-        " WHERE workflow_execution_id = %s ORDER BY task_name, iteration DESC",
-        (execution_id,),
+        f"SELECT DISTINCT ON (workflow_execution_id, task_name) workflow_execution_id,"
+        f" {_STATE_COLUMNS} FROM attune.task_state WHERE workflow_execution_id = ANY(%s)"
+        " ORDER BY workflow_execution_id, task_name, iteration DESC",
+        (list(ids),),
     ).fetchall()
-    return {row[0]: TaskState(*row) for row in rows}
+    for row in rows:
+        out[row[0]][row[1]] = TaskState(*row[1:])
+    return out
 
 
 def states_of(
-    conn: psycopg.Connection, execution_id: int, keys: Iterable[tuple[str, int]]
-) -> list[TaskState]:
+    conn: psycopg.Connection, keys: Iterable[tuple[int, str, int]]
+) -> list[tuple[int, TaskState]]:
+    """Specific (execution, task, iteration) states: older iterations still running."""
     keys = list(keys)
     if not keys:
         return []
     rows = conn.execute(
-        f"SELECT {_STATE_COLUMNS} FROM attune.task_state WHERE workflow_execution_id = %s"
-        " AND (task_name, iteration) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
-        (execution_id, [k[0] for k in keys], [k[1] for k in keys]),
+        f"SELECT workflow_execution_id, {_STATE_COLUMNS} FROM attune.task_state"
+        " WHERE (workflow_execution_id, task_name, iteration) IN"
+        " (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[]))",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
     ).fetchall()
-    return [TaskState(*row) for row in rows]
+    return [(row[0], TaskState(*row[1:])) for row in rows]
 
 
 _FINISH = """
@@ -256,7 +256,8 @@ UPDATE attune.task_execution t
   FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
               %(results)s::jsonb[], %(errors)s::jsonb[]) AS v(id, attempt, status, result, error)
  WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'running' AND t.lease_owner = %(me)s
-RETURNING t.id, t.task_name, t.iteration, t.item_index, t.attempt, t.action_ref, t.input,
+RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index, t.attempt,
+          t.action_ref, t.input,
           t.status, t.result, t.error
 """
 
@@ -281,6 +282,20 @@ def finish_attempts(conn: psycopg.Connection, me: str, finished: Sequence[Finish
     return sorted((Attempt(*row) for row in rows), key=lambda a: a.task_execution_id)
 
 
+def fail_executions(conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str, Json]]]) -> None:
+    """Last resort for a bug in advancing: fail the executions with the error."""
+    conn.execute(
+        "UPDATE attune.workflow_execution e SET status = 'failed', error = v.error"
+        " FROM unnest(%s::bigint[], %s::jsonb[]) AS v(id, error)"
+        " WHERE e.id = v.id AND e.status = ANY(%s)",
+        (
+            [i for i, _ in failures],
+            [Jsonb(err) for _, err in failures],
+            list(machine.sources("workflow", "fail")),
+        ),
+    )
+
+
 def item_results(
     conn: psycopg.Connection, execution_id: int, task_name: str, iteration: int
 ) -> tuple[list[Json], list[int]]:
@@ -302,45 +317,83 @@ def item_results(
     return results, failed
 
 
-def apply(conn: psycopg.Connection, execution_id: int, commands: Sequence[Command]) -> list[AggregateItems]:
-    """Write the conductor's commands; return the aggregations it asked for."""
-    aggregates: list[AggregateItems] = []
-    for command in commands:
-        if isinstance(command, WriteTaskState):
-            _write_state(conn, execution_id, command)
-        elif isinstance(command, NewTaskRows):
-            _insert_tasks(conn, execution_id, command)
-        elif isinstance(command, ReleaseItems):
-            conn.execute(
-                "UPDATE attune.task_execution SET status = 'scheduled', run_at = now()"
-                " WHERE id IN (SELECT id FROM attune.task_execution"
-                "   WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
-                "   AND status = 'pending' ORDER BY item_index LIMIT %s)",
-                (execution_id, command.task_name, command.iteration, command.count),
-            )
-        elif isinstance(command, CancelPendingItems):
-            conn.execute(
-                "UPDATE attune.task_execution SET status = 'canceled'"
-                " WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
-                " AND status = 'pending'",
-                (execution_id, command.task_name, command.iteration),
-            )
-        elif isinstance(command, Publish):
-            conn.execute(
-                "INSERT INTO attune.execution_event (workflow_execution_id, task_name, kind, data)"
-                " VALUES (%s, %s, 'publish', %s)",
-                (execution_id, command.task_name, Jsonb(command.values)),
-            )
-        elif isinstance(command, AggregateItems):
-            aggregates.append(command)
-        elif isinstance(command, WriteExecution):
-            _write_execution(conn, execution_id, command)
+def apply_batch(
+    conn: psycopg.Connection, batch: Sequence[tuple[int, Sequence[Command]]]
+) -> list[tuple[int, AggregateItems]]:
+    """Write the commands of many executions with one statement per kind of write.
+
+    The statement count per advance is constant, whatever the batch size: that is
+    where the throughput comes from (DESIGN §3.3). Guarded writes compare the rows
+    they changed with the rows they meant to change and raise StaleWrite on any
+    difference, so the caller's transaction rolls back whole.
+    """
+    state_inserts: list[tuple[int, TaskState]] = []
+    state_updates: list[tuple[int, TaskState, str]] = []
+    new_rows: list[tuple[int, NewTaskRows]] = []
+    releases: dict[tuple[int, str, int], int] = {}
+    cancels: list[tuple[int, CancelPendingItems]] = []
+    publishes: list[tuple[int, Publish]] = []
+    executions: list[tuple[int, WriteExecution]] = []
+    aggregates: list[tuple[int, AggregateItems]] = []
+    for execution_id, commands in batch:
+        for command in commands:
+            if isinstance(command, WriteTaskState):
+                if command.before is None:
+                    state_inserts.append((execution_id, command.state))
+                else:
+                    state_updates.append((execution_id, command.state, command.before))
+            elif isinstance(command, NewTaskRows):
+                new_rows.append((execution_id, command))
+            elif isinstance(command, ReleaseItems):
+                key = (execution_id, command.task_name, command.iteration)
+                releases[key] = releases.get(key, 0) + command.count
+            elif isinstance(command, CancelPendingItems):
+                cancels.append((execution_id, command))
+            elif isinstance(command, Publish):
+                publishes.append((execution_id, command))
+            elif isinstance(command, AggregateItems):
+                aggregates.append((execution_id, command))
+            elif isinstance(command, WriteExecution):
+                executions.append((execution_id, command))
+    if state_inserts:
+        _insert_states(conn, state_inserts)
+    if state_updates:
+        _update_states(conn, state_updates)
+    if new_rows:
+        _insert_tasks(conn, new_rows)
+    for (execution_id, task_name, iteration), count in releases.items():
+        conn.execute(
+            "UPDATE attune.task_execution SET status = 'scheduled', run_at = now()"
+            " WHERE id IN (SELECT id FROM attune.task_execution"
+            "   WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
+            "   AND status = 'pending' ORDER BY item_index LIMIT %s)",
+            (execution_id, task_name, iteration, count),
+        )
+    for execution_id, cancel in cancels:
+        conn.execute(
+            "UPDATE attune.task_execution SET status = 'canceled'"
+            " WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
+            " AND status = 'pending'",
+            (execution_id, cancel.task_name, cancel.iteration),
+        )
+    if publishes:
+        conn.execute(
+            "INSERT INTO attune.execution_event (workflow_execution_id, task_name, kind, data)"
+            " SELECT v.id, v.task_name, 'publish', v.data"
+            "   FROM unnest(%s::bigint[], %s::text[], %s::jsonb[]) AS v(id, task_name, data)",
+            (
+                [e for e, _ in publishes],
+                [p.task_name for _, p in publishes],
+                [Jsonb(p.values) for _, p in publishes],
+            ),
+        )
+    if executions:
+        _update_executions(conn, executions)
     return aggregates
 
 
-def _write_state(conn: psycopg.Connection, execution_id: int, command: WriteTaskState) -> None:
-    s = command.state
-    values = (
+def _state_values(s: TaskState) -> tuple[Any, ...]:
+    return (
         s.status,
         s.join_required,
         s.join_arrivals,
@@ -351,74 +404,85 @@ def _write_state(conn: psycopg.Connection, execution_id: int, command: WriteTask
         None if s.result is None else Jsonb(s.result),
         None if s.error is None else Jsonb(s.error),
     )
-    if command.before is None:
-        conn.execute(
-            "INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,"
-            " join_required, join_arrivals, items_total, items_released, items_done, items_failed,"
-            " result, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (execution_id, s.name, s.iteration, *values),
-        )
-        return
-    cur = conn.execute(
-        "UPDATE attune.task_state SET status = %s, join_required = %s, join_arrivals = %s,"
-        " items_total = %s, items_released = %s, items_done = %s, items_failed = %s,"
-        " result = %s, error = %s"
-        " WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s AND status = %s",
-        (*values, execution_id, s.name, s.iteration, command.before),
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def _insert_states(conn: psycopg.Connection, inserts: Sequence[tuple[int, TaskState]]) -> None:
+    rows = [(e, s.name, s.iteration, *_state_values(s)) for e, s in inserts]
+    conn.execute(
+        "INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,"
+        " join_required, join_arrivals, items_total, items_released, items_done, items_failed,"
+        " result, error)"
+        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[],"
+        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[])",
+        _columns(rows, 12),
     )
-    if cur.rowcount != 1:
-        raise StaleWrite(f"task_state {execution_id}/{s.name}/{s.iteration} is no longer {command.before}")
 
 
-def _insert_tasks(conn: psycopg.Connection, execution_id: int, command: NewTaskRows) -> None:
-    n = len(command.items)
-    statuses = ["scheduled" if i < command.release else "pending" for i in range(n)]
+def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskState, str]]) -> None:
+    rows = [(e, s.name, s.iteration, before, *_state_values(s)) for e, s, before in updates]
+    cur = conn.execute(
+        "UPDATE attune.task_state t SET status = v.status, join_required = v.join_required,"
+        " join_arrivals = v.join_arrivals, items_total = v.items_total,"
+        " items_released = v.items_released, items_done = v.items_done,"
+        " items_failed = v.items_failed, result = v.result, error = v.error"
+        " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[],"
+        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[])"
+        " AS v(execution_id, task_name, iteration, before, status, join_required, join_arrivals,"
+        " items_total, items_released, items_done, items_failed, result, error)"
+        " WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name"
+        " AND t.iteration = v.iteration AND t.status = v.before",
+        _columns(rows, 13),
+    )
+    if cur.rowcount != len(rows):
+        raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
+
+
+def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTaskRows]]) -> None:
+    rows = []
+    for execution_id, c in commands:
+        for i, (index, value) in enumerate(c.items):
+            rows.append((
+                execution_id, c.task_name, c.iteration, index, c.attempt, c.action_ref,
+                "scheduled" if i < c.release else "pending", Jsonb(value), c.delay, c.timeout,
+            ))
     conn.execute(
         "INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,"
         " item_index, attempt, action_ref, status, input, priority, run_at, timeout)"
-        " SELECT %s, %s, %s, v.item_index, %s, %s, v.status, v.input, e.priority,"
-        "        now() + make_interval(secs => %s), %s"
-        "   FROM attune.workflow_execution e,"
-        "        unnest(%s::int[], %s::text[], %s::jsonb[]) AS v(item_index, status, input)"
-        "  WHERE e.id = %s",
+        " SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.status,"
+        "        v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout"
+        "   FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[], %s::text[],"
+        "               %s::text[], %s::jsonb[], %s::float8[], %s::float8[])"
+        "        AS v(e, task_name, iteration, item_index, attempt, action_ref, status, input,"
+        "             delay, timeout)"
+        "   JOIN attune.workflow_execution e ON e.id = v.e",
+        _columns(rows, 10),
+    )
+
+
+def _update_executions(conn: psycopg.Connection, writes: Sequence[tuple[int, WriteExecution]]) -> None:
+    rows = [
         (
-            execution_id,
-            command.task_name,
-            command.iteration,
-            command.attempt,
-            command.action_ref,
-            command.delay,
-            command.timeout,
-            [index for index, _ in command.items],
-            statuses,
-            [Jsonb(value) for _, value in command.items],
-            execution_id,
-        ),
-    )
-
-
-def _write_execution(conn: psycopg.Connection, execution_id: int, command: WriteExecution) -> None:
-    started = ", started_at = now()" if command.before == "requested" else ""
-    timeout = (
-        ", timeout_at = to_timestamp(%(timeout_at)s)" if command.timeout_at is not None else ""
-    )
+            execution_id, w.before, w.status, Jsonb(w.parameters), Jsonb(w.vars), w.active_tasks,
+            None if w.error is None else Jsonb(w.error),
+            None if w.output is None else Jsonb(w.output),
+            w.timeout_at,
+        )
+        for execution_id, w in writes
+    ]
     cur = conn.execute(
-        "UPDATE attune.workflow_execution SET status = %(status)s, vars = %(vars)s,"
-        " parameters = %(parameters)s,"
-        " active_tasks = %(active)s, error = %(error)s, output = %(output)s"
-        f"{started}{timeout}"
-        " WHERE id = %(id)s AND status = %(before)s",
-        {
-            "status": command.status,
-            "vars": Jsonb(command.vars),
-            "parameters": Jsonb(command.parameters),
-            "active": command.active_tasks,
-            "error": None if command.error is None else Jsonb(command.error),
-            "output": None if command.output is None else Jsonb(command.output),
-            "timeout_at": command.timeout_at,
-            "id": execution_id,
-            "before": command.before,
-        },
+        "UPDATE attune.workflow_execution e SET status = v.status, parameters = v.parameters,"
+        " vars = v.vars, active_tasks = v.active_tasks, error = v.error, output = v.output,"
+        " started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,"
+        " timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at)"
+        " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::int[],"
+        " %s::jsonb[], %s::jsonb[], %s::float8[])"
+        " AS v(id, before, status, parameters, vars, active_tasks, error, output, timeout_at)"
+        " WHERE e.id = v.id AND e.status = v.before",
+        _columns(rows, 9),
     )
-    if cur.rowcount != 1:
-        raise StaleWrite(f"workflow_execution {execution_id} is no longer {command.before}")
+    if cur.rowcount != len(rows):
+        raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")

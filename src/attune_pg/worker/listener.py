@@ -16,15 +16,23 @@ from attune_pg import db
 
 log = logging.getLogger("attune_pg.worker")
 
-CHANNELS = ("attune_work",)
+# attune_work: a task became claimable; attune_start: an execution was requested.
+CHANNELS = ("attune_work", "attune_start")
 
 
 class Listener(threading.Thread):
-    def __init__(self, dsn: str, wake: threading.Event, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        wake: threading.Event,
+        stopping: threading.Event,
+        hints: dict[str, threading.Event],
+    ) -> None:
         super().__init__(name="attune-listener", daemon=True)
         self._dsn = dsn
         self._wake = wake
         self._stopping = stopping
+        self._hints = hints
         self.connected = threading.Event()
 
     def run(self) -> None:
@@ -35,10 +43,15 @@ class Listener(threading.Thread):
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}")
                     self.connected.set()
-                    self._wake.set()  # catch up on anything sent while we were away
+                    for hint in self._hints.values():  # catch up on what we missed
+                        hint.set()
+                    self._wake.set()
                     backoff = 0.2
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=64):
+                        for note in conn.notifies(timeout=0.5, stop_after=64):
+                            hint = self._hints.get(note.channel)
+                            if hint is not None:
+                                hint.set()
                             self._wake.set()
             except (psycopg.Error, OSError, Exception) as exc:  # reconnect whatever broke
                 self.connected.clear()

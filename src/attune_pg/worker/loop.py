@@ -53,6 +53,12 @@ class Worker:
         self._host = host
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        # Hints that a query may find something: set by NOTIFY, by a poll timeout,
+        # or by our own progress; a query that comes back short clears them.
+        self._work_hint = threading.Event()
+        self._start_hint = threading.Event()
+        self._work_hint.set()
+        self._start_hint.set()
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
         self._pending: list[work.Finished] = []  # finished, not yet committed
@@ -73,7 +79,12 @@ class Worker:
     # ------------------------------------------------------------ main loop
 
     def run(self) -> None:
-        listener = Listener(self.dsn, self._wake, self._stopping)
+        listener = Listener(
+            self.dsn,
+            self._wake,
+            self._stopping,
+            {"attune_work": self._work_hint, "attune_start": self._start_hint},
+        )
         listener.start()
         conn: psycopg.Connection | None = None
         outage_since: float | None = None
@@ -143,6 +154,7 @@ class Worker:
             if stats.stale:
                 log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
             self._pending = []
+            self._work_hint.set()  # the advance most likely scheduled successors
         stopping = self._stopping.is_set()
         if stopping:
             if not self._runner.running:
@@ -154,7 +166,10 @@ class Worker:
         else:
             self._claim(conn, actions)
         self._housekeeping(conn)
-        self._wake.wait(self._sleep_for(conn, stopping))
+        if not self._wake.wait(self._sleep_for(conn, stopping)):
+            # Poll timeout: the safety net for a missed notification.
+            self._work_hint.set()
+            self._start_hint.set()
         return False
 
     def _collect(self) -> None:
@@ -170,19 +185,30 @@ class Worker:
                 self._pending.append(self._runner.finished(entry, outcome))
 
     def _claim(self, conn: psycopg.Connection, actions: ActionCatalog) -> None:
-        advance.start_requested(conn, actions, self.config.start_batch)
+        if self._start_hint.is_set():
+            self._start_hint.clear()
+            stats = advance.start_requested(conn, actions, self.config.start_batch)
+            if stats.started:
+                self._work_hint.set()
+            if stats.started + stats.errors >= self.config.start_batch:
+                self._start_hint.set()  # there may be more
         free = self.config.concurrency - len(self._runner.running)
-        if free <= 0:
+        self._claimed_none = False
+        if free <= 0 or not self._work_hint.is_set():
             return
-        for task in work.claim_tasks(conn, self.id, free, self.config.lease_seconds):
+        self._work_hint.clear()
+        claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
+        for task in claimed:
             log.debug("claimed task %s (%s) of execution %s", task.id, task.task_name,
                       task.workflow_execution_id)
             self._runner.submit(task, actions)
-        self._full = len(self._runner.running) >= self.config.concurrency
+        if len(claimed) == free:
+            self._work_hint.set()  # the queue may hold more for the next free slot
+        self._claimed_none = not claimed
 
     _last_heartbeat = 0.0
     _last_reap = 0.0
-    _full = False
+    _claimed_none = False
 
     def _housekeeping(self, conn: psycopg.Connection) -> None:
         now = time.monotonic()
@@ -200,13 +226,16 @@ class Worker:
             self._last_reap = now
 
     def _sleep_for(self, conn: psycopg.Connection, stopping: bool) -> float:
-        if not self._done.empty():
+        if not self._done.empty() or (
+            self._work_hint.is_set() and len(self._runner.running) < self.config.concurrency
+        ):
             return 0.0
         delay = self.config.poll_seconds * random.uniform(0.8, 1.2)
         delay = min(delay, self.config.lease_seconds / 3)
         if stopping:
             return min(delay, 0.2)
-        if not self._full:
+        if self._claimed_none:
+            # Nothing claimable now: sleep until the next delayed task is due.
             due = work.next_due_in(conn)
             if due is not None:
                 # Due now but not claimed: another worker holds the row; look again shortly.
