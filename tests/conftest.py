@@ -132,11 +132,17 @@ def worker_thread(dsn: str) -> Iterator[Callable[..., object]]:
     started: list[tuple[Worker, threading.Thread]] = []
 
     def _start(**config: object) -> Worker:
-        options: dict[str, object] = {"concurrency": 8, "lease_seconds": 10.0, "poll_seconds": 1.0,
-                                      "grace_seconds": 5.0}
+        options: dict[str, object] = {
+            "concurrency": 8,
+            "lease_seconds": 10.0,
+            "poll_seconds": 1.0,
+            "grace_seconds": 5.0,
+        }
         options.update(config)
         worker = Worker(dsn, WorkerConfig(**options))  # type: ignore[arg-type]
-        thread = threading.Thread(target=worker.run, name=f"test-worker-{len(started)}", daemon=True)
+        thread = threading.Thread(
+            target=worker.run, name=f"test-worker-{len(started)}", daemon=True
+        )
         thread.start()
         started.append((worker, thread))
         return worker
@@ -147,3 +153,30 @@ def worker_thread(dsn: str) -> Iterator[Callable[..., object]]:
     for _, thread in started:
         thread.join(timeout=20)
         assert not thread.is_alive(), "a test worker did not stop"
+
+
+@pytest.fixture
+def worker_procs(dsn: str, tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Start `attune-worker` processes; every one is stopped at teardown, even on failure."""
+    from attune_pg.workerproc import start_worker, stop_worker
+
+    procs = []
+
+    def _start(
+        concurrency: int = 4, lease_seconds: float = 2.0, extra: tuple[str, ...] = ()
+    ) -> object:
+        log = tmp_path / f"worker-{len(procs)}.log"
+        proc = start_worker(
+            dsn,
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            log_level="info",
+            extra=("--poll-seconds", "0.5", *extra),
+            log_file=str(log),
+        )
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        stop_worker(proc, timeout=10)

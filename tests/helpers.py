@@ -14,7 +14,8 @@ TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
 
 def start(conn: psycopg.Connection, ref: str, params: dict[str, Any] | None = None) -> int:
     row = conn.execute(
-        "INSERT INTO attune.workflow_execution (workflow_ref, parameters) VALUES (%s, %s) RETURNING id",
+        "INSERT INTO attune.workflow_execution (workflow_ref, parameters)"
+        " VALUES (%s, %s) RETURNING id",
         (ref, Jsonb(params or {})),
     ).fetchone()
     assert row is not None

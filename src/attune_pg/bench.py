@@ -62,13 +62,15 @@ class BenchResult:
             f"load: {self.workflows} workflows x {self.tasks_per_workflow} no-op tasks,"
             f" {self.workers} workers x concurrency {self.concurrency}",
             f"succeeded: {self.succeeded}/{self.workflows} in {self.seconds:.2f}s",
-            f"throughput: {self.workflows_per_s:,.1f} workflows/s, {self.tasks_per_s:,.1f} task steps/s",
+            f"throughput: {self.workflows_per_s:,.1f} workflows/s,"
+            f" {self.tasks_per_s:,.1f} task steps/s",
             f"claimable->started under load: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms",
         ]
         if self.idle_latency_ms:
             i50, i95, i99 = self.idle_latency_ms
             lines.append(
-                f"idle wake-up (claimable->started): p50 {i50:.2f} ms, p95 {i95:.2f} ms, p99 {i99:.2f} ms"
+                f"idle wake-up (claimable->started): p50 {i50:.2f} ms,"
+                f" p95 {i95:.2f} ms, p99 {i99:.2f} ms"
             )
         return "\n".join(lines)
 
@@ -128,8 +130,16 @@ def _wait_workers(conn: psycopg.Connection, since: Any, count: int) -> None:
     raise TimeoutError("benchmark workers did not start")
 
 
-def run_bench(dsn: str | None, *, workflows: int, tasks: int, workers: int, concurrency: int,
-              idle_samples: int = 50, timeout: float = 600) -> BenchResult:
+def run_bench(
+    dsn: str | None,
+    *,
+    workflows: int,
+    tasks: int,
+    workers: int,
+    concurrency: int,
+    idle_samples: int = 50,
+    timeout: float = 600,
+) -> BenchResult:
     resolved = db.resolve_dsn(dsn)
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
         migrate.migrate(conn)
@@ -168,8 +178,9 @@ def run_bench(dsn: str | None, *, workflows: int, tasks: int, workers: int, conc
         finally:
             for proc in procs:
                 stop_worker(proc)
-    return BenchResult(workflows, tasks, workers, concurrency, seconds, int(row[1]), latency, idle,
-                       settings)
+    return BenchResult(
+        workflows, tasks, workers, concurrency, seconds, int(row[1]), latency, idle, settings
+    )
 
 
 def _idle_latency(conn: psycopg.Connection, samples: int) -> tuple[float, float, float]:

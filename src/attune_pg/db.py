@@ -27,13 +27,18 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return embedded.start()
 
 
-def connect(dsn: str, *, autocommit: bool = True, name: str = APPLICATION_NAME) -> psycopg.Connection:
+def connect(
+    dsn: str, *, autocommit: bool = True, name: str = APPLICATION_NAME
+) -> psycopg.Connection:
     try:
         conn = psycopg.connect(
             dsn,
             autocommit=autocommit,
             application_name=name,
-            options="-c idle_in_transaction_session_timeout=60000 -c default_transaction_isolation=read\\ committed",
+            options=(
+                "-c idle_in_transaction_session_timeout=60000"
+                " -c default_transaction_isolation=read\\ committed"
+            ),
             connect_timeout=10,
         )
     except psycopg.OperationalError as exc:
@@ -42,7 +47,9 @@ def connect(dsn: str, *, autocommit: bool = True, name: str = APPLICATION_NAME) 
     return conn
 
 
-def connect_dict(dsn: str, *, name: str = APPLICATION_NAME) -> psycopg.Connection[dict[str, object]]:
+def connect_dict(
+    dsn: str, *, name: str = APPLICATION_NAME
+) -> psycopg.Connection[dict[str, object]]:
     conn = connect(dsn, name=name)
     conn.row_factory = dict_row  # type: ignore[assignment]
     return conn  # type: ignore[return-value]

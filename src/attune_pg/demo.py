@@ -38,8 +38,10 @@ def run_demo(dsn: str | None, name: str) -> int:
         migrate.migrate(conn)
         for pack in ("core", "examples"):
             for spec in packs.register(conn, root / pack):
-                click.echo(f"registered pack {spec.ref}: {len(spec.workflows)} workflows,"
-                           f" {len(spec.actions)} actions")
+                click.echo(
+                    f"registered pack {spec.ref}: {len(spec.workflows)} workflows,"
+                    f" {len(spec.actions)} actions"
+                )
         log = Path(tempfile.gettempdir()) / "attune-demo-worker.log"
         worker = start_worker(resolved, concurrency=4, log_level="info", log_file=str(log))
         click.echo(f"started a worker (pid {worker.pid}, log {log})")
@@ -73,4 +75,7 @@ def _timeline(tasks: list[dict[str, object]]) -> None:
         offset = (start - t0).total_seconds() * 1000  # type: ignore[operator]
         took = (end - start).total_seconds() * 1000 if end else 0.0  # type: ignore[operator]
         bar = " " * int(offset / 5) + "#" * max(1, int(took / 5))
-        click.echo(f"  {task['task_name']:<14} {task['status']:<10} +{offset:7.1f} {took:6.1f}ms  {bar[:60]}")
+        click.echo(
+            f"  {task['task_name']:<14} {task['status']:<10}"
+            f" +{offset:7.1f} {took:6.1f}ms  {bar[:60]}"
+        )

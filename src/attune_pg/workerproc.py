@@ -9,15 +9,33 @@ import sys
 from collections.abc import Sequence
 
 
-def start_worker(dsn: str, *, concurrency: int = 10, lease_seconds: float = 30.0,
-                 log_level: str = "warning", extra: Sequence[str] = (),
-                 log_file: str | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    dsn: str,
+    *,
+    concurrency: int = 10,
+    lease_seconds: float = 30.0,
+    log_level: str = "warning",
+    extra: Sequence[str] = (),
+    log_file: str | None = None,
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, ATTUNE_DSN=dsn)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by child
     return subprocess.Popen(
-        [sys.executable, "-m", "attune_pg.cli.worker_entry", "--concurrency", str(concurrency),
-         "--lease-seconds", str(lease_seconds), "--log-level", log_level, *extra],
-        env=env, stdout=out, stderr=subprocess.STDOUT if log_file else None,
+        [
+            sys.executable,
+            "-m",
+            "attune_pg.cli.worker_entry",
+            "--concurrency",
+            str(concurrency),
+            "--lease-seconds",
+            str(lease_seconds),
+            "--log-level",
+            log_level,
+            *extra,
+        ],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if log_file else None,
         start_new_session=True,
     )
 

@@ -38,7 +38,9 @@ def test_decision_takes_the_other_branch(conn: psycopg.Connection, register, wor
 
 
 def test_bad_parameters_fail_the_execution_naming_the_parameter(
-    conn: psycopg.Connection, register, worker_thread  # type: ignore[no-untyped-def]
+    conn: psycopg.Connection,
+    register,
+    worker_thread,  # type: ignore[no-untyped-def]
 ) -> None:
     register("examples")
     worker_thread()

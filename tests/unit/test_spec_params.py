@@ -158,3 +158,15 @@ def test_long_values_keep_the_message_on_one_short_line(schema: dict[str, Any]) 
 def test_secret_parameters(schema: dict[str, Any]) -> None:
     assert secret_parameters(schema) == {"password"}
     assert secret_parameters(empty_schema()) == set()
+
+
+def test_defaults_are_checked_through_refs() -> None:
+    declared = {
+        "type": "object",
+        "$defs": {"port": {"type": "integer", "minimum": 1}},
+        "properties": {"port": {"$ref": "#/$defs/port", "default": 0}},
+    }
+    with pytest.raises(Problem) as info:
+        parameters_schema(declared)
+    assert info.value.path == ("parameters", "properties", "port", "default")
+    assert info.value.message == "default 0 is less than the minimum of 1"

@@ -20,7 +20,9 @@ from attune_pg.store import migrate
 F = TypeVar("F", bound=Callable[..., Any])
 
 dsn_option = click.option(
-    "--dsn", envvar="ATTUNE_DSN", default=None,
+    "--dsn",
+    envvar="ATTUNE_DSN",
+    default=None,
     help="PostgreSQL DSN (default: $ATTUNE_DSN, else the embedded server).",
 )
 

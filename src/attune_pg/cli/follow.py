@@ -13,8 +13,13 @@ from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store import read
 
 
-def follow(conn: psycopg.Connection, execution_id: int, *, quiet: bool = False,
-           timeout: float | None = None) -> str:
+def follow(
+    conn: psycopg.Connection,
+    execution_id: int,
+    *,
+    quiet: bool = False,
+    timeout: float | None = None,
+) -> str:
     """Print each task status change as it happens; return the final workflow status.
 
     Wakes on the `attune_execution` notification and re-reads the task rows, with a

@@ -170,21 +170,37 @@ def _parse_params(pairs: tuple[str, ...], params_json: str | None) -> dict[str, 
 
 @cli.command()
 @click.argument("ref")
-@click.option("-p", "--param", "pairs", multiple=True, help="key=value (value parsed as JSON if it can be).")
+@click.option(
+    "-p", "--param", "pairs", multiple=True, help="key=value (value parsed as JSON if it can be)."
+)
 @click.option("--params", "params_json", help="All parameters as one JSON object.")
 @click.option("--wait", is_flag=True, help="Follow the execution; exit 0 only if it succeeds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the execution as JSON.")
 @click.option("--priority", type=int, default=0, help="Lower runs first (default 0).")
-@click.option("--idempotency-key", default=None, help="A second run with the same key returns the first.")
+@click.option(
+    "--idempotency-key", default=None, help="A second run with the same key returns the first."
+)
 @dsn_option
 @errors_to_exit
-def run(ref: str, pairs: tuple[str, ...], params_json: str | None, wait: bool, as_json: bool,
-        priority: int, idempotency_key: str | None, dsn: str | None) -> None:
+def run(
+    ref: str,
+    pairs: tuple[str, ...],
+    params_json: str | None,
+    wait: bool,
+    as_json: bool,
+    priority: int,
+    idempotency_key: str | None,
+    dsn: str | None,
+) -> None:
     """Start workflow REF."""
     params = _parse_params(pairs, params_json)
     with connection(dsn) as conn:
         execution_id = read.start_execution(
-            conn, ref, params, requested_by=getpass.getuser(), priority=priority,
+            conn,
+            ref,
+            params,
+            requested_by=getpass.getuser(),
+            priority=priority,
             idempotency_key=idempotency_key,
         )
         if not as_json:
@@ -237,8 +253,15 @@ def executions_show(execution_id: int, as_json: bool, dsn: str | None) -> None:
     if as_json:
         click.echo(to_json(row))
         return
-    for key in ("id", "workflow_ref", "status", "requested_by", "created_at", "started_at",
-                "finished_at"):
+    for key in (
+        "id",
+        "workflow_ref",
+        "status",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ):
         click.echo(f"{key:>13}: {row[key]}")
     click.echo(f"{'parameters':>13}: {json.dumps(row['parameters'])}")
     if row["output"] is not None:
@@ -259,32 +282,69 @@ def executions_tasks(execution_id: int, as_json: bool, dsn: str | None) -> None:
     if as_json:
         click.echo(to_json(rows))
         return
-    table(rows, ["id", "task_name", "item_index", "attempt", "status", "started_at", "finished_at",
-                 "result"])
+    table(
+        rows,
+        [
+            "id",
+            "task_name",
+            "item_index",
+            "attempt",
+            "status",
+            "started_at",
+            "finished_at",
+            "result",
+        ],
+    )
 
 
 # ----------------------------------------------------------------- worker
 
 
 def _worker_options(func: Any) -> Any:
-    for option in reversed([
-        click.option("--concurrency", "-c", default=10, show_default=True, help="Actions run at once."),
-        click.option("--lease-seconds", default=30.0, show_default=True,
-                     help="A task whose worker stops heartbeating is retried after this."),
-        click.option("--poll-seconds", default=5.0, show_default=True,
-                     help="Fallback poll interval (NOTIFY wakes the worker at once)."),
-        click.option("--grace-seconds", default=30.0, show_default=True,
-                     help="On SIGTERM, how long running actions may finish."),
-        click.option("--log-level", default="info", show_default=True,
-                     type=click.Choice(["debug", "info", "warning", "error"])),
-        dsn_option,
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--concurrency", "-c", default=10, show_default=True, help="Actions run at once."
+            ),
+            click.option(
+                "--lease-seconds",
+                default=30.0,
+                show_default=True,
+                help="A task whose worker stops heartbeating is retried after this.",
+            ),
+            click.option(
+                "--poll-seconds",
+                default=5.0,
+                show_default=True,
+                help="Fallback poll interval (NOTIFY wakes the worker at once).",
+            ),
+            click.option(
+                "--grace-seconds",
+                default=30.0,
+                show_default=True,
+                help="On SIGTERM, how long running actions may finish.",
+            ),
+            click.option(
+                "--log-level",
+                default="info",
+                show_default=True,
+                type=click.Choice(["debug", "info", "warning", "error"]),
+            ),
+            dsn_option,
+        ]
+    ):
         func = option(func)
     return func
 
 
-def _run_worker(concurrency: int, lease_seconds: float, poll_seconds: float, grace_seconds: float,
-                log_level: str, dsn: str | None) -> None:
+def _run_worker(
+    concurrency: int,
+    lease_seconds: float,
+    poll_seconds: float,
+    grace_seconds: float,
+    log_level: str,
+    dsn: str | None,
+) -> None:
     from attune_pg.worker.loop import Worker, WorkerConfig
 
     logging.basicConfig(
@@ -317,9 +377,9 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import tools
+    from attune_pg.cli.tools import register
 
-    tools.register(cli)
+    register(cli)
 
 
 _register_extra()

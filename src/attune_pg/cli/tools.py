@@ -25,16 +25,25 @@ def demo(name: str, dsn: str | None) -> None:
 @click.option("--tasks", "-k", default=5, show_default=True, help="Sequential no-op tasks each.")
 @click.option("--workers", "-w", default=2, show_default=True, help="Worker processes.")
 @click.option("--concurrency", "-c", default=20, show_default=True, help="Slots per worker.")
-@click.option("--idle-samples", default=50, show_default=True, help="Idle wake-up samples (0: skip).")
+@click.option(
+    "--idle-samples", default=50, show_default=True, help="Idle wake-up samples (0: skip)."
+)
 @dsn_option
 @errors_to_exit
-def bench(workflows: int, tasks: int, workers: int, concurrency: int, idle_samples: int,
-          dsn: str | None) -> None:
+def bench(
+    workflows: int, tasks: int, workers: int, concurrency: int, idle_samples: int, dsn: str | None
+) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
     from attune_pg.bench import run_bench
 
-    result = run_bench(dsn, workflows=workflows, tasks=tasks, workers=workers,
-                       concurrency=concurrency, idle_samples=idle_samples)
+    result = run_bench(
+        dsn,
+        workflows=workflows,
+        tasks=tasks,
+        workers=workers,
+        concurrency=concurrency,
+        idle_samples=idle_samples,
+    )
     click.echo(result.report())
     if result.succeeded != result.workflows:
         sys.exit(1)

@@ -141,7 +141,7 @@ class Conductor:
 
     def flush(self) -> list[Command]:
         """The commands for everything that changed, then forget them."""
-        commands = [
+        commands: list[Command] = [
             WriteTaskState(self._states[key], self._loaded.get(key)) for key in self._dirty
         ]
         commands.extend(self._commands)
@@ -338,7 +338,9 @@ class Conductor:
             if spec.first_match:
                 break
         if state.status in FAILED and not handled:
-            message = (state.error or {}).get("message", "") if isinstance(state.error, dict) else ""
+            message = (
+                (state.error or {}).get("message", "") if isinstance(state.error, dict) else ""
+            )
             self._fail_workflow(
                 error_of(
                     "TaskFailed",
@@ -361,7 +363,7 @@ class Conductor:
         if latest is not None and latest.join_required is not None:
             if latest.status == "pending":
                 latest = replace(latest, join_arrivals=latest.join_arrivals + 1)
-                if latest.join_arrivals >= latest.join_required:
+                if latest.join_arrivals >= (latest.join_required or 0):
                     self._dispatch(spec, latest)
                 else:
                     self._put(latest)
@@ -544,7 +546,9 @@ class Conductor:
         if self.spec.output_map is not None:
             try:
                 output = template.render(
-                    self.spec.output_map, self._scope(), where=f"workflow {self.spec.ref!r} output_map"
+                    self.spec.output_map,
+                    self._scope(),
+                    where=f"workflow {self.spec.ref!r} output_map",
                 )
             except TemplateError as exc:
                 self.error = error_of("TemplateError", str(exc))
@@ -556,9 +560,7 @@ class Conductor:
             )
             if problem is not None:
                 path = ".".join(str(p) for p in problem.absolute_path) or "(root)"
-                self.error = error_of(
-                    "OutputInvalid", f"output {path}: {problem.message}"[:500]
-                )
+                self.error = error_of("OutputInvalid", f"output {path}: {problem.message}"[:500])
                 self.output = output
                 self.status = "failed"
                 return

@@ -2,14 +2,16 @@
 
 Hostile input is refused in bounded time and memory:
 - more than 1 MB of bytes, or bytes that are not UTF-8 (the message names the line);
-- nesting deeper than `MAX_DEPTH` (checked while composing, before Python's stack is at risk);
+- nesting deeper than `MAX_DEPTH` (composing is iterative and stops at the cap, so neither
+  Python's stack nor libyaml sees the rest of a deeply nested document);
 - more than `MAX_NODES` nodes *after alias expansion*. Aliases and merge keys (`<<: *base`)
   stay usable for ordinary reuse, but a "billion laughs" document stops at the cap instead of
   being expanded, and a self-referencing alias stops at the depth cap;
 - tags other than the JSON ones (str, int, float, bool, null), non-finite floats, non-scalar
   mapping keys and duplicate keys (PyYAML would silently keep the last one).
 
-Dates stay strings (no implicit timestamps), so every value is JSON-serialisable. Mapping keys
+Scalars resolve as PyYAML's SafeLoader does (YAML 1.1: `yes`/`off` are booleans), except that
+dates stay strings (no implicit timestamps), so every value is JSON-serialisable. Mapping keys
 are always strings: the key's source text (`on:` stays "on", `1:` becomes "1").
 """
 
@@ -237,7 +239,8 @@ def load_yaml(source: str | bytes, *, file: str) -> Document:
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, file) from None
     except yaml.reader.ReaderError as exc:
-        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
+        char = exc.character
+        code = char if isinstance(char, int) else ord(str(char)[:1] or "\0")
         line = text[: exc.position].count("\n") + 1
         raise SpecError(
             f"character 0x{code:02x} is not allowed in YAML", file=file, line=line

@@ -70,7 +70,9 @@ def registered_action_refs(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT ref FROM attune.action")}
 
 
-def register_packs(conn: psycopg.Connection, packs: list[PackSpec], sources: Mapping[str, str]) -> None:
+def register_packs(
+    conn: psycopg.Connection, packs: list[PackSpec], sources: Mapping[str, str]
+) -> None:
     """Write validated packs in the caller's transaction: all of them or none.
 
     Each pack replaces its previous registration wholesale (actions and workflows
@@ -79,7 +81,8 @@ def register_packs(conn: psycopg.Connection, packs: list[PackSpec], sources: Map
     """
     for pack in packs:
         conn.execute(
-            "INSERT INTO attune.pack (ref, label, description, version, config_schema, config, path)"
+            "INSERT INTO attune.pack"
+            " (ref, label, description, version, config_schema, config, path)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (ref) DO UPDATE SET label = EXCLUDED.label,"
             " description = EXCLUDED.description, version = EXCLUDED.version,"
@@ -117,7 +120,8 @@ def register_packs(conn: psycopg.Connection, packs: list[PackSpec], sources: Map
             )
         for workflow in pack.workflows:
             conn.execute(
-                "INSERT INTO attune.workflow_definition (ref, pack_ref, label, description, version,"
+                "INSERT INTO attune.workflow_definition"
+                " (ref, pack_ref, label, description, version,"
                 " parameters, definition, source, source_file)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (

@@ -65,7 +65,7 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
         for migration in available():
             if migration.version in have:
                 continue
-            conn.execute(migration.sql.encode())  # type: ignore[call-overload]
+            conn.execute(migration.sql.encode())
             conn.execute(
                 "INSERT INTO attune.schema_migration (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),

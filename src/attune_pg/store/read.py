@@ -15,7 +15,7 @@ Row = dict[str, Any]
 
 def _rows(conn: psycopg.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, params)  # type: ignore[arg-type]
+        cur.execute(sql, params)
         return cur.fetchall()
 
 
@@ -51,7 +51,9 @@ def execution(conn: psycopg.Connection, execution_id: int) -> Row:
     return rows[0]
 
 
-def executions(conn: psycopg.Connection, *, status: str | None = None, limit: int = 20) -> list[Row]:
+def executions(
+    conn: psycopg.Connection, *, status: str | None = None, limit: int = 20
+) -> list[Row]:
     where = "WHERE status = %s" if status else ""
     params: tuple[Any, ...] = (status, limit) if status else (limit,)
     return _rows(

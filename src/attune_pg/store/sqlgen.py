@@ -8,6 +8,7 @@ agree with the Python machines. Regenerate with `python -m attune_pg.store.sqlge
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from attune_pg import machine
@@ -134,7 +135,7 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _values(rows: list[tuple[str, ...]]) -> str:
+def _values(rows: Sequence[tuple[str, ...]]) -> str:
     return ",\n".join("    (" + ", ".join(_quote(v) for v in row) + ")" for row in rows)
 
 
@@ -158,9 +159,7 @@ def state_machine_sql() -> str:
     parts.append(
         "\nCREATE TABLE attune.status_initial (\n"
         "    entity text NOT NULL, status text NOT NULL, PRIMARY KEY (entity, status)\n);\n"
-        "INSERT INTO attune.status_initial (entity, status) VALUES\n"
-        + _values(initial)
-        + ";\n"
+        "INSERT INTO attune.status_initial (entity, status) VALUES\n" + _values(initial) + ";\n"
     )
     parts.append(_FUNCTIONS)
     return "".join(parts)

@@ -110,7 +110,8 @@ def heartbeat(
         )
     running = len(task_ids)
     conn.execute(
-        "UPDATE attune.worker SET heartbeat_at = now(), running = %s, tasks_done = %s WHERE id = %s",
+        "UPDATE attune.worker SET heartbeat_at = now(), running = %s, tasks_done = %s"
+        " WHERE id = %s",
         (running, done, me),
     )
 
@@ -205,12 +206,36 @@ def lock_executions(
 
 
 def _execution(row: Sequence[Any]) -> Execution:
-    (id_, ref, status, digest, parameters, vars_, active, error, output, pack_config,
-     requested_by, started_at, depth, _now) = row
+    (
+        id_,
+        ref,
+        status,
+        digest,
+        parameters,
+        vars_,
+        active,
+        error,
+        output,
+        pack_config,
+        requested_by,
+        started_at,
+        depth,
+        _now,
+    ) = row
     return Execution(
-        id=id_, ref=ref, status=status, spec=_SPECS[digest], parameters=parameters,
-        vars=vars_, active_tasks=active, error=error, output=output, pack_config=pack_config,
-        requested_by=requested_by, started_at=started_at, depth=depth,
+        id=id_,
+        ref=ref,
+        status=status,
+        spec=_SPECS[digest],
+        parameters=parameters,
+        vars=vars_,
+        active_tasks=active,
+        error=error,
+        output=output,
+        pack_config=pack_config,
+        requested_by=requested_by,
+        started_at=started_at,
+        depth=depth,
     )
 
 
@@ -220,7 +245,9 @@ _STATE_COLUMNS = (
 )
 
 
-def latest_states_many(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, dict[str, TaskState]]:
+def latest_states_many(
+    conn: psycopg.Connection, ids: Sequence[int]
+) -> dict[int, dict[str, TaskState]]:
     out: dict[int, dict[str, TaskState]] = {i: {} for i in ids}
     rows = conn.execute(
         f"SELECT DISTINCT ON (workflow_execution_id, task_name) workflow_execution_id,"
@@ -262,7 +289,9 @@ RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index,
 """
 
 
-def finish_attempts(conn: psycopg.Connection, me: str, finished: Sequence[Finished]) -> list[Attempt]:
+def finish_attempts(
+    conn: psycopg.Connection, me: str, finished: Sequence[Finished]
+) -> list[Attempt]:
     """Fenced completion: only rows still running under our lease are finished.
 
     A worker whose lease expired (its task was handed to another worker) gets
@@ -282,7 +311,9 @@ def finish_attempts(conn: psycopg.Connection, me: str, finished: Sequence[Finish
     return sorted((Attempt(*row) for row in rows), key=lambda a: a.task_execution_id)
 
 
-def fail_executions(conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str, Json]]]) -> None:
+def fail_executions(
+    conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str, Json]]]
+) -> None:
     """Last resort for a bug in advancing: fail the executions with the error."""
     conn.execute(
         "UPDATE attune.workflow_execution e SET status = 'failed', error = v.error"
@@ -445,10 +476,20 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
     rows = []
     for execution_id, c in commands:
         for i, (index, value) in enumerate(c.items):
-            rows.append((
-                execution_id, c.task_name, c.iteration, index, c.attempt, c.action_ref,
-                "scheduled" if i < c.release else "pending", Jsonb(value), c.delay, c.timeout,
-            ))
+            rows.append(
+                (
+                    execution_id,
+                    c.task_name,
+                    c.iteration,
+                    index,
+                    c.attempt,
+                    c.action_ref,
+                    "scheduled" if i < c.release else "pending",
+                    Jsonb(value),
+                    c.delay,
+                    c.timeout,
+                )
+            )
     conn.execute(
         "INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,"
         " item_index, attempt, action_ref, status, input, priority, run_at, timeout)"
@@ -463,10 +504,17 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
     )
 
 
-def _update_executions(conn: psycopg.Connection, writes: Sequence[tuple[int, WriteExecution]]) -> None:
+def _update_executions(
+    conn: psycopg.Connection, writes: Sequence[tuple[int, WriteExecution]]
+) -> None:
     rows = [
         (
-            execution_id, w.before, w.status, Jsonb(w.parameters), Jsonb(w.vars), w.active_tasks,
+            execution_id,
+            w.before,
+            w.status,
+            Jsonb(w.parameters),
+            Jsonb(w.vars),
+            w.active_tasks,
             None if w.error is None else Jsonb(w.error),
             None if w.output is None else Jsonb(w.output),
             w.timeout_at,

@@ -49,16 +49,18 @@ class Listener(threading.Thread):
                     backoff = 0.2
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=0.5, stop_after=64):
-                            hint = self._hints.get(note.channel)
-                            if hint is not None:
-                                hint.set()
+                            channel_hint = self._hints.get(note.channel)
+                            if channel_hint is not None:
+                                channel_hint.set()
                             self._wake.set()
             except (psycopg.Error, OSError, Exception) as exc:  # reconnect whatever broke
                 self.connected.clear()
                 if self._stopping.is_set():
                     return
-                log.warning("listener lost its connection (%s); retrying in %.1fs",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                            backoff)
+                log.warning(
+                    "listener lost its connection (%s); retrying in %.1fs",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    backoff,
+                )
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)

@@ -45,7 +45,9 @@ class WorkerConfig:
 
 
 class Worker:
-    def __init__(self, dsn: str, config: WorkerConfig | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, dsn: str, config: WorkerConfig | None = None, name: str | None = None
+    ) -> None:
         self.dsn = dsn
         self.config = config or WorkerConfig()
         host = socket.gethostname()
@@ -127,7 +129,11 @@ class Worker:
                     if conn is not None:
                         conn.close()
                     conn = None
-                    if self._stopping.wait(backoff) and not self._runner.running and not self._pending:
+                    if (
+                        self._stopping.wait(backoff)
+                        and not self._runner.running
+                        and not self._pending
+                    ):
                         break
                     backoff = min(backoff * 2, 5.0)
             if conn is not None and not conn.closed:
@@ -199,8 +205,12 @@ class Worker:
         self._work_hint.clear()
         claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
         for task in claimed:
-            log.debug("claimed task %s (%s) of execution %s", task.id, task.task_name,
-                      task.workflow_execution_id)
+            log.debug(
+                "claimed task %s (%s) of execution %s",
+                task.id,
+                task.task_name,
+                task.workflow_execution_id,
+            )
             self._runner.submit(task, actions)
         if len(claimed) == free:
             self._work_hint.set()  # the queue may hold more for the next free slot
@@ -214,7 +224,10 @@ class Worker:
         now = time.monotonic()
         if now - self._last_heartbeat >= self.config.lease_seconds / 3:
             work.heartbeat(
-                conn, self.id, list(self._runner.running), self.config.lease_seconds,
+                conn,
+                self.id,
+                list(self._runner.running),
+                self.config.lease_seconds,
                 self.tasks_done,
             )
             self._last_heartbeat = now

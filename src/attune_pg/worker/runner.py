@@ -26,8 +26,12 @@ class Running:
 
 
 class TaskRunner:
-    def __init__(self, concurrency: int, done: queue.SimpleQueue[tuple[Running, ActionOutcome]],
-                 wake: threading.Event) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        done: queue.SimpleQueue[tuple[Running, ActionOutcome]],
+        wake: threading.Event,
+    ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="attune-action")
         self._done = done
         self._wake = wake
@@ -43,16 +47,24 @@ class TaskRunner:
         try:
             if action is None:
                 outcome = ActionOutcome(
-                    "failed", None,
-                    {"type": "UnknownAction", "message": f"action {task.action_ref!r} is not registered"},
+                    "failed",
+                    None,
+                    {
+                        "type": "UnknownAction",
+                        "message": f"action {task.action_ref!r} is not registered",
+                    },
                 )
             elif action.runner in ENGINE_RUNNERS or (
                 action.runner == "builtin" and action.entry_point in ENGINE_BUILTINS
             ):
                 outcome = ActionOutcome(
-                    "failed", None,
-                    {"type": "NotSupported",
-                     "message": f"{action.ref}: {action.runner} tasks are not supported by this worker yet"},
+                    "failed",
+                    None,
+                    {
+                        "type": "NotSupported",
+                        "message": f"{action.ref}: {action.runner} tasks are not supported"
+                        " by this worker yet",
+                    },
                 )
             else:
                 limits = [t for t in (task.timeout, action.timeout) if t]
@@ -67,8 +79,10 @@ class TaskRunner:
                 )
                 outcome = run_action(action, task.input, context, entry.cancel)
         except AttuneError as exc:
-            outcome = ActionOutcome("failed", None, {"type": type(exc).__name__, "message": str(exc)})
-        except BaseException as exc:  # noqa: BLE001 - an action must never kill the worker
+            outcome = ActionOutcome(
+                "failed", None, {"type": type(exc).__name__, "message": str(exc)}
+            )
+        except BaseException as exc:
             outcome = ActionOutcome(
                 "failed", None, {"type": type(exc).__name__, "message": str(exc)[:1000]}
             )
