@@ -1,0 +1,203 @@
+"""Scopes: the names a template sees (`build_scope`) and the task and kv views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+from attune_pg.errors import TemplateError
+from attune_pg.redact import KVLookup, SecretAwareKV, SecretSink
+
+# ------------------------------------------------------------------------------ scopes
+
+
+class _Missing(Enum):
+    MISSING = "MISSING"
+
+
+MISSING: Final = _Missing.MISSING
+"""Default of `build_scope`'s item/index: the names are absent unless given."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentTask:
+    """The task whose transitions are being evaluated.
+
+    `status` is its final status; `failed()` is true for ``failed`` and for ``timed_out``
+    (a timeout is a failure; `timed_out()` tells them apart).
+    """
+
+    status: str
+    result: Any = None
+    error: Any = None
+
+
+class Scope(dict[str, Any]):
+    """The names a template sees (a plain dict), plus the secret sink, which it does not."""
+
+    secrets: SecretSink | None = None
+
+
+class _StrictMapping(Mapping[str, Any]):
+    """A read-only mapping whose missing keys are errors, not undefined values."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    def _missing(self, key: str) -> TemplateError:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._wrap(key, self._data[key])
+        except (KeyError, TypeError):
+            raise self._missing(key) from None
+
+    def _wrap(self, key: str, value: Any) -> Any:
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return key in self._data
+        except TypeError:
+            return False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        return self[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _names(self) -> str:
+        names = sorted(self._data)
+        return ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") or "none"
+
+
+class _TaskView(_StrictMapping):
+    """``task.<name>``: result, status, error (+ results, failed_items, total_count)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str, data: Mapping[str, Any]) -> None:
+        super().__init__(data)
+        self._name = name
+
+    def _missing(self, key: str) -> TemplateError:
+        return TemplateError(f"task {self._name!r} has no {key!r} (it has: {self._names()})")
+
+
+class _TaskMap(_StrictMapping):
+    """``task`` / ``tasks``: an unknown task name is an error naming it."""
+
+    __slots__ = ()
+
+    def _missing(self, key: str) -> TemplateError:
+        return TemplateError(f"task {key!r} has not run (tasks that have: {self._names()})")
+
+    def _wrap(self, key: str, value: Any) -> Any:
+        return _TaskView(key, value) if isinstance(value, Mapping) else value
+
+
+class _KVScope:
+    """``kv`` in templates: `get(key, default)` and `get_secret(key)`."""
+
+    __slots__ = ("_kv",)
+
+    def __init__(self, kv: KVLookup | None) -> None:
+        self._kv = kv
+
+    def _store(self) -> KVLookup:
+        if self._kv is None:
+            raise TemplateError("kv is not available here")
+        return self._kv
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store().get(key, default)
+
+    def get_secret(self, key: str) -> Any:
+        return self._store().get_secret(key)
+
+    def __repr__(self) -> str:
+        return "<kv>"
+
+
+def _transition_functions(current: CurrentTask | None) -> dict[str, Callable[[], Any]]:
+    def need(name: str) -> CurrentTask:
+        if current is None:
+            raise TemplateError(f"{name}() is only available in transitions")
+        return current
+
+    def succeeded() -> bool:
+        return need("succeeded").status == "succeeded"
+
+    def failed() -> bool:
+        return need("failed").status in ("failed", "timed_out")
+
+    def timed_out() -> bool:
+        return need("timed_out").status == "timed_out"
+
+    def result() -> Any:
+        return need("result").result
+
+    def error() -> Any:
+        return need("error").error
+
+    return {f.__name__: f for f in (succeeded, failed, timed_out, result, error)}
+
+
+def build_scope(
+    *,
+    parameters: Mapping[str, Any],
+    vars: Mapping[str, Any],
+    tasks: Mapping[str, Mapping[str, Any]],
+    pack_config: Mapping[str, Any] | None,
+    system: Mapping[str, Any],
+    kv: KVLookup | None,
+    current: CurrentTask | None = None,
+    item: Any = MISSING,
+    index: Any = MISSING,
+    secrets: SecretSink | None = None,
+) -> Scope:
+    """The names templates see (DESIGN §4.2).
+
+    - ``parameters``, ``vars``, ``system``: the mappings as given (read-only in templates);
+      ``pack``: ``{"config": pack_config}``.
+    - ``task`` and ``tasks``: task name -> ``{result, status, error}`` (with-items tasks also
+      ``results``, ``failed_items``, ``total_count``); an unknown name raises "task 'x' has
+      not run" (test with ``'x' in task``).
+    - ``kv``: ``kv.get(key, default)``, ``kv.get_secret(key)``; with `secrets`, every secret
+      read is recorded there (and masked in error messages). Without a store, using kv is an
+      error "kv is not available here".
+    - ``succeeded() failed() timed_out() result() error()``: about `current`; without it they
+      raise "succeeded() is only available in transitions".
+    - ``item`` and ``index`` only when given.
+    """
+    store: KVLookup | None = kv
+    if store is not None and secrets is not None:
+        store = SecretAwareKV(store, secrets)
+    task_map = _TaskMap(tasks)
+    scope = Scope(
+        parameters=parameters,
+        vars=vars,
+        pack={"config": pack_config if pack_config is not None else {}},
+        system=system,
+        kv=_KVScope(store),
+        task=task_map,
+        tasks=task_map,
+        **_transition_functions(current),
+    )
+    scope.secrets = secrets
+    if item is not MISSING:
+        scope["item"] = item
+    if index is not MISSING:
+        scope["index"] = index
+    return scope
