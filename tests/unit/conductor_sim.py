@@ -628,4 +628,3 @@ def drain(
 
     run(sim, FirstChooser(), outcome=decide, after_each=after_each)
     return sim
-

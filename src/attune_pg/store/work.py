@@ -192,6 +192,15 @@ def lock_executions(
         ).fetchall()
     if not rows:
         return [], 0.0
+    broken = [row[0] for row in rows if row[3] is None]
+    if broken:
+        # No snapshot (a row edited by hand?): fail it rather than poison every batch.
+        fail_executions(
+            conn,
+            [(i, {"type": "InternalError", "message": "definition snapshot is missing"})
+             for i in broken],
+        )
+        rows = [row for row in rows if row[3] is not None]
     missing = [row[0] for row in rows if row[3] not in _SPECS]
     if missing:
         if len(_SPECS) > 1024:
@@ -202,6 +211,8 @@ def lock_executions(
             (missing,),
         ):
             _SPECS[digest] = WorkflowSpec.from_dict(definition)
+    if not rows:
+        return [], 0.0
     return [_execution(row) for row in rows], float(rows[0][-1])
 
 

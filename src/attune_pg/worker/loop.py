@@ -136,6 +136,16 @@ class Worker:
                     ):
                         break
                     backoff = min(backoff * 2, 5.0)
+                except Exception:
+                    # A bug must not kill the worker: log it, back off, start over
+                    # with a fresh connection (results in hand are kept).
+                    log.exception("worker %s: unexpected error; retry in %.1fs", self.id, backoff)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if self._stopping.wait(backoff) and not self._runner.running:
+                        break
+                    backoff = min(backoff * 2, 5.0)
             if conn is not None and not conn.closed:
                 work.stop_worker(conn, self.id, self.tasks_done)
         finally:
