@@ -44,14 +44,18 @@ INSERT INTO attune.status_transition (entity, from_status, to_status) VALUES
     ('task_state', 'running', 'timed_out'),
     ('workflow', 'canceling', 'canceled'),
     ('workflow', 'canceling', 'failed'),
+    ('workflow', 'canceling', 'timed_out'),
+    ('workflow', 'failed', 'running'),
     ('workflow', 'paused', 'canceling'),
     ('workflow', 'paused', 'failed'),
     ('workflow', 'paused', 'running'),
+    ('workflow', 'paused', 'succeeded'),
     ('workflow', 'paused', 'timed_out'),
     ('workflow', 'pausing', 'canceling'),
     ('workflow', 'pausing', 'failed'),
     ('workflow', 'pausing', 'paused'),
     ('workflow', 'pausing', 'running'),
+    ('workflow', 'pausing', 'succeeded'),
     ('workflow', 'pausing', 'timed_out'),
     ('workflow', 'requested', 'canceled'),
     ('workflow', 'requested', 'failed'),
@@ -127,7 +131,7 @@ BEGIN
             RAISE EXCEPTION 'a workflow_execution row cannot be created with status %', quote_literal(NEW.status)
                 USING ERRCODE = 'check_violation';
         END IF;
-    ELSIF (OLD.status || '>' || NEW.status) <> ALL ('{canceling>canceled,canceling>failed,paused>canceling,paused>failed,paused>running,paused>timed_out,pausing>canceling,pausing>failed,pausing>paused,pausing>running,pausing>timed_out,requested>canceled,requested>failed,requested>running,running>canceling,running>failed,running>pausing,running>succeeded,running>timed_out}'::text[]) THEN
+    ELSIF (OLD.status || '>' || NEW.status) <> ALL ('{canceling>canceled,canceling>failed,canceling>timed_out,failed>running,paused>canceling,paused>failed,paused>running,paused>succeeded,paused>timed_out,pausing>canceling,pausing>failed,pausing>paused,pausing>running,pausing>succeeded,pausing>timed_out,requested>canceled,requested>failed,requested>running,running>canceling,running>failed,running>pausing,running>succeeded,running>timed_out}'::text[]) THEN
         RAISE EXCEPTION 'illegal workflow_execution status change % -> %', OLD.status, NEW.status
             USING ERRCODE = 'check_violation',
                   DETAIL = 'the legal moves are in attune.status_transition';
@@ -143,6 +147,10 @@ BEGIN
         PERFORM pg_notify('attune_start', '');
     END IF;
     PERFORM pg_notify('attune_execution', NEW.id::text || ':' || NEW.status);
+    IF NEW.parent_task_id IS NOT NULL
+       AND NEW.status IN ('succeeded', 'failed', 'canceled', 'timed_out') THEN
+        PERFORM pg_notify('attune_control', '');  -- the parent's task can resume
+    END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER workflow_execution_20_guard_insert BEFORE INSERT ON attune.workflow_execution

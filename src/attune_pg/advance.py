@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 
 from attune_pg.engine.conductor import Conductor, error_of
-from attune_pg.engine.state import Context, Execution, TaskState
-from attune_pg.spec.model import ActionSpec
-from attune_pg.store import work
+from attune_pg.engine.state import Attempt, Context, Execution, TaskState
+from attune_pg.spec.model import DEFAULT_DEPTH_LIMIT, ActionSpec
+from attune_pg.store import control, work
 from attune_pg.store.catalog import DbKV
 
 log = logging.getLogger("attune_pg.advance")
@@ -140,14 +140,66 @@ def _complete(
 ) -> None:
     ids = sorted({f.task.workflow_execution_id for f in finished})
     executions, now = work.lock_executions(conn, ids)
+    by_id = {e.id: e for e in executions}
+    finished = _check_parks(conn, finished, by_id)
     attempts = work.finish_attempts(conn, me, finished)
     stats.stale += len(finished) - len(attempts)
-    if not attempts:
-        return
-    by_execution = defaultdict(list)
+    parks = {f.task.id: f for f in finished if f.park}
+    for attempt in attempts:
+        if attempt.task_execution_id in parks:
+            f = parks[attempt.task_execution_id]
+            park = control.Park(f.task.id, f.park or "", f.task.action_ref, f.task.input)
+            control.park(conn, by_id[attempt.execution_id], [park])
+    attempts = [a for a in attempts if a.task_execution_id not in parks]
+    if attempts:
+        _conduct(conn, executions, attempts, set(), now, actions, stats)
+
+
+def _check_parks(
+    conn: psycopg.Connection, finished: Sequence[work.Finished], by_id: Mapping[int, Execution]
+) -> list[work.Finished]:
+    """A nested workflow that cannot start fails its task instead of waiting forever."""
+    children = [f for f in finished if f.park == "workflow"]
+    if not children:
+        return list(finished)
+    runnable = control.runnable_workflows(conn, [f.task.action_ref for f in children])
+    out = []
+    for f in finished:
+        execution = by_id.get(f.task.workflow_execution_id)
+        problem = None
+        if f.park == "workflow" and execution is not None:
+            if f.task.action_ref not in runnable:
+                problem = error_of(
+                    "UnknownWorkflow",
+                    f"workflow {f.task.action_ref!r} is not registered or disabled",
+                )
+            elif execution.depth + 1 > DEFAULT_DEPTH_LIMIT:
+                problem = error_of(
+                    "DepthLimit",
+                    f"nested workflows may be {DEFAULT_DEPTH_LIMIT} deep;"
+                    f" {f.task.action_ref!r} would be level {execution.depth + 1}",
+                )
+        out.append(replace(f, status="failed", error=problem, park=None) if problem else f)
+    return out
+
+
+def _conduct(
+    conn: psycopg.Connection,
+    executions: Sequence[Execution],
+    attempts: Sequence[Attempt],
+    requested: set[int],
+    now: float,
+    actions: Mapping[str, ActionSpec],
+    stats: AdvanceStats,
+) -> None:
+    """Run the conductor over locked executions: attempts first, then control requests."""
+    by_execution: dict[int, list[Attempt]] = defaultdict(list)
     for attempt in attempts:
         by_execution[attempt.execution_id].append(attempt)
-    live: list[Execution] = [e for e in executions if e.id in by_execution]
+    live = [e for e in executions if e.id in by_execution or e.id in requested]
+    if not live:
+        return
+    pausing = control.running_rows(conn, [e.id for e in live if e.status == "pausing"])
     latest = work.latest_states_many(conn, [e.id for e in live])
     older = [
         (a.execution_id, a.task_name, a.iteration)
@@ -161,14 +213,43 @@ def _complete(
     batch = _Batch(conn, stats)
     ctx = Context(now, actions, DbKV(conn))
     for execution in live:
+        if execution.id in pausing:
+            execution = replace(execution, running_rows=pausing[execution.id])
         try:
             conductor = Conductor(execution, latest[execution.id], ctx)
             for state in extra.get(execution.id, ()):
                 conductor.add_state(state)
-            for attempt in by_execution[execution.id]:
+            for attempt in by_execution.get(execution.id, ()):
                 conductor.attempt_finished(attempt)
+            if execution.id in requested:
+                live_rows = {}
+                if conductor.status == "canceling":
+                    for state in control.open_states(conn, execution.id):
+                        conductor.add_state(state)
+                    live_rows = control.live_rows(conn, execution.id)
+                conductor.control(live_rows)
             batch.conductors[execution.id] = conductor
-            stats.advanced += len(by_execution[execution.id])
+            stats.advanced += len(by_execution.get(execution.id, ()))
         except Exception as exc:
             batch.bug(execution.id, exc)
     batch.write()
+
+
+def control_pass(
+    conn: psycopg.Connection, actions: Mapping[str, ActionSpec], limit: int = 100
+) -> AdvanceStats:
+    """Carry out control requests and resume waiting tasks whose inquiry or child ended."""
+    stats = AdvanceStats()
+    with conn.transaction():
+        ids = control.candidates(conn, limit)
+        if not ids:
+            return stats
+        executions, now = work.lock_executions(conn, ids)
+        if not executions:
+            return stats
+        locked = [e.id for e in executions]
+        requested = control.take_requests(conn, locked)
+        resumed = control.finish_waiting(conn, locked)
+        _conduct(conn, executions, resumed, requested, now, actions, stats)
+        stats.started = len(requested)
+    return stats

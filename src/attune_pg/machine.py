@@ -60,18 +60,26 @@ TASK_STATE_STATES = (
 
 _WORKFLOW_TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "start", "source": "requested", "dest": "running"},
-    {"trigger": "succeed", "source": "running", "dest": "succeeded"},
+    # A pause that arrives as the last task finishes: the workflow is simply done.
+    {"trigger": "succeed", "source": ["running", "pausing", "paused"], "dest": "succeeded"},
     {
         "trigger": "fail",
         "source": ["requested", "running", "pausing", "paused", "canceling"],
         "dest": "failed",
     },
-    {"trigger": "time_out", "source": ["running", "pausing", "paused"], "dest": "timed_out"},
+    # canceling -> timed_out: a workflow timeout first cancels what runs, then ends timed_out.
+    {
+        "trigger": "time_out",
+        "source": ["running", "pausing", "paused", "canceling"],
+        "dest": "timed_out",
+    },
     {"trigger": "pause", "source": "running", "dest": "pausing"},
     {"trigger": "paused", "source": "pausing", "dest": "paused"},
     {"trigger": "resume", "source": ["pausing", "paused"], "dest": "running"},
     {"trigger": "cancel", "source": ["running", "pausing", "paused"], "dest": "canceling"},
     {"trigger": "cancel_now", "source": ["requested", "canceling"], "dest": "canceled"},
+    # retry_execution: re-run the failed tasks of a failed execution, keeping the rest.
+    {"trigger": "retry", "source": "failed", "dest": "running"},
 ]
 
 _TASK_TRANSITIONS: list[dict[str, object]] = [

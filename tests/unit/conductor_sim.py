@@ -25,6 +25,7 @@ Workers are simulated by `claim` (scheduled -> running) and `finish` /
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -93,6 +94,7 @@ class Row:
     timeout: float | None = None
     result: Json = None
     error: dict[str, Json] | None = None
+    held: bool = False  # released while the execution was pausing: waits for resume
 
     @property
     def key(self) -> tuple[str, int, int | None, int]:
@@ -181,6 +183,8 @@ class Sim:
         self.aggregated: list[tuple[str, int, list[Json], list[int]]] = []
         # (entity, key, before, after) for every status write, INSERTs with before None.
         self.changes: list[tuple[str, object, str | None, str]] = []
+        # What happened, for coverage statistics of property tests.
+        self.stats: Counter[str] = Counter()
         # Largest number of items seen in flight at once, per (task, iteration).
         self.max_in_flight: dict[tuple[str, int], int] = {}
 
@@ -283,6 +287,9 @@ class Sim:
             current = latest.get(attempt.task_name)
             if current is None or current.iteration != attempt.iteration:
                 conductor.add_state(self.states[(attempt.task_name, attempt.iteration)])
+                self.stats["older iteration finished"] += 1
+        if len(attempts) > 1:
+            self.stats["batched advance"] += 1
         for attempt in attempts:
             conductor.attempt_finished(attempt)
         self._write(conductor)
@@ -305,6 +312,7 @@ class Sim:
             if not aggregates:
                 return
             for agg in aggregates:
+                self.stats["items aggregated"] += 1
                 results, failed = self.item_results(agg.task_name, agg.iteration)
                 self.aggregated.append((agg.task_name, agg.iteration, results, failed))
                 conductor.items_aggregated(agg.task_name, agg.iteration, results, failed)
@@ -337,7 +345,7 @@ class Sim:
         inserts: list[TaskState] = []
         updates: list[tuple[TaskState, str]] = []
         new_rows: list[NewTaskRows] = []
-        releases: dict[tuple[str, int], int] = {}
+        releases: dict[tuple[str, int, bool], int] = {}
         cancels: list[CancelPendingItems] = []
         executions: list[WriteExecution] = []
         aggregates: list[AggregateItems] = []
@@ -354,7 +362,7 @@ class Sim:
             elif isinstance(command, NewTaskRows):
                 new_rows.append(command)
             elif isinstance(command, ReleaseItems):
-                key = (command.task_name, command.iteration)
+                key = (command.task_name, command.iteration, _held(command))
                 releases[key] = releases.get(key, 0) + command.count
             elif isinstance(command, CancelPendingItems):
                 cancels.append(command)
@@ -372,9 +380,15 @@ class Sim:
             self._update_state(state, before)
         for new in new_rows:
             self._insert_rows(new)
-        for (task, iteration), count in releases.items():
+        if cancels:
+            self.stats["pending items canceled"] += 1
+        for (task, iteration, held), count in releases.items():
             pending = sorted(
-                self.rows_where(status="pending", task=task, iteration=iteration),
+                (
+                    r
+                    for r in self.rows_where(status="pending", task=task, iteration=iteration)
+                    if not r.held
+                ),
                 key=lambda r: (r.item_index is None, r.item_index or 0, r.id),
             )
             if len(pending) < count:
@@ -382,7 +396,10 @@ class Sim:
                     f"ReleaseItems {task}#{iteration} x{count}: only {len(pending)} pending"
                 )
             for row in pending[:count]:
-                self._move_row(row, "scheduled")
+                if held:
+                    row.held = True
+                else:
+                    self._move_row(row, "scheduled")
         for cancel in cancels:
             for row in self.rows_where(
                 status="pending", task=cancel.task_name, iteration=cancel.iteration
@@ -423,8 +440,10 @@ class Sim:
             raise SimViolation(
                 f"task rows for {new.task_name}#{new.iteration} whose task_state is {shown!r}"
             )
+        held = _held(new)
         for i, (index, value) in enumerate(new.items):
-            status = "scheduled" if i < new.release else "pending"
+            released = i < new.release
+            status = "scheduled" if released and not held else "pending"
             if status not in machine.INITIAL["task"]:
                 raise SimViolation(f"task row cannot be created {status!r}")
             row = Row(
@@ -438,6 +457,7 @@ class Sim:
                 status=status,
                 delay=new.delay,
                 timeout=new.timeout,
+                held=released and held,
             )
             if row.key in self._row_keys:
                 raise SimViolation(f"duplicate task_execution {row.key}")
@@ -524,6 +544,11 @@ class Sim:
 
 
 # ----------------------------------------------------------------- driving
+
+
+def _held(command: NewTaskRows | ReleaseItems) -> bool:
+    """`held` (rows released while pausing stay pending); absent in older commands."""
+    return bool(getattr(command, "held", False))
 
 
 class Chooser(Protocol):

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from attune_pg.spec.model import RetryPolicy, TaskSpec, Transition, WorkflowSpec
@@ -83,7 +83,7 @@ def plans(draw: st.DrawFn) -> Plan:
                 )
                 publish: tuple[tuple[str, Any], ...] = ()
                 if kind == "on_success" and draw(st.booleans()):
-                    publish = ((f"v{i}", "{{ result().task }}"),)
+                    publish = ((f"v{i}", "{{ result() | length }}"),)
                 out.append(Transition(when=KINDS[kind], publish=publish, do=tuple(targets)))
         transitions.append(out)
     inbound = {name: 0 for name in names}
@@ -176,6 +176,8 @@ def invariants(plan: Plan) -> Any:
 def expected_arrivals(sim: Sim) -> dict[str, int]:
     """How many transitions must have named each task, from the final task states."""
     arrivals = {task.name: 0 for task in sim.spec.tasks}
+    for task in sim.spec.start_tasks():
+        arrivals[task.name] = 1  # the workflow's start triggers them once
     for state in sim.states.values():
         if state.status not in ("succeeded", "failed", "timed_out"):
             continue  # skipped, canceled and pending tasks do not route
@@ -204,7 +206,7 @@ def check_outcome(sim: Sim) -> None:
         assert sim.status == "failed", (unhandled, never_fired)
         assert error is not None
         assert error["type"] in ("TaskFailed", "JoinNeverFired")
-        assert (error["task"], 1) in set(unhandled) | set(never_fired)
+        assert error["task"] in {name for name, _ in unhandled + never_fired}
     else:
         assert sim.status == "succeeded", error
         assert error is None
@@ -213,10 +215,8 @@ def check_outcome(sim: Sim) -> None:
     complete = error is None or error["type"] == "JoinNeverFired"
     for name, expected in expected_arrivals(sim).items():
         runs = sim.iterations(name)
-        if sim.spec.task(name).join is None:
-            got = len(runs)
-        else:
-            got = sum(s.join_arrivals for s in runs)
+        joins = sim.spec.task(name).join is not None
+        got = sum(s.join_arrivals for s in runs) if joins else len(runs)
         if complete:
             assert got == expected, f"{name}: triggered {got} times, transitions fired {expected}"
         else:
@@ -232,9 +232,27 @@ def check_outcome(sim: Sim) -> None:
             assert state.result["total_count"] == state.items_total
             assert sorted({r.item_index for r in rows}) == list(range(state.items_total))
             if state.status == "succeeded":
-                finals = [r for r in rows if r.status == "succeeded"]
+                finals = sorted(
+                    (r for r in rows if r.status == "succeeded"), key=lambda r: r.item_index or 0
+                )
                 assert [r.item_index for r in finals] == list(range(state.items_total))
                 assert state.result["results"] == [r.result for r in finals]
+
+
+def _joins_seen(sim: Sim) -> list[Any]:
+    """Every status a join task_state was ever written with (from the change log)."""
+
+    @dataclass(frozen=True)
+    class Seen:
+        status: str
+
+    return [
+        Seen(after)
+        for entity, key, _, after in sim.changes
+        if entity == "task_state"
+        and isinstance(key, tuple)
+        and sim.spec.task(str(key[0])).join is not None
+    ]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -244,6 +262,12 @@ def test_random_dags_keep_every_invariant(plan: Plan, data: st.DataObject, max_b
     chooser = DataChooser(data)
     run(sim, chooser, outcome=outcome, max_batch=max_batch, after_each=invariants(plan))
     check_outcome(sim)
+    error = sim.execution.error
+    event(f"workflow {sim.status}" + (f" ({error['type']})" if error else ""))
+    for what in sorted(sim.stats):
+        event(what)
+    if any(s.status == "pending" for s in _joins_seen(sim)):
+        event("join waited for arrivals")
 
     replay = Sim(plan.spec, plan.parameters, extra_initial_states=KNOWN_BAD_INSERTS)
     run(replay, ListChooser(list(chooser.record)), outcome=outcome, max_batch=max_batch)

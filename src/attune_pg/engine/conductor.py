@@ -12,12 +12,14 @@ same commands (retry jitter is derived from a hash of the task occurrence).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import jsonschema
 
 from attune_pg import template
+from attune_pg.engine import control
 from attune_pg.engine.state import (
     AggregateItems,
     Attempt,
@@ -25,6 +27,7 @@ from attune_pg.engine.state import (
     Command,
     Context,
     Execution,
+    LiveRows,
     NewTaskRows,
     Publish,
     ReleaseItems,
@@ -40,10 +43,11 @@ Json = Any
 
 FAILED = frozenset({"failed", "timed_out"})
 DONE = frozenset({"succeeded", "failed", "timed_out", "canceled", "skipped"})
-# Workflow statuses in which new tasks are dispatched.
-DISPATCHING = frozenset({"running"})
+# Workflow statuses in which new tasks are dispatched (held, while pausing).
+DISPATCHING = frozenset({"running", "pausing", "paused"})
 # Statuses from which the workflow finishes once nothing is active.
-FINISHABLE = frozenset({"running", "canceling"})
+FINISHABLE = frozenset({"running", "pausing", "paused", "canceling"})
+TIMEOUT_ERROR = "WorkflowTimedOut"
 
 
 def error_of(kind: str, message: str, **extra: Json) -> dict[str, Json]:
@@ -137,6 +141,34 @@ class Conductor:
         else:
             self._task_done(state, "succeeded", result, None)
 
+    def control(self, live: Mapping[tuple[str, int], LiveRows]) -> None:
+        """Carry out a control request recorded on the execution row (see control.py)."""
+        if self.status == "canceling":
+            control.cancel(self, live)
+        elif self.status == "pausing":
+            control.pause(self)
+        elif self.status == "running":
+            control.redrive(self)
+
+    # The narrow interface control.py uses.
+    def emit(self, command: Command) -> None:
+        self._commands.append(command)
+
+    def put(self, state: TaskState) -> None:
+        self._put(state)
+
+    def open_states(self) -> list[TaskState]:
+        return [s for s in self._states.values() if s.status in ("pending", "running")]
+
+    def task_done(self, state: TaskState, status: str, result: Json, error: Json) -> None:
+        self._task_done(state, status, result, error)
+
+    def new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> bool:
+        return self._new_iteration(spec, latest)
+
+    def check_complete(self) -> None:
+        self._check_complete()
+
     # ------------------------------------------------------------ output
 
     def flush(self) -> list[Command]:
@@ -195,6 +227,10 @@ class Conductor:
 
     def _dispatching(self) -> bool:
         return self.status in DISPATCHING and self.error is None
+
+    def _held(self) -> bool:
+        """Pausing: what is dispatched now waits (held) until resume."""
+        return self.status != "running"
 
     def _scope(
         self,
@@ -272,6 +308,7 @@ class Conductor:
                 release=1,
                 delay=delay,
                 timeout=self._timeout(spec),
+                held=self._held(),
             )
         )
         return True
@@ -288,7 +325,7 @@ class Conductor:
         total = state.items_total or 0
         keep_going = self._dispatching() and state.items_failed == 0
         if keep_going and state.items_released < total:
-            self._commands.append(ReleaseItems(spec.name, state.iteration, 1))
+            self._commands.append(ReleaseItems(spec.name, state.iteration, 1, self._held()))
             state = replace(state, items_released=state.items_released + 1)
         self._put(state)
         if state.items_done < state.items_released:
@@ -308,7 +345,40 @@ class Conductor:
         self._put(state)
         if status != "canceled":
             self._route(state)
+        self._notify_block(state)
         self._check_complete()
+
+    def _notify_block(self, sub: TaskState) -> None:
+        """A sub-task of a `type: parallel` block ended: the block ends with its last one."""
+        block = self.spec.block_of(sub.name)
+        if block is None:
+            return
+        state = self.latest.get(block.name)
+        if state is None or state.status != "running":
+            return
+        entry = {"task": sub.name, "status": sub.status, "result": sub.result, "error": sub.error}
+        state = replace(
+            state,
+            items_done=state.items_done + 1,
+            items_failed=state.items_failed + (1 if sub.status in FAILED else 0),
+            result=[*(state.result or []), entry],
+        )
+        self._put(state)
+        if state.items_done < (state.items_total or 0):
+            return
+        order = {t.name: i for i, t in enumerate(block.tasks)}
+        outcomes = sorted(state.result, key=lambda e: order.get(e["task"], 0))
+        failed = [e["task"] for e in outcomes if e["status"] in FAILED]
+        if failed:
+            error = error_of(
+                "ParallelFailed",
+                f"{len(failed)} of {len(outcomes)} sub-tasks failed: {', '.join(failed)}",
+            )
+            self._task_done(state, "failed", outcomes, error)
+        elif any(e["status"] == "canceled" for e in outcomes):
+            self._task_done(state, "canceled", outcomes, None)
+        else:
+            self._task_done(state, "succeeded", outcomes, None)
 
     def _route(self, state: TaskState) -> None:
         spec = self.spec.task(state.name)
@@ -395,10 +465,12 @@ class Conductor:
             return None
         return iteration
 
-    def _new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> None:
+    def _new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> bool:
         iteration = self._next_iteration(spec, latest)
-        if iteration is not None:
-            self._dispatch(spec, TaskState(spec.name, iteration, "pending"))
+        if iteration is None:
+            return False
+        self._dispatch(spec, TaskState(spec.name, iteration, "pending"))
+        return True
 
     def _timeout(self, spec: TaskSpec) -> float | None:
         action = self.ctx.actions.get(spec.action or "")
@@ -420,13 +492,12 @@ class Conductor:
         running = replace(state, status="running")
         self.active += 1
         if spec.kind == "parallel":
-            self._put(running)
-            self._task_done(
-                running,
-                "failed",
-                None,
-                error_of("NotSupported", "type: parallel blocks are not supported yet"),
-            )
+            self._put(replace(running, items_total=len(spec.tasks), items_released=len(spec.tasks)))
+            for sub_task in spec.tasks:
+                if not self._new_iteration(sub_task, self.latest.get(sub_task.name)):
+                    # Could not start (iteration cap): counts as a failed sub-task.
+                    never = TaskState(sub_task.name, 0, "failed", error=self.error)
+                    self._notify_block(never)
             return
         action = self.ctx.actions.get(spec.action or "")
         if action is None:
@@ -457,6 +528,7 @@ class Conductor:
                     release=1,
                     delay=spec.delay or 0.0,
                     timeout=self._timeout(spec),
+                    held=self._held(),
                 )
             )
             return
@@ -478,6 +550,7 @@ class Conductor:
                 release=release,
                 delay=spec.delay or 0.0,
                 timeout=self._timeout(spec),
+                held=self._held(),
             )
         )
 
@@ -520,9 +593,11 @@ class Conductor:
 
     def _check_complete(self) -> None:
         if self.active > 0 or self.status not in FINISHABLE:
+            if self.status == "pausing" and self.execution.running_rows == 0:
+                self.status = "paused"  # nothing runs any more; held work waits for resume
             return
         waiting = [s for s in self.latest.values() if s.status == "pending"]
-        if self.error is None and self.status == "running":
+        if self.error is None and self.status != "canceling":
             for state in waiting:
                 self._fail_workflow(
                     error_of(
@@ -535,7 +610,8 @@ class Conductor:
         for state in waiting:
             self._put(replace(state, status="canceled"))
         if self.status == "canceling":
-            self.status = "canceled"
+            timed_out = isinstance(self.error, dict) and self.error.get("type") == TIMEOUT_ERROR
+            self.status = "timed_out" if timed_out else "canceled"
         elif self.error is not None:
             self.status = "failed"
         else:

@@ -32,6 +32,9 @@ class Execution:
     requested_by: str = ""
     started_at: float | None = None  # epoch seconds
     depth: int = 0
+    cancel_policy: str | None = None
+    # Rows of this execution still running (loaded only while it is pausing).
+    running_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class TaskState:
     items_failed: int = 0
     result: Json = None
     error: dict[str, Json] | None = None
+    unhandled: bool = False  # failed and no transition handled it: retry_execution re-runs it
 
     @property
     def key(self) -> tuple[str, int]:
@@ -110,6 +114,7 @@ class NewTaskRows:
     release: int
     delay: float = 0.0
     timeout: float | None = None
+    held: bool = False  # the execution is pausing: released rows wait for resume
 
 
 @dataclass(frozen=True)
@@ -119,12 +124,39 @@ class ReleaseItems:
     task_name: str
     iteration: int
     count: int
+    held: bool = False
 
 
 @dataclass(frozen=True)
 class CancelPendingItems:
     task_name: str
     iteration: int
+
+
+@dataclass(frozen=True)
+class CancelLive:
+    """Cancel the execution's live work: pending and scheduled rows, open inquiries,
+    child executions; with `cancel_running`, ask workers to kill running actions."""
+
+    cancel_running: bool
+
+
+@dataclass(frozen=True)
+class HoldScheduled:
+    """Pause: scheduled rows go back to pending (held) and child executions pause."""
+
+
+@dataclass(frozen=True)
+class LiveRows:
+    """A task state's rows that stay live through a cancel: those a worker is running
+    and those waiting on a child execution (which reports back when it ends)."""
+
+    running: int = 0
+    waiting_on_child: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.running + self.waiting_on_child
 
 
 @dataclass(frozen=True)
@@ -163,6 +195,8 @@ Command = (
     | NewTaskRows
     | ReleaseItems
     | CancelPendingItems
+    | CancelLive
+    | HoldScheduled
     | Publish
     | AggregateItems
     | WriteExecution

@@ -114,6 +114,13 @@ class WorkflowSpec:
             out.extend(task.tasks)
         return tuple(out)
 
+    def block_of(self, name: str) -> TaskSpec | None:
+        """The `type: parallel` block that `name` is a sub-task of, if any."""
+        for task in self.tasks:
+            if any(sub.name == name for sub in task.tasks):
+                return task
+        return None
+
     def inbound(self, name: str) -> int:
         """How many transitions (across all tasks) name `name` as a target."""
         return sum(t.do.count(name) for task in self.all_tasks() for t in task.next)

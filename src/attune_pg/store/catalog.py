@@ -42,7 +42,13 @@ class ActionCatalog(Mapping[str, ActionSpec]):
 
 
 class DbKV:
-    """`kv.get` / `kv.get_secret` for templates, read inside the advance transaction."""
+    """`kv.get` / `kv.get_secret` for templates, read inside the advance transaction.
+
+    It is a `template.scope.SecretFlagKV`: `is_secret` lets the template layer render
+    ``kv.get_secret`` as a token (`attune_pg.secrets`) without reading the value, so
+    the conductor never sees a secret. `get` refuses secret keys for the same reason.
+    `get_secret` (the value itself) is kept for callers that need it.
+    """
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self._conn = conn
@@ -55,8 +61,21 @@ class DbKV:
             return False, None, False
         return True, row[0], bool(row[1])
 
+    def is_secret(self, key: str) -> bool | None:
+        """True for a secret key, False for a plain one, None when the key is not set."""
+        row = self._conn.execute("SELECT secret FROM attune.kv WHERE key = %s", (key,)).fetchone()
+        return None if row is None else bool(row[0])
+
+    def has_secret(self, key: str) -> bool:
+        """True if `key` is set and marked secret."""
+        return self.is_secret(key) is True
+
     def get(self, key: str, default: Json = None) -> Json:
-        found, value, _ = self._read(key)
+        found, value, secret = self._read(key)
+        if found and secret:
+            from attune_pg.errors import TemplateError
+
+            raise TemplateError(f"kv key {key!r} is secret; use kv.get_secret")
         return value if found else default
 
     def get_secret(self, key: str) -> Json:

@@ -107,3 +107,43 @@ def workflow(conn: psycopg.Connection, ref: str) -> Row:
 
 def workers(conn: psycopg.Connection) -> list[Row]:
     return _rows(conn, "SELECT * FROM attune.worker_status ORDER BY started_at DESC")
+
+
+def execution_definition(conn: psycopg.Connection, execution_id: int) -> dict[str, Any]:
+    """The definition snapshot an execution runs with (`WorkflowSpec.from_dict` reads it)."""
+    row = conn.execute(
+        "SELECT definition FROM attune.workflow_execution WHERE id = %s", (execution_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"execution {execution_id} does not exist")
+    if row[0] is None:
+        raise NotFoundError(f"execution {execution_id} has no definition snapshot")
+    return dict(row[0])
+
+
+# Which status speaks for a with_items task whose items ended differently: the first listed.
+_STATUS_PRECEDENCE = [
+    "failed", "timed_out", "running", "waiting", "scheduled", "pending", "canceled", "skipped",
+    "succeeded",
+]  # fmt: skip
+
+
+def latest_task_statuses(conn: psycopg.Connection, execution_id: int) -> dict[str, str]:
+    """Task name -> status of its latest run: the last attempt in its latest iteration.
+
+    A with_items task has one such row per item; they are summed up by `_STATUS_PRECEDENCE`
+    (any failed item makes it failed, else any running one running, ...).
+    """
+    rows = conn.execute(
+        "SELECT task_name, (array_agg(status ORDER BY"
+        " array_position(%s::text[], status) NULLS LAST))[1]"
+        " FROM (SELECT DISTINCT ON (task_name, coalesce(item_index, -1)) task_name, status"
+        "   FROM attune.task_execution t WHERE workflow_execution_id = %s"
+        "    AND iteration = (SELECT max(iteration) FROM attune.task_execution m"
+        "     WHERE m.workflow_execution_id = t.workflow_execution_id"
+        "       AND m.task_name = t.task_name)"
+        "   ORDER BY task_name, coalesce(item_index, -1), attempt DESC, id DESC) latest"
+        " GROUP BY task_name",
+        (_STATUS_PRECEDENCE, execution_id),
+    ).fetchall()
+    return {str(name): str(status) for name, status in rows}

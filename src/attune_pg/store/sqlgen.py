@@ -82,7 +82,11 @@ _AFTER_GUARD = {
     IF NEW.status = 'requested' THEN
         PERFORM pg_notify('attune_start', '');
     END IF;
-    PERFORM pg_notify('attune_execution', NEW.id::text || ':' || NEW.status);""",
+    PERFORM pg_notify('attune_execution', NEW.id::text || ':' || NEW.status);
+    IF NEW.parent_task_id IS NOT NULL
+       AND NEW.status IN ('succeeded', 'failed', 'canceled', 'timed_out') THEN
+        PERFORM pg_notify('attune_control', '');  -- the parent's task can resume
+    END IF;""",
     "task": """
     IF NEW.status IN ('succeeded', 'failed', 'canceled', 'timed_out', 'skipped') THEN
         NEW.finished_at := coalesce(NEW.finished_at, now());

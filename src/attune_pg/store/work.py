@@ -18,9 +18,11 @@ from attune_pg import machine
 from attune_pg.engine.state import (
     AggregateItems,
     Attempt,
+    CancelLive,
     CancelPendingItems,
     Command,
     Execution,
+    HoldScheduled,
     NewTaskRows,
     Publish,
     ReleaseItems,
@@ -29,6 +31,7 @@ from attune_pg.engine.state import (
     WriteTaskState,
 )
 from attune_pg.spec.model import WorkflowSpec
+from attune_pg.store import control
 
 Json = Any
 
@@ -60,6 +63,7 @@ class Finished:
     status: str
     result: Json
     error: dict[str, Json] | None
+    park: str | None = None  # "inquiry" | "workflow": the engine parks it in `waiting`
 
 
 # ----------------------------------------------------------------- claiming
@@ -96,24 +100,29 @@ def next_due_in(conn: psycopg.Connection) -> float | None:
 
 def heartbeat(
     conn: psycopg.Connection, me: str, task_ids: Sequence[int], lease: float, done: int
-) -> None:
+) -> list[int]:
     """Extend the leases of the tasks this worker is running, in one statement.
 
     Only the ids it really runs: a row whose advance was rolled back must be
-    allowed to expire and be reaped, not kept alive forever.
+    allowed to expire and be reaped, not kept alive forever. Returns the ids whose
+    execution asked for them to be canceled (cancel_running).
     """
+    cancel: list[int] = []
     if task_ids:
-        conn.execute(
+        rows = conn.execute(
             "UPDATE attune.task_execution SET lease_expires_at = now() + make_interval(secs => %s)"
-            " WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s",
+            " WHERE id = ANY(%s) AND status = 'running' AND lease_owner = %s"
+            " RETURNING id, cancel_requested",
             (lease, list(task_ids), me),
-        )
+        ).fetchall()
+        cancel = [row[0] for row in rows if row[1]]
     running = len(task_ids)
     conn.execute(
         "UPDATE attune.worker SET heartbeat_at = now(), running = %s, tasks_done = %s"
         " WHERE id = %s",
         (running, done, me),
     )
+    return cancel
 
 
 def reap_expired(conn: psycopg.Connection, limit: int = 100) -> int:
@@ -165,7 +174,7 @@ def stop_worker(conn: psycopg.Connection, me: str, done: int) -> None:
 _EXECUTION_COLUMNS = (
     "id, workflow_ref, status, md5(definition::text), parameters, vars, active_tasks, error,"
     " output, pack_config, requested_by, extract(epoch FROM started_at)::float8, depth,"
-    " extract(epoch FROM now())::float8"
+    " cancel_policy, extract(epoch FROM now())::float8"
 )
 
 # Definition snapshots are immutable, so each is parsed once per process, keyed by
@@ -197,8 +206,10 @@ def lock_executions(
         # No snapshot (a row edited by hand?): fail it rather than poison every batch.
         fail_executions(
             conn,
-            [(i, {"type": "InternalError", "message": "definition snapshot is missing"})
-             for i in broken],
+            [
+                (i, {"type": "InternalError", "message": "definition snapshot is missing"})
+                for i in broken
+            ],
         )
         rows = [row for row in rows if row[3] is not None]
     missing = [row[0] for row in rows if row[3] not in _SPECS]
@@ -231,6 +242,7 @@ def _execution(row: Sequence[Any]) -> Execution:
         requested_by,
         started_at,
         depth,
+        cancel_policy,
         _now,
     ) = row
     return Execution(
@@ -247,12 +259,13 @@ def _execution(row: Sequence[Any]) -> Execution:
         requested_by=requested_by,
         started_at=started_at,
         depth=depth,
+        cancel_policy=cancel_policy,
     )
 
 
 _STATE_COLUMNS = (
     "task_name, iteration, status, join_required, join_arrivals, items_total,"
-    " items_released, items_done, items_failed, result, error"
+    " items_released, items_done, items_failed, result, error, unhandled"
 )
 
 
@@ -372,7 +385,9 @@ def apply_batch(
     state_inserts: list[tuple[int, TaskState]] = []
     state_updates: list[tuple[int, TaskState, str]] = []
     new_rows: list[tuple[int, NewTaskRows]] = []
-    releases: dict[tuple[int, str, int], int] = {}
+    releases: dict[tuple[int, str, int, bool], int] = {}
+    cancel_live: dict[bool, list[int]] = {}
+    holds: list[int] = []
     cancels: list[tuple[int, CancelPendingItems]] = []
     publishes: list[tuple[int, Publish]] = []
     executions: list[tuple[int, WriteExecution]] = []
@@ -387,8 +402,12 @@ def apply_batch(
             elif isinstance(command, NewTaskRows):
                 new_rows.append((execution_id, command))
             elif isinstance(command, ReleaseItems):
-                key = (execution_id, command.task_name, command.iteration)
+                key = (execution_id, command.task_name, command.iteration, command.held)
                 releases[key] = releases.get(key, 0) + command.count
+            elif isinstance(command, CancelLive):
+                cancel_live.setdefault(command.cancel_running, []).append(execution_id)
+            elif isinstance(command, HoldScheduled):
+                holds.append(execution_id)
             elif isinstance(command, CancelPendingItems):
                 cancels.append((execution_id, command))
             elif isinstance(command, Publish):
@@ -403,14 +422,20 @@ def apply_batch(
         _update_states(conn, state_updates)
     if new_rows:
         _insert_tasks(conn, new_rows)
-    for (execution_id, task_name, iteration), count in releases.items():
+    for (execution_id, task_name, iteration, held), count in releases.items():
+        # Released while pausing: the rows stay pending, marked held, until resume.
+        change = "held = true" if held else "status = 'scheduled', run_at = now()"
         conn.execute(
-            "UPDATE attune.task_execution SET status = 'scheduled', run_at = now()"
+            f"UPDATE attune.task_execution SET {change}"
             " WHERE id IN (SELECT id FROM attune.task_execution"
             "   WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
-            "   AND status = 'pending' ORDER BY item_index LIMIT %s)",
+            "   AND status = 'pending' AND NOT held ORDER BY item_index LIMIT %s)",
             (execution_id, task_name, iteration, count),
         )
+    for cancel_running, ids in cancel_live.items():
+        control.cancel_live(conn, ids, cancel_running)
+    if holds:
+        control.hold_scheduled(conn, holds)
     for execution_id, cancel in cancels:
         conn.execute(
             "UPDATE attune.task_execution SET status = 'canceled'"
@@ -445,6 +470,7 @@ def _state_values(s: TaskState) -> tuple[Any, ...]:
         s.items_failed,
         None if s.result is None else Jsonb(s.result),
         None if s.error is None else Jsonb(s.error),
+        s.unhandled,
     )
 
 
@@ -457,10 +483,11 @@ def _insert_states(conn: psycopg.Connection, inserts: Sequence[tuple[int, TaskSt
     conn.execute(
         "INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,"
         " join_required, join_arrivals, items_total, items_released, items_done, items_failed,"
-        " result, error)"
+        " result, error, unhandled)"
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[],"
-        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[])",
-        _columns(rows, 12),
+        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[],"
+        " %s::bool[])",
+        _columns(rows, 13),
     )
 
 
@@ -470,14 +497,16 @@ def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskSt
         "UPDATE attune.task_state t SET status = v.status, join_required = v.join_required,"
         " join_arrivals = v.join_arrivals, items_total = v.items_total,"
         " items_released = v.items_released, items_done = v.items_done,"
-        " items_failed = v.items_failed, result = v.result, error = v.error"
+        " items_failed = v.items_failed, result = v.result, error = v.error,"
+        " unhandled = v.unhandled"
         " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[],"
-        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[])"
+        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[],"
+        " %s::bool[])"
         " AS v(execution_id, task_name, iteration, before, status, join_required, join_arrivals,"
-        " items_total, items_released, items_done, items_failed, result, error)"
+        " items_total, items_released, items_done, items_failed, result, error, unhandled)"
         " WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name"
         " AND t.iteration = v.iteration AND t.status = v.before",
-        _columns(rows, 13),
+        _columns(rows, 14),
     )
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
@@ -487,6 +516,7 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
     rows = []
     for execution_id, c in commands:
         for i, (index, value) in enumerate(c.items):
+            released = i < c.release
             rows.append(
                 (
                     execution_id,
@@ -495,23 +525,24 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
                     index,
                     c.attempt,
                     c.action_ref,
-                    "scheduled" if i < c.release else "pending",
+                    "scheduled" if released and not c.held else "pending",
                     Jsonb(value),
                     c.delay,
                     c.timeout,
+                    released and c.held,
                 )
             )
     conn.execute(
         "INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,"
-        " item_index, attempt, action_ref, status, input, priority, run_at, timeout)"
+        " item_index, attempt, action_ref, status, input, priority, run_at, timeout, held)"
         " SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.status,"
-        "        v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout"
+        "        v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout, v.held"
         "   FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[], %s::text[],"
-        "               %s::text[], %s::jsonb[], %s::float8[], %s::float8[])"
+        "               %s::text[], %s::jsonb[], %s::float8[], %s::float8[], %s::bool[])"
         "        AS v(e, task_name, iteration, item_index, attempt, action_ref, status, input,"
-        "             delay, timeout)"
+        "             delay, timeout, held)"
         "   JOIN attune.workflow_execution e ON e.id = v.e",
-        _columns(rows, 10),
+        _columns(rows, 11),
     )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 from attune_pg.errors import TemplateError
-from attune_pg.redact import KVLookup, SecretAwareKV, SecretSink
+from attune_pg.redact import KVLookup, SecretSink
+from attune_pg.secrets import secret_token
 
 # ------------------------------------------------------------------------------ scopes
 
@@ -107,24 +108,63 @@ class _TaskMap(_StrictMapping):
         return _TaskView(key, value) if isinstance(value, Mapping) else value
 
 
+@runtime_checkable
+class SecretFlagKV(Protocol):
+    """A kv store that can tell whether a key is secret without reading its value.
+
+    `is_secret(key)`: True for a secret, False for a plain value, None when the key is
+    not set. With such a store (the engine's `store.catalog.DbKV`), ``kv.get_secret``
+    renders a token (`attune_pg.secrets`) and never the value, and ``kv.get`` refuses
+    secret keys.
+    """
+
+    def is_secret(self, key: str) -> bool | None: ...
+
+
 class _KVScope:
-    """``kv`` in templates: `get(key, default)` and `get_secret(key)`."""
+    """``kv`` in templates: `get(key, default)` and `get_secret(key)`.
 
-    __slots__ = ("_kv",)
+    With a `SecretFlagKV` store, secrets only leave as tokens: ``kv.get_secret('k')`` is
+    ``"⟦secret:k⟧"`` (an error if `k` is not set or not secret) and ``kv.get`` on a secret
+    key is an error. A store with only get/get_secret (test doubles) hands out the value,
+    recorded in `sink` when one is given.
+    """
 
-    def __init__(self, kv: KVLookup | None) -> None:
+    __slots__ = ("_kv", "_sink")
+
+    def __init__(self, kv: KVLookup | None, sink: SecretSink | None = None) -> None:
         self._kv = kv
+        self._sink = sink
 
-    def _store(self) -> KVLookup:
+    def _store(self, key: object) -> KVLookup:
         if self._kv is None:
             raise TemplateError("kv is not available here")
+        if not isinstance(key, str):
+            raise TemplateError(f"a kv key must be a string, not {type(key).__name__}")
         return self._kv
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._store().get(key, default)
+        store = self._store(key)
+        if isinstance(store, SecretFlagKV) and store.is_secret(key):
+            raise TemplateError(f"kv key {key!r} is secret; use kv.get_secret")
+        return store.get(key, default)
 
     def get_secret(self, key: str) -> Any:
-        return self._store().get_secret(key)
+        store = self._store(key)
+        if not isinstance(store, SecretFlagKV):
+            value = store.get_secret(key)
+            if self._sink is not None:
+                self._sink.add(value)
+            return value
+        flag = store.is_secret(key)
+        if flag is None:
+            raise TemplateError(f"kv key {key!r} is not set")
+        if not flag:
+            raise TemplateError(f"kv key {key!r} is not a secret; use kv.get")
+        try:
+            return secret_token(key)
+        except ValueError as exc:
+            raise TemplateError(str(exc)) from None
 
     def __repr__(self) -> str:
         return "<kv>"
@@ -174,23 +214,21 @@ def build_scope(
     - ``task`` and ``tasks``: task name -> ``{result, status, error}`` (with-items tasks also
       ``results``, ``failed_items``, ``total_count``); an unknown name raises "task 'x' has
       not run" (test with ``'x' in task``).
-    - ``kv``: ``kv.get(key, default)``, ``kv.get_secret(key)``; with `secrets`, every secret
-      read is recorded there (and masked in error messages). Without a store, using kv is an
-      error "kv is not available here".
+    - ``kv``: ``kv.get(key, default)``, ``kv.get_secret(key)``. With a `SecretFlagKV` store
+      `get_secret` renders a token, never the value (see `_KVScope`); with a plain store and
+      `secrets`, every secret read is recorded there (and masked in error messages).
+      Without a store, using kv is an error "kv is not available here".
     - ``succeeded() failed() timed_out() result() error()``: about `current`; without it they
       raise "succeeded() is only available in transitions".
     - ``item`` and ``index`` only when given.
     """
-    store: KVLookup | None = kv
-    if store is not None and secrets is not None:
-        store = SecretAwareKV(store, secrets)
     task_map = _TaskMap(tasks)
     scope = Scope(
         parameters=parameters,
         vars=vars,
         pack={"config": pack_config if pack_config is not None else {}},
         system=system,
-        kv=_KVScope(store),
+        kv=_KVScope(kv, secrets),
         task=task_map,
         tasks=task_map,
         **_transition_functions(current),

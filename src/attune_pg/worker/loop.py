@@ -27,10 +27,10 @@ import psycopg
 
 from attune_pg import advance, db
 from attune_pg.actions import ActionOutcome
-from attune_pg.store import work
+from attune_pg.store import control, work
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.worker.listener import Listener
-from attune_pg.worker.runner import Running, TaskRunner
+from attune_pg.worker.runner import Running, TaskRunner, parks_as
 
 log = logging.getLogger("attune_pg.worker")
 
@@ -59,8 +59,9 @@ class Worker:
         # or by our own progress; a query that comes back short clears them.
         self._work_hint = threading.Event()
         self._start_hint = threading.Event()
-        self._work_hint.set()
-        self._start_hint.set()
+        self._control_hint = threading.Event()
+        for hint in (self._work_hint, self._start_hint, self._control_hint):
+            hint.set()
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
         self._pending: list[work.Finished] = []  # finished, not yet committed
@@ -85,7 +86,11 @@ class Worker:
             self.dsn,
             self._wake,
             self._stopping,
-            {"attune_work": self._work_hint, "attune_start": self._start_hint},
+            {
+                "attune_work": self._work_hint,
+                "attune_start": self._start_hint,
+                "attune_control": self._control_hint,
+            },
         )
         listener.start()
         conn: psycopg.Connection | None = None
@@ -184,8 +189,8 @@ class Worker:
         self._housekeeping(conn)
         if not self._wake.wait(self._sleep_for(conn, stopping)):
             # Poll timeout: the safety net for a missed notification.
-            self._work_hint.set()
-            self._start_hint.set()
+            for hint in (self._work_hint, self._start_hint, self._control_hint):
+                hint.set()
         return False
 
     def _collect(self) -> None:
@@ -201,6 +206,13 @@ class Worker:
                 self._pending.append(self._runner.finished(entry, outcome))
 
     def _claim(self, conn: psycopg.Connection, actions: ActionCatalog) -> None:
+        if self._control_hint.is_set():
+            self._control_hint.clear()
+            self._cancel_requested(conn)
+            stats = advance.control_pass(conn, actions)
+            if stats.started or stats.advanced:
+                self._work_hint.set()
+                self._control_hint.set()  # there may be more; the next pass finds none
         if self._start_hint.is_set():
             self._start_hint.clear()
             stats = advance.start_requested(conn, actions, self.config.start_batch)
@@ -221,7 +233,13 @@ class Worker:
                 task.task_name,
                 task.workflow_execution_id,
             )
-            self._runner.submit(task, actions)
+            park = parks_as(actions.get(task.action_ref))
+            if park:
+                # Inquiries and nested workflows wait in the database, not in a thread.
+                self._pending.append(work.Finished(task, "waiting", None, None, park))
+                self._wake.set()
+            else:
+                self._runner.submit(task, actions)
         if len(claimed) == free:
             self._work_hint.set()  # the queue may hold more for the next free slot
         self._claimed_none = not claimed
@@ -230,21 +248,28 @@ class Worker:
     _last_reap = 0.0
     _claimed_none = False
 
+    def _cancel_requested(self, conn: psycopg.Connection) -> None:
+        """Heartbeat now; kill the actions whose execution was canceled (cancel_running)."""
+        for task_id in work.heartbeat(
+            conn, self.id, list(self._runner.running), self.config.lease_seconds, self.tasks_done
+        ):
+            entry = self._runner.running.get(task_id)
+            if entry is not None and not entry.cancel.is_set():
+                log.info("canceling task %s: its execution was canceled", task_id)
+                entry.cancel.set()
+        self._last_heartbeat = time.monotonic()
+
     def _housekeeping(self, conn: psycopg.Connection) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat >= self.config.lease_seconds / 3:
-            work.heartbeat(
-                conn,
-                self.id,
-                list(self._runner.running),
-                self.config.lease_seconds,
-                self.tasks_done,
-            )
-            self._last_heartbeat = now
+            self._cancel_requested(conn)
         if now - self._last_reap >= min(self.config.lease_seconds / 2, 5.0):
             reaped = work.reap_expired(conn)
             if reaped:
                 log.warning("requeued %d tasks whose worker stopped heartbeating", reaped)
+                self._wake.set()
+            if control.expire_inquiries(conn) + control.time_out_workflows(conn):
+                self._control_hint.set()
                 self._wake.set()
             self._last_reap = now
 

@@ -18,6 +18,17 @@ ENGINE_RUNNERS = frozenset({"workflow"})
 ENGINE_BUILTINS = frozenset({"inquiry"})
 
 
+def parks_as(action: ActionSpec | None) -> str | None:
+    """'inquiry' or 'workflow' when the engine handles the task by waiting, not running."""
+    if action is None:
+        return None
+    if action.runner in ENGINE_RUNNERS:
+        return "workflow"
+    if action.runner == "builtin" and action.entry_point in ENGINE_BUILTINS:
+        return "inquiry"
+    return None
+
+
 @dataclass
 class Running:
     task: ClaimedTask
@@ -54,18 +65,8 @@ class TaskRunner:
                         "message": f"action {task.action_ref!r} is not registered",
                     },
                 )
-            elif action.runner in ENGINE_RUNNERS or (
-                action.runner == "builtin" and action.entry_point in ENGINE_BUILTINS
-            ):
-                outcome = ActionOutcome(
-                    "failed",
-                    None,
-                    {
-                        "type": "NotSupported",
-                        "message": f"{action.ref}: {action.runner} tasks are not supported"
-                        " by this worker yet",
-                    },
-                )
+            elif parks_as(action):
+                raise AssertionError("parked tasks never reach the runner")
             else:
                 limits = [t for t in (task.timeout, action.timeout) if t]
                 context = ActionContext(

@@ -1,0 +1,187 @@
+"""Secret tokens: how `kv.get_secret` values travel from the conductor to an action.
+
+The conductor renders task inputs and stores them in ``attune.task_execution.input``,
+which readers can see. So `kv.get_secret('db_password')` does not render the secret: it
+renders a *token* naming it::
+
+    ⟦secret:db_password⟧
+
+The delimiters are U+27E6 and U+27E7 (MATHEMATICAL WHITE SQUARE BRACKETS), which do not
+occur in ordinary data; a key containing either one cannot be a secret (`secret_token`
+refuses it, and `attune.kv` keys written through `store.kv.set_value` may not contain
+them). A token works anywhere a string does: ``"Bearer {{ kv.get_secret('t') }}"`` renders
+``"Bearer ⟦secret:t⟧"``.
+
+Just before an action runs, the worker calls `resolve_secrets(input, lookup)`:
+
+- a string that is exactly one token becomes the secret's value, whatever its JSON type
+  (a dict secret stays a dict);
+- tokens inside a longer string (and in dict keys) are replaced by the secret's text:
+  strings as they are, lists and dicts as JSON, other values with ``str()`` (the same
+  rule templates use to write a value into text);
+- it returns the resolved value and the secret texts it used; the worker masks those
+  in whatever it stores or logs afterwards (`redact_secrets`, `redact_text`).
+
+Resolution is one pass: a secret whose value contains token text is not resolved again.
+Text substitution is plain text: a token inside a JSON document built with ``to_json``
+is replaced without JSON escaping, so pass secrets as whole values where possible.
+
+Inside templates a token is opaque: comparing it, looping over it or taking its length
+sees the token, not the secret.
+
+`token_keys(value)` lists the keys a value refers to, so that data from outside the
+templates (parameters, inquiry responses, action results) can be checked for forged
+tokens before it reaches an action.
+
+Pure: no I/O. The lookup callable does the reading (`store.kv.secret_lookup`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from attune_pg.errors import ActionError
+from attune_pg.redact import DEFAULT_MASK, SecretSink, redact
+
+__all__ = [
+    "TOKEN_CLOSE",
+    "TOKEN_OPEN",
+    "TOKEN_PREFIX",
+    "redact_secrets",
+    "redact_text",
+    "resolve_secrets",
+    "secret_token",
+    "token_keys",
+    "valid_secret_key",
+]
+
+TOKEN_OPEN: Final = "\u27e6"  # ⟦
+TOKEN_CLOSE: Final = "\u27e7"  # ⟧
+TOKEN_PREFIX: Final = TOKEN_OPEN + "secret:"
+
+_TOKEN: Final = re.compile(
+    re.escape(TOKEN_PREFIX) + f"([^{TOKEN_OPEN}{TOKEN_CLOSE}]+)" + re.escape(TOKEN_CLOSE)
+)
+
+Lookup = Callable[[str], Any]
+"""key -> the secret's value; raises KeyError (or any LookupError) when it is not set."""
+
+
+def valid_secret_key(key: object) -> bool:
+    """True if `key` can be named by a token: a non-empty str without the delimiters."""
+    return isinstance(key, str) and bool(key) and TOKEN_OPEN not in key and TOKEN_CLOSE not in key
+
+
+def secret_token(key: str) -> str:
+    """The token standing for secret `key` (ValueError if `key` cannot be named by one)."""
+    if not valid_secret_key(key):
+        raise ValueError(
+            f"kv key {key!r} cannot name a secret: it must be a non-empty string"
+            f" without {TOKEN_OPEN!r} or {TOKEN_CLOSE!r}"
+        )
+    return f"{TOKEN_PREFIX}{key}{TOKEN_CLOSE}"
+
+
+def token_keys(value: Any) -> set[str]:
+    """The secret keys named by tokens anywhere in `value` (strings, dict keys, lists)."""
+    found: set[str] = set()
+    for text in _strings(value):
+        found.update(match.group(1) for match in _TOKEN.finditer(text))
+    return found
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _as_text(value: Any) -> str:
+    """How a secret is written into a longer string (templates' rule, see module doc)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | Mapping):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+class _Resolver:
+    """One resolution: each key is looked up once; the values used are collected."""
+
+    def __init__(self, lookup: Lookup) -> None:
+        self._lookup = lookup
+        self._values: dict[str, Any] = {}
+        self.sink = SecretSink()
+
+    def value(self, key: str) -> Any:
+        if key not in self._values:
+            try:
+                found = self._lookup(key)
+            except LookupError:
+                raise ActionError(f"secret {key!r} is not set") from None
+            self._values[key] = found
+            self.sink.add(found)
+        return copy.deepcopy(self._values[key])
+
+    def walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.string(value)
+        if isinstance(value, Mapping):
+            return {
+                self.text(key) if isinstance(key, str) else key: self.walk(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.walk(item) for item in value]
+        if isinstance(value, tuple):
+            return tuple(self.walk(item) for item in value)
+        return value
+
+    def string(self, text: str) -> Any:
+        whole = _TOKEN.fullmatch(text)
+        if whole is not None:
+            return self.value(whole.group(1))
+        return self.text(text)
+
+    def text(self, text: str) -> str:
+        if TOKEN_PREFIX not in text:
+            return text
+        return _TOKEN.sub(lambda match: _as_text(self.value(match.group(1))), text)
+
+
+def resolve_secrets(value: Any, lookup: Lookup) -> tuple[Any, set[str]]:
+    """Replace every token in `value` by its secret; return it and the secret texts used.
+
+    `value` is JSON-like data (dicts, lists, tuples, scalars) and is not modified. A token
+    that is a whole string becomes the secret's value (any JSON type); tokens inside longer
+    strings or dict keys become the secret's text. The texts (strings, numbers as text,
+    the string leaves of list and dict secrets; never booleans or null) are what
+    `redact_secrets` needs to mask them afterwards.
+
+    Raises ActionError("secret 'x' is not set") when `lookup` raises a LookupError.
+    """
+    resolver = _Resolver(lookup)
+    resolved = resolver.walk(value)
+    return resolved, set(resolver.sink.values)
+
+
+def redact_secrets(value: Any, secret_texts: Iterable[str], *, mask: str = DEFAULT_MASK) -> Any:
+    """A deep copy of `value` with every occurrence of every secret text masked (``***``)."""
+    return redact(value, secret_texts, mask=mask)
+
+
+def redact_text(text: str, secret_texts: Iterable[str], *, mask: str = DEFAULT_MASK) -> str:
+    """`text` with every occurrence of every secret text masked (``***``)."""
+    result = redact(text, secret_texts, mask=mask)
+    assert isinstance(result, str)
+    return result
