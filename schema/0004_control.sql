@@ -317,6 +317,10 @@ BEGIN
         RAISE EXCEPTION 'inquiry % is assigned to %: % may not respond', inquiry_id, q.assigned_to,
             quote_literal(who) USING ERRCODE = 'insufficient_privilege';
     END IF;
+    IF strpos(response::text, U&'\27E6secret:') > 0 THEN
+        RAISE EXCEPTION 'inquiry %: a response may not contain secret tokens', inquiry_id
+            USING ERRCODE = 'check_violation';
+    END IF;
     problem := attune.json_schema_error(q.schema, response);
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION 'inquiry %: %', inquiry_id, problem USING ERRCODE = 'check_violation';

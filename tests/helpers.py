@@ -49,3 +49,13 @@ def tasks(conn: psycopg.Connection, execution_id: int) -> list[dict[str, Any]]:
 def statuses(conn: psycopg.Connection, execution_id: int) -> dict[str, str]:
     """task_name -> status of its latest row (by id)."""
     return {t["task_name"]: t["status"] for t in tasks(conn, execution_id)}
+
+
+def task_states(conn: psycopg.Connection, execution_id: int) -> dict[str, str]:
+    """task_name -> status of its latest iteration (the logical task, items combined)."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (task_name) task_name, status FROM attune.task_state"
+        " WHERE workflow_execution_id = %s ORDER BY task_name, iteration DESC",
+        (execution_id,),
+    ).fetchall()
+    return {name: status for name, status in rows}

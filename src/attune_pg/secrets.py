@@ -185,3 +185,25 @@ def redact_text(text: str, secret_texts: Iterable[str], *, mask: str = DEFAULT_M
     result = redact(text, secret_texts, mask=mask)
     assert isinstance(result, str)
     return result
+
+
+# What a token's opening bracket becomes in data that came from outside: a result,
+# a response. It reads the same to a person but is not a token any more.
+NEUTRAL_OPEN: Final = "["
+
+
+def neutralize_tokens(value: Any) -> Any:
+    """`value` with every token-like text defused, so data from outside (an action's
+    result, an inquiry response) can never smuggle `⟦secret:…⟧` into a later input
+    and have a worker resolve it."""
+    if isinstance(value, str):
+        return (
+            value.replace(TOKEN_PREFIX, NEUTRAL_OPEN + "secret:")
+            if TOKEN_PREFIX in value
+            else value
+        )
+    if isinstance(value, list):
+        return [neutralize_tokens(v) for v in value]
+    if isinstance(value, dict):
+        return {neutralize_tokens(k): neutralize_tokens(v) for k, v in value.items()}
+    return value

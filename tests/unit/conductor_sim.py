@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from attune_pg import machine
 from attune_pg.engine.conductor import Conductor
@@ -49,6 +49,7 @@ from attune_pg.engine.state import (
 from attune_pg.spec.model import DEFAULT_ITERATION_CAP, ActionSpec, WorkflowSpec
 
 Json = Any
+C = TypeVar("C")
 
 EMPTY_SCHEMA: dict[str, Json] = {"type": "object", "properties": {}, "additionalProperties": False}
 ECHO_SCHEMA: dict[str, Json] = {
@@ -233,9 +234,9 @@ class Sim:
         found = [s for s in self.states.values() if s.name == name]
         return sorted(found, key=lambda s: s.iteration)
 
-    def commands(self, kind: type | None = None) -> list[Command]:
-        flat = [c for batch in self.log for c in batch]
-        return flat if kind is None else [c for c in flat if isinstance(c, kind)]
+    def commands(self, kind: type[C]) -> list[C]:
+        """Every command of one kind the conductor emitted, in order."""
+        return [c for batch in self.log for c in batch if isinstance(c, kind)]
 
     # ------------------------------------------------------------ events
 
@@ -496,7 +497,7 @@ class Sim:
 
     def _track_in_flight(self) -> None:
         for state in self.states.values():
-            if state.items_total is None:
+            if state.items_total is None or self.spec.task(state.name).kind == "parallel":
                 continue
             rows = self.rows_where(status=ROW_IN_FLIGHT, task=state.name, iteration=state.iteration)
             n = len(rows)
@@ -524,13 +525,17 @@ class Sim:
         for state in self.states.values():
             rows = self.rows_where(task=state.name, iteration=state.iteration)
             live = [r for r in rows if r.status in ROW_ACTIVE]
-            if state.status == "running":
+            spec = self.spec.task(state.name)
+            if state.status == "running" and spec.kind == "parallel":
+                subs = {t.name for t in spec.tasks}
+                busy = [s for s in self.states.values() if s.name in subs and s.status == "running"]
+                assert busy, f"parallel block {state.key} running with no sub-task running: stuck"
+            elif state.status == "running":
                 flying = [r for r in live if r.status in ROW_IN_FLIGHT]
                 assert flying, f"task_state {state.key} running with nothing in flight: stuck"
             else:
                 assert not live, f"task_state {state.key} is {state.status} with live rows {live}"
-            if state.items_total is not None:
-                spec = self.spec.task(state.name)
+            if state.items_total is not None and spec.kind != "parallel":
                 window = spec.concurrency or state.items_total
                 flying_n = sum(1 for r in rows if r.status in ROW_IN_FLIGHT)
                 assert flying_n <= window, f"{state.key}: {flying_n} items in flight > {window}"

@@ -962,3 +962,43 @@ def test_run_with_batched_completions() -> None:
     run(sim, Claims(), outcome=lambda row, chooser: "succeeded", max_batch=4)
     assert sim.status == "succeeded"
     assert sim.state("j").result["total_count"] == 4
+
+
+# ----------------------------------------------------------------- parallel blocks
+
+
+def parallel_spec(*subs: TaskSpec) -> WorkflowSpec:
+    return wf(
+        TaskSpec(name="blk", kind="parallel", tasks=subs, next=(on_success("after"),)),
+        task("after"),
+    )
+
+
+def test_parallel_block_succeeds_when_all_sub_tasks_succeed() -> None:
+    sim = started(parallel_spec(task("p1"), task("p2")))
+    assert live(sim) == ["p1", "p2"]
+    step(sim, "p2")
+    assert sim.state("blk").status == "running"
+    step(sim, "p1")
+    assert sim.state("blk").status == "succeeded"
+    step(sim, "after")
+    assert sim.status == "succeeded"
+
+
+def test_parallel_block_fails_when_a_sub_task_fails() -> None:
+    sim = drain(Sim(parallel_spec(task("p1"), task("p2"))), {"p1": "failed"})
+    assert sim.state("blk").status == "failed"
+    assert sim.status == "failed"
+    assert "after" not in sim.latest()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="conductor bug: a sub-task skipped by its `when` never reaches _notify_block, so"
+    " the block waits forever (running, active_tasks > 0, no row left to run)",
+)
+def test_parallel_block_with_a_skipped_sub_task_finishes() -> None:
+    sim = drain(Sim(parallel_spec(task("p1"), task("p2", when="{{ false }}"))))
+    assert sim.state("blk").status == "succeeded"
+    assert sim.status == "succeeded"

@@ -377,9 +377,12 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli.tools import register
+    from attune_pg.cli import control, graph, kv, tools
 
-    register(cli)
+    tools.register(cli)
+    control.register(cli)
+    graph.register(cli)
+    kv.register(cli)
 
 
 _register_extra()

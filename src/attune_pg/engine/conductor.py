@@ -36,6 +36,7 @@ from attune_pg.engine.state import (
     WriteTaskState,
 )
 from attune_pg.errors import ParameterError, TemplateError
+from attune_pg.secrets import token_keys
 from attune_pg.spec.model import DEFAULT_ITERATION_CAP, TaskSpec
 from attune_pg.spec.params import validate_parameters
 
@@ -90,6 +91,10 @@ class Conductor:
         self.status = "running"
         where = f"workflow {self.spec.ref!r}"
         try:
+            if token_keys(self.execution.parameters):
+                # Only kv.get_secret may produce a token; a forged one could make a
+                # worker hand a secret to an action the submitter controls.
+                raise ParameterError(f"{where}: parameters may not contain secret tokens")
             self.parameters = validate_parameters(
                 self.spec.parameters, self.execution.parameters, where=where
             )

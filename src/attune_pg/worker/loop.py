@@ -27,7 +27,9 @@ import psycopg
 
 from attune_pg import advance, db
 from attune_pg.actions import ActionOutcome
-from attune_pg.store import control, work
+from attune_pg.errors import ActionError
+from attune_pg.secrets import resolve_secrets, token_keys
+from attune_pg.store import control, kv, work
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.worker.listener import Listener
 from attune_pg.worker.runner import Running, TaskRunner, parks_as
@@ -238,6 +240,16 @@ class Worker:
                 # Inquiries and nested workflows wait in the database, not in a thread.
                 self._pending.append(work.Finished(task, "waiting", None, None, park))
                 self._wake.set()
+            elif token_keys(task.input):
+                # Secrets travel as tokens; the real values exist only for the action.
+                try:
+                    resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn))
+                except ActionError as exc:
+                    error = {"type": "ActionError", "message": str(exc)}
+                    self._pending.append(work.Finished(task, "failed", None, error))
+                    self._wake.set()
+                    continue
+                self._runner.submit(task, actions, resolved, texts)
             else:
                 self._runner.submit(task, actions)
         if len(claimed) == free:

@@ -7,9 +7,11 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from attune_pg.actions import ActionContext, ActionOutcome, run_action
 from attune_pg.errors import AttuneError
+from attune_pg.secrets import neutralize_tokens, redact_secrets
 from attune_pg.spec.model import ActionSpec
 from attune_pg.store.work import ClaimedTask, Finished
 
@@ -34,6 +36,9 @@ class Running:
     task: ClaimedTask
     cancel: threading.Event = field(default_factory=threading.Event)
     hand_back: bool = False  # graceful stop: give the row back instead of recording an outcome
+    # The input with secret tokens resolved, and the secret texts to mask afterwards.
+    input: dict[str, Any] | None = None
+    secrets: set[str] = field(default_factory=set)
 
 
 class TaskRunner:
@@ -48,8 +53,14 @@ class TaskRunner:
         self._wake = wake
         self.running: dict[int, Running] = {}
 
-    def submit(self, task: ClaimedTask, actions: Mapping[str, ActionSpec]) -> None:
-        entry = Running(task)
+    def submit(
+        self,
+        task: ClaimedTask,
+        actions: Mapping[str, ActionSpec],
+        resolved: dict[str, Any] | None = None,
+        secrets: set[str] | None = None,
+    ) -> None:
+        entry = Running(task, input=resolved, secrets=secrets or set())
         self.running[task.id] = entry
         self._pool.submit(self._run, entry, actions.get(task.action_ref))
 
@@ -78,7 +89,8 @@ class TaskRunner:
                     timeout=min(limits) if limits else None,
                     pack_path=action.pack_path,
                 )
-                outcome = run_action(action, task.input, context, entry.cancel)
+                given = entry.input if entry.input is not None else task.input
+                outcome = run_action(action, given, context, entry.cancel)
         except AttuneError as exc:
             outcome = ActionOutcome(
                 "failed", None, {"type": type(exc).__name__, "message": str(exc)}
@@ -91,8 +103,13 @@ class TaskRunner:
         self._wake.set()
 
     def finished(self, entry: Running, outcome: ActionOutcome) -> Finished:
+        """The outcome as stored: secrets masked, token look-alikes defused."""
         self.running.pop(entry.task.id, None)
-        return Finished(entry.task, outcome.status, outcome.result, outcome.error)
+        result, error = outcome.result, outcome.error
+        if entry.secrets:
+            result = redact_secrets(result, entry.secrets)
+            error = redact_secrets(error, entry.secrets)
+        return Finished(entry.task, outcome.status, neutralize_tokens(result), error)
 
     def cancel_all(self, hand_back: bool) -> None:
         for entry in self.running.values():
