@@ -77,7 +77,8 @@ INSERT INTO attune.status_initial (entity, status) VALUES
     ('task_state', 'running'),
     ('task_state', 'skipped'),
     ('task_state', 'failed'),
-    ('task_state', 'succeeded');
+    ('task_state', 'succeeded'),
+    ('task_state', 'canceled');
 
 -- Refuses an INSERT with an unknown or disabled ref or non-object parameters, and
 -- snapshots the definition and pack config the execution will run with.
@@ -197,7 +198,7 @@ CREATE FUNCTION attune.guard_task_state() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF NEW.status <> ALL ('{pending,running,skipped,failed,succeeded}'::text[]) THEN
+        IF NEW.status <> ALL ('{pending,running,skipped,failed,succeeded,canceled}'::text[]) THEN
             RAISE EXCEPTION 'a task_state row cannot be created with status %', quote_literal(NEW.status)
                 USING ERRCODE = 'check_violation';
         END IF;

@@ -145,7 +145,8 @@ INITIAL: dict[Entity, tuple[str, ...]] = {
     "task": ("pending", "scheduled"),
     # A task state is born pending (join), running (dispatched), or already decided
     # (`when` false -> skipped, bad input -> failed, empty with-items -> succeeded).
-    "task_state": ("pending", "running", "skipped", "failed", "succeeded"),
+    # canceled: a join whose first arrival came as the workflow was already ending.
+    "task_state": ("pending", "running", "skipped", "failed", "succeeded", "canceled"),
 }
 
 

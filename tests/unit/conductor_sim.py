@@ -477,6 +477,11 @@ class Sim:
             raise SimViolation(
                 f"StaleWrite: workflow_execution expected {write.before!r}, found {row.status!r}"
             )
+        if write.before == "requested" and write.status not in ("running", "failed"):
+            # As store/work.py does: an execution that ends in its start transaction
+            # passes through running (two legal moves, both audited).
+            self._check_move("workflow", row.id, row.status, "running")
+            row.status = "running"
         self._check_move("workflow", row.id, row.status, write.status)
         if write.before == "requested":
             row.started_at = self.now

@@ -295,12 +295,6 @@ def test_join_that_can_never_fire_fails_the_workflow() -> None:
     assert not sim.rows_where(task="j")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SimViolation,
-    reason="conductor bug: a join state created and canceled (JoinNeverFired) in the same"
-    " transaction is INSERTed with status 'canceled', which machine.INITIAL forbids",
-)
 def test_join_never_fired_when_its_only_arrival_comes_last() -> None:
     spec = wf(
         task("a", next=(on_success("j"),)),
@@ -870,13 +864,6 @@ def test_workflow_timeout_is_set_at_start() -> None:
 # ----------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="conductor bug: _task_done calls _check_complete while the caller is still routing;"
-    " a task that finishes inside _dispatch (empty with-items) ends the workflow early and the"
-    " remaining targets of the same transition are dropped",
-)
 def test_task_finishing_during_dispatch_does_not_end_the_workflow_early() -> None:
     spec = wf(
         task("a", next=(on_success("empty", "c"),)),
@@ -889,12 +876,6 @@ def test_task_finishing_during_dispatch_does_not_end_the_workflow_early() -> Non
     assert sim.status == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="conductor bug: the nested _check_complete declares JoinNeverFired while the arrival"
-    " that would satisfy the join is still to be routed",
-)
 def test_join_fed_by_a_task_that_finishes_during_dispatch() -> None:
     spec = wf(
         task("a", next=(on_success("quick", "j"),)),
@@ -907,13 +888,6 @@ def test_join_fed_by_a_task_that_finishes_during_dispatch() -> None:
     assert sim.status == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SimViolation,
-    reason="conductor/machine mismatch: when start() finishes at once (all start tasks"
-    " skipped, or an empty with-items) it writes requested -> succeeded, which"
-    " machine.py does not allow (the SQL guard trigger would refuse the write)",
-)
 @pytest.mark.parametrize(
     "only",
     [task("a", when="{{ false }}"), task("a", with_items="{{ [] }}")],
@@ -992,12 +966,6 @@ def test_parallel_block_fails_when_a_sub_task_fails() -> None:
     assert "after" not in sim.latest()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="conductor bug: a sub-task skipped by its `when` never reaches _notify_block, so"
-    " the block waits forever (running, active_tasks > 0, no row left to run)",
-)
 def test_parallel_block_with_a_skipped_sub_task_finishes() -> None:
     sim = drain(Sim(parallel_spec(task("p1"), task("p2", when="{{ false }}"))))
     assert sim.state("blk").status == "succeeded"

@@ -120,11 +120,14 @@ class Conductor:
         spec = self.spec.task(attempt.task_name)
         state = self._states[(attempt.task_name, attempt.iteration)]
         if attempt.status in FAILED and self._should_retry(spec, attempt):
-            return
-        if attempt.item_index is None:
+            pass
+        elif attempt.item_index is None:
             self._task_done(state, attempt.status, attempt.result, attempt.error)
-            return
-        self._item_done(spec, state, attempt)
+        else:
+            self._item_done(spec, state, attempt)
+        # Once per event, never mid-routing: a task that ends while its siblings are
+        # still being dispatched must not let the workflow finish under them.
+        self._check_complete()
 
     def items_aggregated(
         self, task_name: str, iteration: int, results: list[Json], failed_items: list[int]
@@ -145,6 +148,7 @@ class Conductor:
             self._task_done(state, "canceled", result, None)
         else:
             self._task_done(state, "succeeded", result, None)
+        self._check_complete()
 
     def control(self, live: Mapping[tuple[str, int], LiveRows]) -> None:
         """Carry out a control request recorded on the execution row (see control.py)."""
@@ -351,7 +355,6 @@ class Conductor:
         if status != "canceled":
             self._route(state)
         self._notify_block(state)
-        self._check_complete()
 
     def _notify_block(self, sub: TaskState) -> None:
         """A sub-task of a `type: parallel` block ended: the block ends with its last one."""
@@ -412,7 +415,10 @@ class Conductor:
                 self._trigger(target)
             if spec.first_match:
                 break
-        if state.status in FAILED and not handled:
+        if state.status in FAILED and not handled and self.spec.block_of(spec.name) is None:
+            # A sub-task's failure is its block's to report; anything else is unhandled,
+            # and retry_execution will re-run it.
+            self._put(replace(state, unhandled=True))
             message = (
                 (state.error or {}).get("message", "") if isinstance(state.error, dict) else ""
             )
@@ -489,7 +495,9 @@ class Conductor:
             if spec.when is not None and not template.truthy(
                 template.render(spec.when, self._scope(), where=f"{where} when")
             ):
-                self._put(replace(state, status="skipped"))
+                skipped = replace(state, status="skipped")
+                self._put(skipped)
+                self._notify_block(skipped)
                 return
         except TemplateError as exc:
             self._fail_before_run(state, error_of("TemplateError", str(exc)))

@@ -28,11 +28,10 @@ def start_execution(
     priority: int = 0,
     idempotency_key: str | None = None,
 ) -> int:
+    # attune.start_execution: a repeated idempotency key returns the first execution.
     row = conn.execute(
-        "INSERT INTO attune.workflow_execution (workflow_ref, parameters, priority,"
-        " idempotency_key, requested_by) VALUES (%s, %s, %s, %s, coalesce(%s, current_user))"
-        " RETURNING id",
-        (ref, Jsonb(parameters), priority, idempotency_key, requested_by),
+        "SELECT attune.start_execution(%s, %s, %s, %s, coalesce(%s, current_user))",
+        (ref, Jsonb(parameters), idempotency_key, priority, requested_by),
     ).fetchone()
     assert row is not None
     return int(row[0])

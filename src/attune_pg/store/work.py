@@ -364,10 +364,9 @@ def item_results(
     results: list[Json] = []
     failed: list[int] = []
     for index, status, result in rows:
-        if status == "canceled":
-            continue
-        results.append(result)
-        if status != "succeeded":
+        # Canceled items (never run) stay as null, so positions match item indices.
+        results.append(None if status == "canceled" else result)
+        if status not in ("succeeded", "canceled"):
             failed.append(index)
     return results, failed
 
