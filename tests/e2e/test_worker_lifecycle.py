@@ -16,7 +16,9 @@ from tests.helpers import start, tasks, wait_done
 pytestmark = pytest.mark.e2e
 
 
-def test_sigterm_hands_back_unfinished_tasks(conn: psycopg.Connection, register, worker_procs) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_sigterm_hands_back_unfinished_tasks(
+    conn: psycopg.Connection, register, worker_procs
+) -> None:  # type: ignore[no-untyped-def]
     register("e2e")
     leaving = worker_procs(concurrency=2, lease_seconds=30.0, extra=("--grace-seconds", "0.5"))
     execution_id = start(conn, "e2e.sleepy", {"seconds": 3.0})
@@ -34,7 +36,8 @@ def test_sigterm_hands_back_unfinished_tasks(conn: psycopg.Connection, register,
     assert row["status"] == "succeeded", row["error"]
     assert tasks(conn, execution_id)[0]["claims"] == 2
     stopped = conn.execute(
-        "SELECT state FROM attune.worker_status WHERE pid = %s", (leaving.pid,)  # type: ignore[attr-defined]
+        "SELECT state FROM attune.worker_status WHERE pid = %s",
+        (leaving.pid,),  # type: ignore[attr-defined]
     ).fetchone()
     assert stopped == ("stopped",)
 
@@ -42,7 +45,9 @@ def test_sigterm_hands_back_unfinished_tasks(conn: psycopg.Connection, register,
 def _cli(dsn: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "attune_pg.cli.entry", *args, "--dsn", dsn],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -29,7 +29,9 @@ def _status(conn: psycopg.Connection, execution_id: int) -> str:
     return str(row[0])
 
 
-def _wait_status(conn: psycopg.Connection, execution_id: int, want: str, timeout: float = 20) -> None:
+def _wait_status(
+    conn: psycopg.Connection, execution_id: int, want: str, timeout: float = 20
+) -> None:
     deadline = time.monotonic() + timeout
     while _status(conn, execution_id) != want:
         assert time.monotonic() < deadline, f"still {_status(conn, execution_id)}, wanted {want}"
@@ -46,7 +48,9 @@ def _wait_running_task(conn: psycopg.Connection, execution_id: int) -> None:
 def test_pause_lets_running_finish_then_resume_continues(ctl: psycopg.Connection) -> None:
     execution_id = start(ctl, "examples.long_running", {"seconds": 0.5})
     _wait_running_task(ctl, execution_id)
-    assert ctl.execute("SELECT attune.pause_execution(%s)", (execution_id,)).fetchone() == ("pausing",)
+    assert ctl.execute("SELECT attune.pause_execution(%s)", (execution_id,)).fetchone() == (
+        "pausing",
+    )
     _wait_status(ctl, execution_id, "paused")
     # step1 finished; step2 was dispatched but held.
     rows = {t["task_name"]: t for t in tasks(ctl, execution_id)}
@@ -54,7 +58,9 @@ def test_pause_lets_running_finish_then_resume_continues(ctl: psycopg.Connection
     assert rows["step2"]["status"] == "pending" and rows["step2"]["held"]
     time.sleep(0.5)
     assert _status(ctl, execution_id) == "paused"  # nothing moves while paused
-    assert ctl.execute("SELECT attune.resume_execution(%s)", (execution_id,)).fetchone() == ("running",)
+    assert ctl.execute("SELECT attune.resume_execution(%s)", (execution_id,)).fetchone() == (
+        "running",
+    )
     assert wait_done(ctl, execution_id)["status"] == "succeeded"
 
 
@@ -86,7 +92,8 @@ def test_cancel_propagates_to_child_workflows(ctl: psycopg.Connection) -> None:
     while True:
         child = ctl.execute(
             "SELECT c.id FROM attune.workflow_execution c JOIN attune.task_execution t"
-            " ON t.id = c.parent_task_id WHERE t.workflow_execution_id = %s AND c.status = 'running'",
+            " ON t.id = c.parent_task_id"
+            " WHERE t.workflow_execution_id = %s AND c.status = 'running'",
             (execution_id,),
         ).fetchone()
         if child:
@@ -117,7 +124,9 @@ def test_retry_execution_reruns_only_the_failed_task(ctl: psycopg.Connection) ->
     failed = wait_done(ctl, start(ctl, "ctl.fail_then_fix"))
     assert failed["status"] == "failed" and "flaky" in failed["error"]["message"]
     kv.set_value(ctl, "fail_code", 0)
-    assert ctl.execute("SELECT attune.retry_execution(%s)", (failed["id"],)).fetchone() == ("running",)
+    assert ctl.execute("SELECT attune.retry_execution(%s)", (failed["id"],)).fetchone() == (
+        "running",
+    )
     row = wait_done(ctl, failed["id"])
     assert row["status"] == "succeeded", row["error"]
     runs = [t["task_name"] for t in tasks(ctl, failed["id"])]
@@ -150,11 +159,13 @@ def test_cli_inquiry_respond_validates_the_full_schema(ctl: psycopg.Connection, 
     listed = runner.invoke(cli, ["inquiries", "list", "--dsn", dsn])
     assert listed.exit_code == 0 and "Approve: restart the payment service?" in listed.stdout
     (inquiry_id,) = ctl.execute("SELECT id FROM attune.inquiry").fetchone()  # type: ignore[misc]
-    bad = runner.invoke(cli, ["inquiries", "respond", str(inquiry_id), "-r", "approved=maybe",
-                              "--dsn", dsn])
+    bad = runner.invoke(
+        cli, ["inquiries", "respond", str(inquiry_id), "-r", "approved=maybe", "--dsn", dsn]
+    )
     assert bad.exit_code == 2 and "approved" in bad.stderr
-    good = runner.invoke(cli, ["inquiries", "respond", str(inquiry_id), "-r", "approved=true",
-                               "--dsn", dsn])
+    good = runner.invoke(
+        cli, ["inquiries", "respond", str(inquiry_id), "-r", "approved=true", "--dsn", dsn]
+    )
     assert good.exit_code == 0, good.stderr
     assert wait_done(ctl, execution_id)["output"] == {"outcome": "approved"}
 
@@ -168,8 +179,20 @@ def test_idempotent_start(ctl: psycopg.Connection, dsn: str) -> None:
     ).fetchone()
     assert first == second
     runner = CliRunner()
-    out = runner.invoke(cli, ["run", "examples.child", "-p", "name=a", "--idempotency-key",
-                              "order-42", "--json", "--dsn", dsn])
+    out = runner.invoke(
+        cli,
+        [
+            "run",
+            "examples.child",
+            "-p",
+            "name=a",
+            "--idempotency-key",
+            "order-42",
+            "--json",
+            "--dsn",
+            dsn,
+        ],
+    )
     assert out.exit_code == 0, out.stderr
     assert f'"id": {first[0]}' in out.stdout  # type: ignore[index]
     count = ctl.execute(

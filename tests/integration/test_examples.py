@@ -18,7 +18,9 @@ def examples(conn: psycopg.Connection, register, worker_thread) -> psycopg.Conne
     return conn
 
 
-def _run(conn: psycopg.Connection, ref: str, params: dict | None = None, timeout: float = 30) -> dict:  # type: ignore[type-arg]
+def _run(
+    conn: psycopg.Connection, ref: str, params: dict | None = None, timeout: float = 30
+) -> dict:  # type: ignore[type-arg]
     return wait_done(conn, start(conn, ref, params), timeout=timeout)
 
 
@@ -126,25 +128,31 @@ def test_approval_refuses_a_bad_answer_then_takes_a_good_one(examples: psycopg.C
     execution_id = start(examples, "examples.approval")
     inquiry_id = _inquiry(examples, execution_id)
     assert statuses(examples, execution_id) == {"ask": "waiting"}
-    with pytest.raises(psycopg.errors.CheckViolation, match="approved: \"yes\" is not of type"):
+    with pytest.raises(psycopg.errors.CheckViolation, match='approved: "yes" is not of type'):
         examples.execute(
             "SELECT attune.respond_inquiry(%s, '{\"approved\": \"yes\"}', 'ops')", (inquiry_id,)
         )
     still = examples.execute("SELECT status FROM attune.inquiry WHERE id = %s", (inquiry_id,))
     assert still.fetchone() == ("pending",)
-    examples.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}', 'ops')", (inquiry_id,))
+    examples.execute(
+        "SELECT attune.respond_inquiry(%s, '{\"approved\": true}', 'ops')", (inquiry_id,)
+    )
     row = wait_done(examples, execution_id)
     assert row["status"] == "succeeded", row["error"]
     assert row["output"] == {"outcome": "approved"}
     ask = next(t for t in tasks(examples, execution_id) if t["task_name"] == "ask")
-    assert ask["result"] == {"approved": True, "response": {"approved": True}, "responded_by": "ops"}
+    assert ask["result"] == {
+        "approved": True,
+        "response": {"approved": True},
+        "responded_by": "ops",
+    }
 
 
 def test_approval_rejected(examples: psycopg.Connection) -> None:
     execution_id = start(examples, "examples.approval")
     inquiry_id = _inquiry(examples, execution_id)
     examples.execute(
-        "SELECT attune.respond_inquiry(%s, '{\"approved\": false, \"reason\": \"freeze\"}')",
+        'SELECT attune.respond_inquiry(%s, \'{"approved": false, "reason": "freeze"}\')',
         (inquiry_id,),
     )
     row = wait_done(examples, execution_id)
@@ -202,11 +210,14 @@ def test_deploy_pipeline_to_staging(examples: psycopg.Connection) -> None:
 
 def test_deploy_pipeline_to_production_waits_for_approval(examples: psycopg.Connection) -> None:
     execution_id = start(
-        examples, "examples.deploy_pipeline",
+        examples,
+        "examples.deploy_pipeline",
         {"app": "shop", "version": "2.0.0", "environment": "production"},
     )
     inquiry_id = _inquiry(examples, execution_id)
-    examples.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}', 'lead')", (inquiry_id,))
+    examples.execute(
+        "SELECT attune.respond_inquiry(%s, '{\"approved\": true}', 'lead')", (inquiry_id,)
+    )
     row = wait_done(examples, execution_id)
     assert row["status"] == "succeeded", row["error"]
     assert row["output"]["approved_by"] == "lead" and row["output"]["deployed"] is True
@@ -214,7 +225,8 @@ def test_deploy_pipeline_to_production_waits_for_approval(examples: psycopg.Conn
 
 def test_deploy_pipeline_rolls_back_a_failed_region(examples: psycopg.Connection) -> None:
     row = _run(
-        examples, "examples.deploy_pipeline",
+        examples,
+        "examples.deploy_pipeline",
         {"app": "shop", "version": "1.4.3", "fail_region": "eu-west-1"},
     )
     assert row["status"] == "failed"
