@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from attune_pg import db, packs
 from attune_pg.demo import packs_dir
@@ -87,6 +88,18 @@ def _bench_pack(root: Path, k: int) -> Path:
     (pack / "workflows" / "single.yaml").write_text(
         _WORKFLOW.format(k=1, tasks="  - name: t0\n    action: core.noop")
     )
+    (pack / "workflows" / "items.yaml").write_text(
+        'label: One with-items task\nversion: "1.0.0"\n'
+        "parameters:\n  items: {type: array}\n  window: {type: integer, default: 0}\n"
+        "tasks:\n  - name: each\n    action: core.noop\n"
+        '    with_items: "{{ parameters.items }}"\n'
+    )
+    (pack / "workflows" / "items_window.yaml").write_text(
+        'label: One with-items task with a concurrency window\nversion: "1.0.0"\n'
+        "parameters:\n  items: {type: array}\n"
+        "tasks:\n  - name: each\n    action: core.noop\n"
+        '    with_items: "{{ parameters.items }}"\n    concurrency: 50\n'
+    )
     return pack
 
 
@@ -145,11 +158,7 @@ def run_bench(
         migrate.migrate(conn)
         packs.register(conn, packs_dir() / "core")
         packs.register(conn, _bench_pack(Path(tmp), tasks))
-        settings = {
-            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
-            for name in ("fsync", "synchronous_commit", "server_version")
-        }
-        settings["version"] = "PostgreSQL " + settings.pop("server_version")
+        settings = _settings(conn)
         since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
         try:
@@ -181,6 +190,76 @@ def run_bench(
     return BenchResult(
         workflows, tasks, workers, concurrency, seconds, int(row[1]), latency, idle, settings
     )
+
+
+@dataclass
+class ItemsResult:
+    counts: list[int]
+    seconds: dict[tuple[int, str], float]
+    settings: dict[str, str]
+
+    def report(self) -> str:
+        lines = [
+            f"server: fsync={self.settings['fsync']} synchronous_commit="
+            f"{self.settings['synchronous_commit']} ({self.settings['version']})"
+        ]
+        for mode in ("all at once", "window 50"):
+            for n in self.counts:
+                s = self.seconds[(n, mode)]
+                lines.append(
+                    f"with-items {mode:>11}: {n:>6} items in {s:6.2f}s"
+                    f" = {n / s:8,.0f} items/s, {s / n * 1000:.3f} ms/item"
+                )
+            small, big = self.counts[0], self.counts[-1]
+            ratio = (self.seconds[(big, mode)] / big) / (self.seconds[(small, mode)] / small)
+            lines.append(f"  cost per item at {big} vs {small} items: x{ratio:.2f} (1.0 = linear)")
+        return "\n".join(lines)
+
+
+def run_items_bench(dsn: str | None, *, items: int, workers: int, concurrency: int) -> ItemsResult:
+    """One with-items task over `items` no-ops (and a tenth of that), all released at
+    once and through a window of 50: the cost per item must not grow with the count."""
+    resolved = db.resolve_dsn(dsn)
+    counts = [max(1, items // 10), items]
+    seconds: dict[tuple[int, str], float] = {}
+    with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
+        migrate.migrate(conn)
+        packs.register(conn, packs_dir() / "core")
+        packs.register(conn, _bench_pack(Path(tmp), 1))
+        settings = _settings(conn)
+        since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
+        try:
+            _wait_workers(conn, since, workers)
+            for mode, ref in (("all at once", "bench.items"), ("window 50", "bench.items_window")):
+                for n in counts:
+                    row = conn.execute(
+                        "INSERT INTO attune.workflow_execution (workflow_ref, parameters,"
+                        " requested_by) VALUES (%s, %s, 'bench') RETURNING id",
+                        (ref, Jsonb({"items": list(range(n))})),
+                    ).fetchone()
+                    assert row is not None
+                    _wait_all(conn, [row[0]], 3600)
+                    took = conn.execute(
+                        "SELECT extract(epoch FROM finished_at - created_at)::float8, status"
+                        " FROM attune.workflow_execution WHERE id = %s",
+                        (row[0],),
+                    ).fetchone()
+                    assert took is not None and took[1] == "succeeded", took
+                    seconds[(n, mode)] = float(took[0])
+        finally:
+            for proc in procs:
+                stop_worker(proc)
+    return ItemsResult(counts, seconds, settings)
+
+
+def _settings(conn: psycopg.Connection) -> dict[str, str]:
+    settings = {
+        name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+        for name in ("fsync", "synchronous_commit", "server_version")
+    }
+    settings["version"] = "PostgreSQL " + settings.pop("server_version")
+    return settings
 
 
 def _idle_latency(conn: psycopg.Connection, samples: int) -> tuple[float, float, float]:

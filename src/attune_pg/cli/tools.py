@@ -28,13 +28,31 @@ def demo(name: str, dsn: str | None) -> None:
 @click.option(
     "--idle-samples", default=50, show_default=True, help="Idle wake-up samples (0: skip)."
 )
+@click.option(
+    "--items",
+    type=int,
+    default=None,
+    help="Instead: one with-items task over this many items (and a tenth of it),"
+    " to show the cost per item does not grow with the count.",
+)
 @dsn_option
 @errors_to_exit
 def bench(
-    workflows: int, tasks: int, workers: int, concurrency: int, idle_samples: int, dsn: str | None
+    workflows: int,
+    tasks: int,
+    workers: int,
+    concurrency: int,
+    idle_samples: int,
+    items: int | None,
+    dsn: str | None,
 ) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
-    from attune_pg.bench import run_bench
+    from attune_pg.bench import run_bench, run_items_bench
+
+    if items:
+        report = run_items_bench(dsn, items=items, workers=workers, concurrency=concurrency)
+        click.echo(report.report())
+        return
 
     result = run_bench(
         dsn,

@@ -204,11 +204,11 @@ class Conductor:
                 WriteExecution(
                     before=before.status,
                     status=self.status,
-                    parameters=self.parameters,
-                    vars=self.vars,
                     active_tasks=self.active,
-                    error=self.error,
-                    output=self.output,
+                    parameters=self.parameters if self.parameters != before.parameters else None,
+                    vars=self.vars if self.vars != before.vars else None,
+                    error=self.error if self.error != before.error else None,
+                    output=self.output if self.output != before.output else None,
                     timeout_at=self.timeout_at,
                 )
             )

@@ -182,11 +182,12 @@ class WriteExecution:
 
     before: str
     status: str
-    parameters: dict[str, Json]  # with defaults applied at start
-    vars: dict[str, Json]
     active_tasks: int
-    error: dict[str, Json] | None
-    output: Json
+    # None means unchanged: a 10,000-element parameter list is not rewritten per item.
+    parameters: dict[str, Json] | None = None  # with defaults applied, set at start
+    vars: dict[str, Json] | None = None
+    error: dict[str, Json] | None = None
+    output: Json = None
     timeout_at: float | None = None
 
 

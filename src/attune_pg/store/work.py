@@ -566,8 +566,8 @@ def _update_executions(
             execution_id,
             w.before,
             w.status,
-            Jsonb(w.parameters),
-            Jsonb(w.vars),
+            None if w.parameters is None else Jsonb(w.parameters),
+            None if w.vars is None else Jsonb(w.vars),
             w.active_tasks,
             None if w.error is None else Jsonb(w.error),
             None if w.output is None else Jsonb(w.output),
@@ -576,8 +576,10 @@ def _update_executions(
         for execution_id, w in writes
     ]
     cur = conn.execute(
-        "UPDATE attune.workflow_execution e SET status = v.status, parameters = v.parameters,"
-        " vars = v.vars, active_tasks = v.active_tasks, error = v.error, output = v.output,"
+        "UPDATE attune.workflow_execution e SET status = v.status,"
+        " parameters = coalesce(v.parameters, e.parameters), vars = coalesce(v.vars, e.vars),"
+        " active_tasks = v.active_tasks, error = coalesce(v.error, e.error),"
+        " output = coalesce(v.output, e.output),"
         " started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,"
         " timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at)"
         " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::int[],"
