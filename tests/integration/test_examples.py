@@ -187,11 +187,11 @@ def test_nested_workflows(examples: psycopg.Connection) -> None:
 
 def test_kv_config(examples: psycopg.Connection) -> None:
     assert _run(examples, "examples.kv_config")["output"] == {
-        "message": "Hello from examples.kv_config"
+        "message": "Hello from examples.kv_config!"
     }
     kv.set_value(examples, "greeting", "Howdy")
     assert _run(examples, "examples.kv_config")["output"] == {
-        "message": "Howdy from examples.kv_config"
+        "message": "Howdy from examples.kv_config!"
     }
 
 

@@ -83,6 +83,9 @@ class Conductor:
         self._loaded: dict[tuple[str, int], str | None] = {s.key: s.status for s in tasks.values()}
         self._dirty: list[tuple[str, int]] = []
         self._commands: list[Command] = []
+        # The attempt number templates see as system.attempt: that of the attempt
+        # whose end is being routed, or 1 for a task being dispatched.
+        self._attempt = 1
 
     # ------------------------------------------------------------ events
 
@@ -119,6 +122,7 @@ class Conductor:
     def attempt_finished(self, attempt: Attempt) -> None:
         spec = self.spec.task(attempt.task_name)
         state = self._states[(attempt.task_name, attempt.iteration)]
+        self._attempt = attempt.attempt
         if attempt.status in FAILED and self._should_retry(spec, attempt):
             pass
         elif attempt.item_index is None:
@@ -128,6 +132,7 @@ class Conductor:
         # Once per event, never mid-routing: a task that ends while its siblings are
         # still being dispatched must not let the workflow finish under them.
         self._check_complete()
+        self._attempt = 1
 
     def items_aggregated(
         self, task_name: str, iteration: int, results: list[Json], failed_items: list[int]
@@ -266,6 +271,7 @@ class Conductor:
             "timestamp": self.ctx.now,
             "started_at": self.execution.started_at,
             "depth": self.execution.depth,
+            "attempt": self._attempt if current is not None else 1,
             "identity": {"login": self.execution.requested_by},
         }
         return template.build_scope(
