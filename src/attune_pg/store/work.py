@@ -89,13 +89,26 @@ def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list
     return sorted((ClaimedTask(*row) for row in rows), key=lambda t: t.id)
 
 
-def next_due_in(conn: psycopg.Connection) -> float | None:
-    """Seconds until the next scheduled task is due (<= 0: due now), None if none."""
+def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, float | None]:
+    """Seconds until the next scheduled task is due and until the next deadline (a
+    workflow timeout or an inquiry expiry), and that deadline as epoch seconds; None
+    where there is none. Reads only the partial indexes of live rows."""
     row = conn.execute(
-        "SELECT extract(epoch FROM min(run_at) - now())::float8 FROM attune.task_execution"
-        " WHERE status = 'scheduled'"
+        "SELECT extract(epoch FROM (SELECT min(run_at) FROM attune.task_execution"
+        "                            WHERE status = 'scheduled') - now())::float8,"
+        " extract(epoch FROM least("
+        "   (SELECT min(timeout_at) FROM attune.workflow_execution"
+        "     WHERE status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')"
+        "       AND status IN ('running', 'pausing', 'paused')),"
+        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending'))"
+        "   - now())::float8,"
+        " extract(epoch FROM now())::float8"
     ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    if row is None:
+        return None, None, None
+    due = None if row[0] is None else float(row[0])
+    deadline = None if row[1] is None else float(row[1])
+    return due, deadline, None if deadline is None else float(row[2]) + deadline
 
 
 def heartbeat(

@@ -259,6 +259,9 @@ class Worker:
     _last_heartbeat = 0.0
     _last_reap = 0.0
     _claimed_none = False
+    _deadline_at: float | None = None
+    _pending_deadline: float | None = None
+    _acted_deadline: float | None = None
 
     def _cancel_requested(self, conn: psycopg.Connection) -> None:
         """Heartbeat now; kill the actions whose execution was canceled (cancel_running)."""
@@ -275,7 +278,11 @@ class Worker:
         now = time.monotonic()
         if now - self._last_heartbeat >= self.config.lease_seconds / 3:
             self._cancel_requested(conn)
-        if now - self._last_reap >= min(self.config.lease_seconds / 2, 5.0):
+        deadline_passed = self._deadline_at is not None and now >= self._deadline_at
+        if deadline_passed or now - self._last_reap >= min(self.config.lease_seconds / 2, 5.0):
+            if deadline_passed:
+                self._acted_deadline = self._pending_deadline
+            self._deadline_at = None
             reaped = work.reap_expired(conn)
             if reaped:
                 log.warning("requeued %d tasks whose worker stopped heartbeating", reaped)
@@ -295,9 +302,17 @@ class Worker:
         if stopping:
             return min(delay, 0.2)
         if self._claimed_none:
-            # Nothing claimable now: sleep until the next delayed task is due.
-            due = work.next_due_in(conn)
+            # Nothing claimable now: sleep until the next delayed task is due, or the
+            # next workflow timeout or inquiry expiry (DB clock, like everything else).
+            due, deadline, at = work.next_due_in(conn)
             if due is not None:
                 # Due now but not claimed: another worker holds the row; look again shortly.
                 delay = min(delay, max(due, 0.01))
+            # Each deadline is acted on once: one still in the past afterwards (another
+            # worker holds its row) is left to the periodic pass, not spun on.
+            if deadline is not None and at != self._acted_deadline:
+                wait = max(deadline, 0.0) + 0.005
+                self._deadline_at = time.monotonic() + wait
+                self._pending_deadline = at
+                delay = min(delay, wait)
         return delay
