@@ -115,6 +115,19 @@ END $$;
 CREATE TRIGGER workflow_execution_10_prepare BEFORE INSERT ON attune.workflow_execution
     FOR EACH ROW EXECUTE FUNCTION attune.prepare_workflow_execution();
 
+-- A new execution is audited and announced only once the row really exists.
+CREATE FUNCTION attune.announce_workflow_execution() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO attune.execution_event (workflow_execution_id, kind, from_status, to_status)
+    VALUES (NEW.id, 'workflow_status', NULL, NEW.status);
+    PERFORM pg_notify('attune_start', '');
+    PERFORM pg_notify('attune_execution', NEW.id::text || ':' || NEW.status);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER workflow_execution_30_announce AFTER INSERT ON attune.workflow_execution
+    FOR EACH ROW EXECUTE FUNCTION attune.announce_workflow_execution();
+
 -- The audit log is append-only.
 CREATE FUNCTION attune.refuse_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -141,12 +154,12 @@ BEGIN
         NEW.finished_at := coalesce(NEW.finished_at, now());
     END IF;
     NEW.updated_at := now();
-    INSERT INTO attune.execution_event (workflow_execution_id, kind, from_status, to_status, data)
-    VALUES (NEW.id, 'workflow_status', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, NEW.status,
-            CASE WHEN NEW.error IS NOT NULL THEN jsonb_build_object('error', NEW.error) END);
-    IF NEW.status = 'requested' THEN
-        PERFORM pg_notify('attune_start', '');
+    IF TG_OP = 'INSERT' THEN
+        RETURN NEW;  -- audited AFTER INSERT: an ON CONFLICT DO NOTHING must leave no trace
     END IF;
+    INSERT INTO attune.execution_event (workflow_execution_id, kind, from_status, to_status, data)
+    VALUES (NEW.id, 'workflow_status', OLD.status, NEW.status,
+            CASE WHEN NEW.error IS NOT NULL THEN jsonb_build_object('error', NEW.error) END);
     PERFORM pg_notify('attune_execution', NEW.id::text || ':' || NEW.status);
     IF NEW.parent_task_id IS NOT NULL
        AND NEW.status IN ('succeeded', 'failed', 'canceled', 'timed_out') THEN

@@ -199,6 +199,12 @@ def test_idempotent_start(ctl: psycopg.Connection, dsn: str) -> None:
         "SELECT count(*) FROM attune.workflow_execution WHERE idempotency_key = 'order-42'"
     ).fetchone()
     assert count == (1,)
+    # The refused duplicates left no audit trail for executions that never existed.
+    phantoms = ctl.execute(
+        "SELECT count(*) FROM attune.execution_event v WHERE NOT EXISTS"
+        " (SELECT 1 FROM attune.workflow_execution e WHERE e.id = v.workflow_execution_id)"
+    ).fetchone()
+    assert phantoms == (0,)
 
 
 def test_nesting_depth_limit(ctl: psycopg.Connection) -> None:

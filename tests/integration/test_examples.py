@@ -110,6 +110,8 @@ def test_delay(examples: psycopg.Connection) -> None:
     assert row["status"] == "succeeded", row["error"]
     first, later = tasks(examples, row["id"])
     assert (later["started_at"] - first["finished_at"]).total_seconds() >= 0.9
+    # ...and not a poll interval late: the worker slept until run_at.
+    assert (later["started_at"] - later["run_at"]).total_seconds() < 0.5
 
 
 def _inquiry(conn: psycopg.Connection, execution_id: int) -> int:

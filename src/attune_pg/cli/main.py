@@ -139,7 +139,8 @@ def workflows_show(ref: str, dsn: str | None) -> None:
 @errors_to_exit
 def workflows_validate(file: Path) -> None:
     """Check a workflow file offline (no database): syntax, schema and semantics."""
-    pack = file.parent.parent.name if file.parent.name == "workflows" else None
+    resolved = file.resolve()
+    pack = resolved.parent.parent.name if resolved.parent.name == "workflows" else None
     spec = load_workflow_file(file, pack=pack)
     click.echo(f"{file}: ok ({spec.ref}, {len(spec.all_tasks())} tasks)")
 

@@ -398,7 +398,10 @@ class Conductor:
         spec = self.spec.task(state.name)
         current = template.CurrentTask(state.status, state.result, state.error)
         handled = False
-        for number, transition in enumerate(spec.next):
+        # A decision routes a result: a task that did not succeed takes no branch (its
+        # failure is reported as itself, not as an error in a branch's expression).
+        transitions = spec.next if not spec.first_match or state.status == "succeeded" else ()
+        for number, transition in enumerate(transitions):
             where = f"task {spec.name!r} next[{number}]"
             try:
                 if transition.when is not None and not template.truthy(

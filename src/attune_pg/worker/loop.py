@@ -27,7 +27,7 @@ import psycopg
 
 from attune_pg import advance, db
 from attune_pg.actions import ActionOutcome
-from attune_pg.errors import ActionError
+from attune_pg.errors import ActionError, DatabaseUnavailable
 from attune_pg.secrets import resolve_secrets, token_keys
 from attune_pg.store import control, kv, work
 from attune_pg.store.catalog import ActionCatalog
@@ -124,7 +124,7 @@ class Worker:
                         backoff = 0.2
                     if self._turn(conn, actions):
                         break
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
                     if outage_since is None:
                         outage_since = time.monotonic()
                         first = str(exc).strip().splitlines()
@@ -150,7 +150,11 @@ class Worker:
                     if conn is not None:
                         conn.close()
                     conn = None
-                    if self._stopping.wait(backoff) and not self._runner.running:
+                    if (
+                        self._stopping.wait(backoff)
+                        and not self._runner.running
+                        and not self._pending
+                    ):
                         break
                     backoff = min(backoff * 2, 5.0)
             if conn is not None and not conn.closed:
@@ -223,9 +227,11 @@ class Worker:
             if stats.started + stats.errors >= self.config.start_batch:
                 self._start_hint.set()  # there may be more
         free = self.config.concurrency - len(self._runner.running)
-        self._claimed_none = False
-        if free <= 0 or not self._work_hint.is_set():
+        if free <= 0:
+            self._claimed_none = False  # full: the next completion wakes us
             return
+        if not self._work_hint.is_set():
+            return  # keep what the last claim learnt (e.g. the next run_at to wait for)
         self._work_hint.clear()
         claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
         for task in claimed:
