@@ -18,8 +18,8 @@ def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
     SpecError naming file, line and field, and the database is not touched.
     """
     with conn.transaction():
-        known = catalog.registered_action_refs(conn)
-        packs = load_packs(Path(path), known)
+        known = catalog.registered_actions(conn)
+        packs = load_packs(Path(path), set(known), known)
         sources: dict[str, str] = {}
         for pack in packs:
             for workflow in pack.workflows:

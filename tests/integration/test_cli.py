@@ -130,3 +130,16 @@ def test_db_commands_manage_an_embedded_server(tmp_path: Path) -> None:
         stopped = run("db", "stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert run("db", "status").returncode == 3
+
+
+def test_inputs_are_checked_against_registered_actions(dsn: str, tmp_path: Path) -> None:
+    pack = tmp_path / "lonely"
+    (pack / "workflows").mkdir(parents=True)
+    (pack / "pack.yaml").write_text('ref: lonely\nlabel: Lonely\nversion: "1.0.0"\n')
+    (pack / "workflows" / "typo.yaml").write_text(
+        'label: typo\nversion: "1"\ntasks:\n  - name: say\n    action: core.echo\n'
+        "    input: {msg: hi}\n"
+    )
+    code, _, err = invoke(dsn, "packs", "register", str(pack))
+    assert code == 3
+    assert "typo.yaml:6" in err and "msg" in err

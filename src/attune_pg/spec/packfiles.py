@@ -16,7 +16,7 @@ Files whose names start with "." (editor leftovers) are ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping, Set
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -82,11 +82,16 @@ def load_pack_dir(path: str | Path) -> PackSpec:
     return _load_pack(Path(path))[0]
 
 
-def load_packs(path: str | Path, known_action_refs: Set[str] = frozenset()) -> list[PackSpec]:
+def load_packs(
+    path: str | Path,
+    known_action_refs: Set[str] = frozenset(),
+    known_actions: Mapping[str, ActionSpec] | None = None,
+) -> list[PackSpec]:
     """Load every pack under `path`, then check each workflow's actions and inputs against
-    `known_action_refs` plus all actions and workflows of the packs loaded together."""
+    the already registered actions (`known_actions`, or just their refs) plus all actions
+    and workflows of the packs loaded together (which win over registered ones)."""
     loaded = [_load_pack(d) for d in find_pack_dirs(path)]
-    actions = all_actions(pack for pack, _ in loaded)
+    actions = {**(known_actions or {}), **all_actions(pack for pack, _ in loaded)}
     known = set(known_action_refs) | set(actions)
     for pack, sources in loaded:
         for wf in pack.workflows:

@@ -85,6 +85,13 @@ class DbKV:
         return value
 
 
+def registered_actions(conn: psycopg.Connection) -> dict[str, ActionSpec]:
+    return {
+        row[0]["ref"]: ActionSpec.from_dict(row[0])
+        for row in conn.execute("SELECT spec FROM attune.action")
+    }
+
+
 def registered_action_refs(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT ref FROM attune.action")}
 
