@@ -16,11 +16,20 @@ Each event builds a fresh `Conductor` from the current rows, exactly as
 `advance.py` does: the latest iteration of each task, plus `add_state` for an
 older iteration an attempt belongs to. `AggregateItems` is answered like
 `work.item_results` + `_Batch.write` (final attempt of each item, in item order,
-canceled items left out), which may cascade into more flushes.
+canceled items as null), which may cascade into more flushes.
 
 Workers are simulated by `claim` (scheduled -> running) and `finish` /
-`finish_many` (running -> succeeded | failed | timed_out, then advance).
+`finish_many` (running -> succeeded | failed | timed_out | canceled, then advance).
 `run` drives a whole execution with a `Chooser` deciding the order and outcomes.
+
+Control (schema/0004_control.sql, store/control.py, advance.control_pass):
+`pause`, `resume`, `cancel` and `retry` do what the SQL functions of the same name
+do to the rows (record the request on the execution, `ControlRefused` where SQL
+raises); `control_pass` is the worker's pass over a pending request: it builds the
+conductor as `advance._conduct` does (`running_rows` while pausing; open states and
+`live_rows` while canceling) and calls `Conductor.control`. `CancelLive` and
+`HoldScheduled` are applied like `control.cancel_live` / `control.hold_scheduled`.
+Inquiries and child workflows (`waiting` rows) are not simulated.
 """
 
 from __future__ import annotations
@@ -35,10 +44,13 @@ from attune_pg.engine.conductor import Conductor
 from attune_pg.engine.state import (
     AggregateItems,
     Attempt,
+    CancelLive,
     CancelPendingItems,
     Command,
     Context,
     Execution,
+    HoldScheduled,
+    LiveRows,
     NewTaskRows,
     Publish,
     ReleaseItems,
@@ -75,8 +87,16 @@ ROW_ACTIVE = frozenset({"pending", "scheduled", "running", "waiting"})
 ROW_IN_FLIGHT = frozenset({"scheduled", "running", "waiting"})
 
 
+CANCEL_POLICIES = ("allow_finish", "cancel_running")
+
+
 class SimViolation(AssertionError):
     """A command the real store (its guards, triggers or constraints) would refuse."""
+
+
+class ControlRefused(Exception):
+    """A control function refused the request and changed nothing (SQL raises
+    object_not_in_prerequisite_state or invalid_parameter_value)."""
 
 
 @dataclass
@@ -96,6 +116,12 @@ class Row:
     result: Json = None
     error: dict[str, Json] | None = None
     held: bool = False  # released while the execution was pausing: waits for resume
+    cancel_requested: bool = False  # cancel_running: the worker kills it, reports canceled
+
+    @property
+    def in_flight(self) -> bool:
+        """Released work: claimable, running, or held by a pause until resume."""
+        return self.status in ROW_IN_FLIGHT or (self.status == "pending" and self.held)
 
     @property
     def key(self) -> tuple[str, int, int | None, int]:
@@ -116,8 +142,10 @@ class ExecutionRow:
     output: Json = None
     timeout_at: float | None = None
     started_at: float | None = None
+    cancel_policy: str | None = None
+    control_requested: bool = False  # control_requested_at IS NOT NULL
 
-    def snapshot(self) -> Execution:
+    def snapshot(self, running_rows: int | None = None) -> Execution:
         return Execution(
             id=self.id,
             ref=self.spec.ref,
@@ -130,12 +158,14 @@ class ExecutionRow:
             output=self.output,
             requested_by="tester",
             started_at=self.started_at,
+            cancel_policy=self.cancel_policy,
+            running_rows=running_rows,
         )
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # succeeded | failed | timed_out
+    status: str  # succeeded | failed | timed_out | canceled
     result: Json = None
     error: dict[str, Json] | None = None
 
@@ -147,6 +177,8 @@ def default_result(row: Row) -> Json:
 def outcome_for(row: Row, status: str) -> Outcome:
     if status == "succeeded":
         return Outcome("succeeded", default_result(row))
+    if status == "canceled":  # actions.outcome.canceled: the worker killed the action
+        return Outcome("canceled", None, {"type": "Canceled", "message": "action was canceled"})
     return Outcome(status, None, {"type": "ActionFailed", "message": f"{row.task_name} {status}"})
 
 
@@ -158,18 +190,12 @@ class Sim:
         *,
         actions: Mapping[str, ActionSpec] = ACTIONS,
         iteration_cap: int = DEFAULT_ITERATION_CAP,
-        extra_initial_states: Iterable[str] = (),
         execution_id: int = 1,
         now: float = 1_000_000.0,
     ) -> None:
-        """`extra_initial_states`: task_state statuses tolerated on INSERT beyond
-        `machine.INITIAL` (only to step around a known, separately tested bug)."""
         self.spec = spec
         self.actions = dict(actions)
         self.iteration_cap = iteration_cap
-        self.initial_states = frozenset(machine.INITIAL["task_state"]) | frozenset(
-            extra_initial_states
-        )
         self.now = now
         self.execution = ExecutionRow(
             id=execution_id, spec=spec, status="requested", parameters=dict(parameters or {})
@@ -217,6 +243,22 @@ class Sim:
 
     def running(self) -> list[Row]:
         return self.rows_where(status="running")
+
+    def held(self) -> list[Row]:
+        return [r for r in self.rows_where() if r.held]
+
+    def open_states(self) -> list[TaskState]:
+        """`control.open_states`: every task state still pending or running."""
+        return [s for s in self.states.values() if s.status in ("pending", "running")]
+
+    def live_rows(self) -> dict[tuple[str, int], LiveRows]:
+        """`control.live_rows`: per task state, the rows a cancel leaves alive."""
+        running: Counter[tuple[str, int]] = Counter(
+            (r.task_name, r.iteration) for r in self.running()
+        )
+        if self.rows_where(status="waiting"):  # pragma: no cover - not simulated
+            raise SimViolation("waiting rows (inquiries, child workflows) are not simulated")
+        return {key: LiveRows(running=n) for key, n in sorted(running.items())}
 
     def latest(self) -> dict[str, TaskState]:
         out: dict[str, TaskState] = {}
@@ -282,17 +324,109 @@ class Sim:
                 )
             )
         attempts.sort(key=lambda a: a.task_execution_id)
+        if len(attempts) > 1:
+            self.stats["batched advance"] += 1
+        self._conduct(attempts, requested=False)
+
+    # ------------------------------------------------------------ control (SQL functions)
+
+    def _request(self, status: str) -> None:
+        """Guarded status change of a control function, then `attune.request_control`."""
+        self._set_status(status)
+        self.execution.control_requested = True
+
+    def _set_status(self, status: str) -> None:
+        ex = self.execution
+        self._check_move("workflow", ex.id, ex.status, status)
+        ex.status = status
+
+    def pause(self) -> str:
+        """`attune.pause_execution`."""
+        if self.status != "running":
+            raise ControlRefused(f"execution is {self.status}: only a running one can be paused")
+        self._request("pausing")
+        self.stats["pause"] += 1
+        return "pausing"
+
+    def resume(self) -> str:
+        """`attune.resume_execution`: running again, held rows scheduled, request cleared."""
+        if self.status not in ("pausing", "paused"):
+            raise ControlRefused(f"execution is {self.status}: only a paused one can be resumed")
+        self._set_status("running")
+        self.execution.control_requested = False
+        for row in self.held():
+            self._move_row(row, "scheduled")
+            row.held = False
+        self.stats["resume"] += 1
+        self._track_in_flight()
+        return "running"
+
+    def cancel(self, policy: str | None = None) -> str:
+        """`attune.cancel_execution`."""
+        ex = self.execution
+        if policy is not None and policy not in CANCEL_POLICIES:
+            raise ControlRefused(f"cancellation policy must be one of {CANCEL_POLICIES}")
+        if self.terminal:
+            raise ControlRefused(f"execution is already {ex.status}: there is nothing to cancel")
+        if ex.status == "requested":
+            self._set_status("canceled")
+            return "canceled"
+        chosen = policy or self.spec.cancellation_policy or "allow_finish"
+        if ex.status == "canceling":
+            if chosen == "cancel_running" and ex.cancel_policy != "cancel_running":
+                ex.cancel_policy = "cancel_running"
+                ex.control_requested = True
+                self.stats["cancel escalated"] += 1
+                return "canceling"
+            raise ControlRefused("execution is already canceling")
+        self.stats[f"cancel {chosen} while {ex.status}"] += 1
+        self._request("canceling")
+        ex.cancel_policy = chosen
+        return "canceling"
+
+    def retry(self) -> str:
+        """`attune.retry_execution`: failed -> running when a task failure was unhandled."""
+        ex = self.execution
+        if ex.status != "failed":
+            raise ControlRefused(f"execution is {ex.status}: only a failed one can be retried")
+        if not any(s.unhandled for s in self.states.values()):
+            raise ControlRefused("execution has no failed task to re-run")
+        self._request("running")
+        ex.error = None
+        ex.output = None
+        self.stats["retry"] += 1
+        return "running"
+
+    def control_pass(self) -> bool:
+        """`advance.control_pass` for this execution; False if no request was pending."""
+        if not self.execution.control_requested:
+            return False
+        self.execution.control_requested = False  # control.take_requests
+        self._conduct([], requested=True)
+        return True
+
+    def _conduct(self, attempts: Sequence[Attempt], *, requested: bool) -> None:
+        """`advance._conduct` for one execution: attempts first, then a control request."""
+        ex = self.execution
+        running_rows = len(self.running()) if ex.status == "pausing" else None
         latest = self.latest()
-        conductor = Conductor(self.execution.snapshot(), dict(latest), self._ctx(), **self._cap())
+        snapshot = ex.snapshot(running_rows)
+        conductor = Conductor(snapshot, dict(latest), self._ctx(), **self._cap())
         for attempt in attempts:
             current = latest.get(attempt.task_name)
             if current is None or current.iteration != attempt.iteration:
                 conductor.add_state(self.states[(attempt.task_name, attempt.iteration)])
                 self.stats["older iteration finished"] += 1
-        if len(attempts) > 1:
-            self.stats["batched advance"] += 1
         for attempt in attempts:
             conductor.attempt_finished(attempt)
+        if requested:
+            live: dict[tuple[str, int], LiveRows] = {}
+            if conductor.status == "canceling":
+                for state in self.open_states():
+                    conductor.add_state(state)
+                live = self.live_rows()
+            self.stats[f"control pass while {conductor.status}"] += 1
+            conductor.control(live)
         self._write(conductor)
 
     # ------------------------------------------------------------ applying
@@ -334,10 +468,9 @@ class Sim:
                 raise SimViolation(
                     f"aggregating {task}#{iteration} while item {index} is {row.status}"
                 )
-            if row.status == "canceled":
-                continue
-            results.append(row.result)
-            if row.status != "succeeded":
+            # Canceled items (never run, or killed) stay as null, so positions match indices.
+            results.append(None if row.status == "canceled" else row.result)
+            if row.status not in ("succeeded", "canceled"):
                 failed.append(index)
         return results, failed
 
@@ -347,6 +480,8 @@ class Sim:
         updates: list[tuple[TaskState, str]] = []
         new_rows: list[NewTaskRows] = []
         releases: dict[tuple[str, int, bool], int] = {}
+        cancel_live: list[CancelLive] = []
+        holds: list[HoldScheduled] = []
         cancels: list[CancelPendingItems] = []
         executions: list[WriteExecution] = []
         aggregates: list[AggregateItems] = []
@@ -365,6 +500,10 @@ class Sim:
             elif isinstance(command, ReleaseItems):
                 key = (command.task_name, command.iteration, _held(command))
                 releases[key] = releases.get(key, 0) + command.count
+            elif isinstance(command, CancelLive):
+                cancel_live.append(command)
+            elif isinstance(command, HoldScheduled):
+                holds.append(command)
             elif isinstance(command, CancelPendingItems):
                 cancels.append(command)
             elif isinstance(command, Publish):
@@ -401,6 +540,10 @@ class Sim:
                     row.held = True
                 else:
                     self._move_row(row, "scheduled")
+        for live in cancel_live:
+            self._cancel_live(live.cancel_running)
+        if holds:
+            self._hold_scheduled()
         for cancel in cancels:
             for row in self.rows_where(
                 status="pending", task=cancel.task_name, iteration=cancel.iteration
@@ -413,10 +556,28 @@ class Sim:
         self._track_in_flight()
         return aggregates
 
+    def _cancel_live(self, cancel_running: bool) -> None:
+        """`control.cancel_live`: pending and scheduled rows canceled (held cleared);
+        with cancel_running, running rows are marked for their worker to kill."""
+        self.stats["cancel_live" + (" cancel_running" if cancel_running else "")] += 1
+        for row in self.rows_where(status=("pending", "scheduled")):
+            self._move_row(row, "canceled")
+            row.held = False
+        if cancel_running:
+            for row in self.running():
+                row.cancel_requested = True
+
+    def _hold_scheduled(self) -> None:
+        """`control.hold_scheduled`: scheduled rows go back to pending, held."""
+        self.stats["hold_scheduled"] += 1
+        for row in self.scheduled():
+            self._move_row(row, "pending")
+            row.held = True
+
     def _insert_state(self, state: TaskState) -> None:
         if state.key in self.states:
             raise SimViolation(f"task_state {state.key} inserted twice (primary key)")
-        if state.status not in self.initial_states:
+        if state.status not in machine.INITIAL["task_state"]:
             raise SimViolation(
                 f"task_state {state.key} cannot be created with status {state.status!r}"
                 f" (machine.INITIAL: {machine.INITIAL['task_state']})"
@@ -486,11 +647,16 @@ class Sim:
         if write.before == "requested":
             row.started_at = self.now
         row.status = write.status
-        row.parameters = dict(write.parameters)
-        row.vars = dict(write.vars)
+        # None means unchanged, as store/work.py's coalesce() does.
+        if write.parameters is not None:
+            row.parameters = dict(write.parameters)
+        if write.vars is not None:
+            row.vars = dict(write.vars)
         row.active_tasks = write.active_tasks
-        row.error = write.error
-        row.output = write.output
+        if write.error is not None:
+            row.error = write.error
+        if write.output is not None:
+            row.output = write.output
         if write.timeout_at is not None:
             row.timeout_at = write.timeout_at
 
@@ -504,8 +670,8 @@ class Sim:
         for state in self.states.values():
             if state.items_total is None or self.spec.task(state.name).kind == "parallel":
                 continue
-            rows = self.rows_where(status=ROW_IN_FLIGHT, task=state.name, iteration=state.iteration)
-            n = len(rows)
+            rows = self.rows_where(task=state.name, iteration=state.iteration)
+            n = sum(1 for r in rows if r.in_flight)
             if n > self.max_in_flight.get(state.key, 0):
                 self.max_in_flight[state.key] = n
 
@@ -525,7 +691,8 @@ class Sim:
             assert not active_rows, f"{ex.status} with active rows {active_rows}"
             pending = [s.key for s in self.states.values() if s.status == "pending"]
             assert not pending, f"{ex.status} with pending task_states {pending}"
-        elif ex.status == "running":
+        elif ex.status == "running" and not ex.control_requested:
+            # (retry_execution sets running and leaves the re-dispatch to the control pass)
             assert ex.active_tasks > 0, "running with nothing active: it can never finish"
         for state in self.states.values():
             rows = self.rows_where(task=state.name, iteration=state.iteration)
@@ -536,13 +703,13 @@ class Sim:
                 busy = [s for s in self.states.values() if s.name in subs and s.status == "running"]
                 assert busy, f"parallel block {state.key} running with no sub-task running: stuck"
             elif state.status == "running":
-                flying = [r for r in live if r.status in ROW_IN_FLIGHT]
+                flying = [r for r in live if r.in_flight]
                 assert flying, f"task_state {state.key} running with nothing in flight: stuck"
             else:
                 assert not live, f"task_state {state.key} is {state.status} with live rows {live}"
             if state.items_total is not None and spec.kind != "parallel":
                 window = spec.concurrency or state.items_total
-                flying_n = sum(1 for r in rows if r.status in ROW_IN_FLIGHT)
+                flying_n = sum(1 for r in rows if r.in_flight)
                 assert flying_n <= window, f"{state.key}: {flying_n} items in flight > {window}"
             elif state.status in ("running", "succeeded", "failed", "timed_out"):
                 # One logical occurrence runs one attempt at a time.

@@ -610,7 +610,12 @@ def test_with_items_failing_item_fails_the_task_and_stops_releasing() -> None:
     step(sim, "each", Outcome("succeeded", "rc"), item=2)
     state = sim.state("each")
     assert state.status == "failed"
-    assert state.result == {"results": ["ra", "rb", "rc"], "failed_items": [1], "total_count": 5}
+    # Items 3 and 4 never ran: null, so positions match item indices (work.item_results).
+    assert state.result == {
+        "results": ["ra", "rb", "rc", None, None],
+        "failed_items": [1],
+        "total_count": 5,
+    }
     assert state.error == {"type": "ItemsFailed", "message": "1 of 5 items failed (indices 1)"}
     assert [r.status for r in sim.rows_where(task="each")] == [
         "succeeded", "failed", "succeeded", "canceled", "canceled",

@@ -2,9 +2,11 @@
 
 Hypothesis draws a workflow (5-12 tasks, transitions only from lower to higher
 index, random on_success/on_failure/on_complete edges, joins, `when` switched off
-through a parameter, small with-items with concurrency, retries) and then every
-scheduling decision: which scheduled row a worker claims, which running rows
-finish together in one advance, and how each attempt ends.
+through a parameter (start tasks included), small with-items with concurrency
+(empty lists included), retries, and tasks that fail inside dispatch: bad input
+or an unknown action) and then every scheduling decision: which scheduled row a
+worker claims, which running rows finish together in one advance, and how each
+attempt ends.
 
 Invariants checked after every event (see also `Sim.check` and the guards in
 `Sim.apply`, which assert legal moves, `before` guards and unique attempts):
@@ -18,11 +20,6 @@ Invariants checked after every event (see also `Sim.check` and the guards in
 and at the end, an oracle recomputes from the final task states which
 transitions must have fired, how many times each task must have been triggered,
 and whether the workflow must have succeeded or failed.
-
-Known conductor bugs the generator steps around (each has an xfail in
-test_conductor.py): no empty with-items, no task that fails inside dispatch
-(bad input, unknown action), and task 0 always runs; a join state born and
-canceled in one transaction is tolerated on INSERT (`extra_initial_states`).
 """
 
 from __future__ import annotations
@@ -46,8 +43,9 @@ PARAMETERS = {
     "properties": {"off": {"type": "array", "items": {"type": "string"}, "default": []}},
     "additionalProperties": False,
 }
-# Workaround for the known bug of test_join_never_fired_when_its_only_arrival_comes_last.
-KNOWN_BAD_INSERTS = ("canceled",)
+# Tasks that fail inside dispatch, before any row exists (no retry applies to them).
+BAD_INPUT: dict[str, Any] = {"action": "core.echo", "input": {"msg": "no 'message'"}}
+UNKNOWN_ACTION: dict[str, Any] = {"action": "nope.unknown"}
 
 
 @dataclass(frozen=True)
@@ -107,13 +105,18 @@ def plans(draw: st.DrawFn) -> Plan:
         if (join is None and inbound[name] >= 2) or any(s in repeatable for s in sources[name]):
             repeatable.add(name)
         when = None
-        if i > 0 and draw(st.integers(0, 4)) == 0:
+        if draw(st.integers(0, 4)) == 0:
             when = f"{{{{ '{name}' not in parameters.off }}}}"
             if draw(st.booleans()):
                 off.append(name)
         kw: dict[str, Any] = {}
-        if draw(st.integers(0, 3)) == 0:
-            size = draw(st.integers(1, 4))
+        shape = draw(st.integers(0, 39))
+        if shape == 0:
+            kw.update(BAD_INPUT)
+        elif shape == 1:
+            kw.update(UNKNOWN_ACTION)
+        elif shape <= 11:
+            size = draw(st.integers(0, 4))
             kw["with_items"] = "{{ " + repr(list(range(size))) + " }}"
             kw["action"] = "core.any"
             kw["input"] = {"x": "{{ item }}", "i": "{{ index }}"}
@@ -253,7 +256,7 @@ def _join_statuses(sim: Sim) -> list[str]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=plans(), data=st.data(), max_batch=st.sampled_from([1, 1, 3]))
 def test_random_dags_keep_every_invariant(plan: Plan, data: st.DataObject, max_batch: int) -> None:
-    sim = Sim(plan.spec, plan.parameters, extra_initial_states=KNOWN_BAD_INSERTS)
+    sim = Sim(plan.spec, plan.parameters)
     chooser = DataChooser(data)
     run(sim, chooser, outcome=outcome, max_batch=max_batch, after_each=invariants(plan))
     check_outcome(sim)
@@ -263,8 +266,15 @@ def test_random_dags_keep_every_invariant(plan: Plan, data: st.DataObject, max_b
         event(what)
     if "pending" in _join_statuses(sim):
         event("join waited for arrivals")
+    for state in sim.states.values():
+        if state.error is not None and state.error["type"] in ("ParameterError", "UnknownAction"):
+            event("task failed inside dispatch")
+        if state.items_total == 0:
+            event("empty with-items")
+        if state.status == "skipped" and state.name in {t.name for t in sim.spec.start_tasks()}:
+            event("start task skipped")
 
-    replay = Sim(plan.spec, plan.parameters, extra_initial_states=KNOWN_BAD_INSERTS)
+    replay = Sim(plan.spec, plan.parameters)
     run(replay, ListChooser(list(chooser.record)), outcome=outcome, max_batch=max_batch)
     assert replay.log == sim.log, "the same schedule gave different commands"
     assert replay.status == sim.status
@@ -273,11 +283,18 @@ def test_random_dags_keep_every_invariant(plan: Plan, data: st.DataObject, max_b
 @settings(max_examples=40, deadline=None)
 @given(plan=plans())
 def test_random_dags_without_failures_fail_only_on_joins(plan: Plan) -> None:
-    sim = Sim(plan.spec, plan.parameters, extra_initial_states=KNOWN_BAD_INSERTS)
+    sim = Sim(plan.spec, plan.parameters)
     run(sim, ListChooser([]), outcome=lambda row, chooser: "succeeded", after_each=invariants(plan))
     check_outcome(sim)
-    # With no failures every join with inbound from successes fires unless an
-    # on_failure edge feeds it: then JoinNeverFired is the only way to fail.
+    # With no failed attempt every join with inbound from successes fires unless an
+    # on_failure edge feeds it: then JoinNeverFired is the only way to fail, besides a
+    # task that failed inside dispatch (bad input, unknown action: it has no rows).
     if sim.status == "failed":
-        assert sim.execution.error is not None
-        assert sim.execution.error["type"] == "JoinNeverFired"
+        error = sim.execution.error
+        assert error is not None
+        assert error["type"] in ("JoinNeverFired", "TaskFailed"), error
+        if error["type"] == "TaskFailed":
+            state = sim.state(error["task"])
+            assert state.error is not None
+            assert state.error["type"] in ("ParameterError", "UnknownAction"), state.error
+            assert not sim.rows_where(task=error["task"])

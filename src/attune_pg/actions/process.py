@@ -338,8 +338,10 @@ class _Session:
 def action_env(context: ActionContext, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of an action process: the worker's, plus the attempt's identity.
 
-    `ATTUNE_IDEMPOTENCY_KEY` is the key side effects should be deduplicated on: it is the
-    same for every attempt of a task occurrence and for a re-run after a worker crash.
+    `ATTUNE_IDEMPOTENCY_KEY` is the key side effects should be deduplicated on
+    (`<workflow_execution_id>:<task_execution_id>`, DESIGN §3.2): it stays the same when
+    the same row runs again after a worker crash or a hand-back; each retry attempt is a
+    row of its own, and so gets a key of its own. `ATTUNE_ATTEMPT` tells the attempts apart.
     """
     env = dict(os.environ)
     env["ATTUNE_IDEMPOTENCY_KEY"] = context.idempotency_key
