@@ -50,8 +50,9 @@ def applied(conn: psycopg.Connection) -> set[int]:
     return {row[0] for row in conn.execute("SELECT version FROM attune.schema_migration")}
 
 
-def migrate(conn: psycopg.Connection) -> list[Migration]:
-    """Apply every migration not applied yet; return those applied now."""
+def migrate(conn: psycopg.Connection, target: int | None = None) -> list[Migration]:
+    """Apply every migration not applied yet (up to `target`, if given); return those
+    applied now."""
     done: list[Migration] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
@@ -63,7 +64,7 @@ def migrate(conn: psycopg.Connection) -> list[Migration]:
         )
         have = applied(conn)
         for migration in available():
-            if migration.version in have:
+            if migration.version in have or (target is not None and migration.version > target):
                 continue
             conn.execute(migration.sql.encode())
             conn.execute(

@@ -1,0 +1,87 @@
+"""Upgrading keeps data: the last migration is applied to a database that already
+holds executions in every state, with a worker running, and they all finish."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from attune_pg import db, packs
+from attune_pg.store import migrate
+from tests.conftest import PACKS, dsn_for
+from tests.helpers import start, wait_done
+
+LATEST = max(m.version for m in migrate.available())
+
+
+@pytest.fixture
+def old_dsn(server_dsn: str) -> Iterator[str]:
+    """A database migrated to the version before the latest (not the test template)."""
+    name = f"attune_upgrade_{time.monotonic_ns()}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield dsn_for(server_dsn, name)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _wait(conn: psycopg.Connection, sql: str, args: tuple[object, ...]) -> None:
+    deadline = time.monotonic() + 30
+    while not conn.execute(sql, args).fetchone():
+        assert time.monotonic() < deadline, sql
+        time.sleep(0.05)
+
+
+def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
+    import threading
+
+    from attune_pg.worker.loop import Worker, WorkerConfig
+
+    with db.connect(old_dsn) as conn:
+        migrate.migrate(conn, target=LATEST - 1)
+        assert migrate.current_version(conn) == LATEST - 1
+        packs.register(conn, PACKS / "core")
+        packs.register(conn, PACKS / "examples")
+        worker = Worker(old_dsn, WorkerConfig(concurrency=8, lease_seconds=5, poll_seconds=0.5))
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            done = wait_done(conn, start(conn, "examples.hello_join"))
+            failed = wait_done(conn, start(conn, "examples.hello_join", {"name": 3}))
+            running = start(conn, "examples.long_running", {"seconds": 1.5})
+            paused = start(conn, "examples.long_running", {"seconds": 0.3})
+            waiting = start(conn, "examples.approval")
+            _wait(conn, "SELECT 1 FROM attune.task_execution WHERE workflow_execution_id = %s"
+                  " AND status = 'running'", (paused,))
+            conn.execute("SELECT attune.pause_execution(%s)", (paused,))
+            _wait(conn, "SELECT 1 FROM attune.inquiry WHERE workflow_execution_id = %s", (waiting,))
+            _wait(
+                conn,
+                "SELECT 1 FROM attune.workflow_execution WHERE id = %s AND status = 'paused'",
+                (paused,),
+            )
+            requested = start(conn, "examples.child", {"name": "later"})
+
+            applied = migrate.migrate(conn)  # with the worker running
+            assert [m.version for m in applied] == [LATEST]
+
+            conn.execute("SELECT attune.resume_execution(%s)", (paused,))
+            (inquiry,) = conn.execute(
+                "SELECT id FROM attune.inquiry WHERE workflow_execution_id = %s", (waiting,)
+            ).fetchone()  # type: ignore[misc]
+            conn.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,))
+            for execution_id in (running, paused, waiting, requested):
+                row = wait_done(conn, execution_id, timeout=30)
+                assert row["status"] == "succeeded", (execution_id, row["error"])
+            for kept in (done, failed):
+                row = wait_done(conn, kept["id"])
+                assert (row["status"], row["output"]) == (kept["status"], kept["output"])
+        finally:
+            worker.request_stop()
+            thread.join(timeout=20)
+        assert not thread.is_alive()
