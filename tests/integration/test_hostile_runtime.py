@@ -30,9 +30,9 @@ EXPECTED_FAILURES = {
 def test_gauntlet(conn: psycopg.Connection, register, worker_thread) -> None:  # type: ignore[no-untyped-def]
     marker = Path("/tmp/attune-injected")
     marker.unlink(missing_ok=True)
-    register("hostile")
+    register("testpack")
     worker = worker_thread(concurrency=6)
-    row = wait_done(conn, start(conn, "hostile.gauntlet"), timeout=90)
+    row = wait_done(conn, start(conn, "testpack.gauntlet"), timeout=90)
     assert row["status"] == "succeeded", row["error"]
     assert row["output"] == {"good": "the good branch ran"}
     states = task_states(conn, row["id"])
@@ -58,5 +58,5 @@ def test_gauntlet(conn: psycopg.Connection, register, worker_thread) -> None:  #
     assert not marker.exists()
     # The worker is alive and still takes work.
     assert worker._runner.running == {}  # type: ignore[attr-defined]
-    again = wait_done(conn, start(conn, "hostile.gauntlet"), timeout=90)
+    again = wait_done(conn, start(conn, "testpack.gauntlet"), timeout=90)
     assert again["status"] == "succeeded"

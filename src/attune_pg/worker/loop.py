@@ -124,37 +124,24 @@ class Worker:
                         backoff = 0.2
                     if self._turn(conn, actions):
                         break
-                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                    if outage_since is None:
-                        outage_since = time.monotonic()
-                        first = str(exc).strip().splitlines()
-                        log.warning(
-                            "database unreachable (%s); keeping %d results and retrying",
-                            first[0] if first else type(exc).__name__,
-                            len(self._pending),
-                        )
+                except Exception as exc:
+                    # Neither an outage nor a bug kills the worker: it keeps the results
+                    # in hand, backs off and starts over with a fresh connection.
+                    if isinstance(exc, psycopg.OperationalError | DatabaseUnavailable):
+                        if outage_since is None:  # one line per outage
+                            outage_since = time.monotonic()
+                            first = str(exc).strip().splitlines()
+                            log.warning(
+                                "database unreachable (%s); keeping %d results and retrying",
+                                first[0] if first else type(exc).__name__,
+                                len(self._pending),
+                            )
+                    else:
+                        log.exception("worker %s: unexpected error; retrying", self.id)
                     if conn is not None:
                         conn.close()
                     conn = None
-                    if (
-                        self._stopping.wait(backoff)
-                        and not self._runner.running
-                        and not self._pending
-                    ):
-                        break
-                    backoff = min(backoff * 2, 5.0)
-                except Exception:
-                    # A bug must not kill the worker: log it, back off, start over
-                    # with a fresh connection (results in hand are kept).
-                    log.exception("worker %s: unexpected error; retry in %.1fs", self.id, backoff)
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                    if (
-                        self._stopping.wait(backoff)
-                        and not self._runner.running
-                        and not self._pending
-                    ):
+                    if self._stopping.wait(backoff) and self._may_leave():
                         break
                     backoff = min(backoff * 2, 5.0)
             if conn is not None and not conn.closed:
@@ -167,6 +154,14 @@ class Worker:
                 conn.close()
             listener.join(timeout=2)
             log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
+
+    def _may_leave(self) -> bool:
+        """Stopping without a database: leave once nothing is left to report, or when
+        the grace period is over (unreported results then re-run elsewhere when their
+        leases expire: at least once, never lost)."""
+        nothing_left = not self._runner.running and not self._pending
+        late = self._stop_deadline is not None and time.monotonic() > self._stop_deadline
+        return nothing_left or late
 
     def _turn(self, conn: psycopg.Connection, actions: ActionCatalog) -> bool:
         """One pass of the loop; True when the worker should exit."""
