@@ -291,13 +291,6 @@ def test_migration_is_safe_to_rerun_and_runs_where_the_roles_exist(
             )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.InsufficientPrivilege,
-    reason="store/migrate.py runs CREATE SCHEMA/TABLE IF NOT EXISTS before checking what is"
-    " applied, which needs CREATE on the database even when nothing is pending; give it a"
-    " read-only fast path (docs/operations.md, Roles) and drop this marker",
-)
 @pytest.mark.parametrize("role", ROLES)
 def test_migrate_is_a_no_op_for_every_role_when_the_schema_is_current(
     login: Callable[[str], str], role: str

@@ -53,6 +53,11 @@ def applied(conn: psycopg.Connection) -> set[int]:
 def migrate(conn: psycopg.Connection, target: int | None = None) -> list[Migration]:
     """Apply every migration not applied yet (up to `target`, if given); return those
     applied now."""
+    wanted = [m for m in available() if target is None or m.version <= target]
+    if {m.version for m in wanted} <= applied(conn):
+        # Nothing pending: stay read-only, so the least-privilege roles (attune_worker,
+        # attune_submitter, attune_reader), which may not create anything, can start.
+        return []
     done: list[Migration] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
