@@ -329,6 +329,10 @@ BEGIN
        SET status = 'responded', response = respond_inquiry.response, responded_by = who,
            responded_at = now()
      WHERE id = inquiry_id;
+    -- Audited with the login that really answered (`who` is what the caller claims).
+    INSERT INTO attune.execution_event (workflow_execution_id, task_execution_id, kind, data, actor)
+    VALUES (execution_id, q.task_execution_id, 'inquiry_response',
+            jsonb_build_object('inquiry_id', inquiry_id, 'responded_by', who), session_user);
     PERFORM pg_notify('attune_control', '');
     RETURN 'responded';
 END $$;

@@ -142,6 +142,12 @@ def test_approval_refuses_a_bad_answer_then_takes_a_good_one(examples: psycopg.C
     row = wait_done(examples, execution_id)
     assert row["status"] == "succeeded", row["error"]
     assert row["output"] == {"outcome": "approved"}
+    audit = examples.execute(
+        "SELECT data ->> 'responded_by', actor FROM attune.execution_event"
+        " WHERE kind = 'inquiry_response' AND workflow_execution_id = %s",
+        (execution_id,),
+    ).fetchall()
+    assert audit == [("ops", examples.info.user)]
     ask = next(t for t in tasks(examples, execution_id) if t["task_name"] == "ask")
     assert ask["result"] == {
         "approved": True,
