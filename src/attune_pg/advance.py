@@ -24,7 +24,7 @@ import psycopg
 from attune_pg.engine.conductor import Conductor, error_of
 from attune_pg.engine.state import Attempt, Context, Execution, TaskState
 from attune_pg.spec.model import DEFAULT_DEPTH_LIMIT, ActionSpec
-from attune_pg.store import control, work
+from attune_pg.store import apply, control, work
 from attune_pg.store.catalog import DbKV
 
 log = logging.getLogger("attune_pg.advance")
@@ -62,7 +62,7 @@ class _Batch:
         asked for (which may cascade), until nothing is left to write."""
         pending = dict(self.conductors)
         while pending:
-            aggregates = work.apply_batch(
+            aggregates = apply.apply_batch(
                 self.conn, [(eid, c.flush()) for eid, c in sorted(pending.items())]
             )
             pending = {}

@@ -16,10 +16,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import jsonschema
-
 from attune_pg import template
-from attune_pg.engine import control
+from attune_pg.engine import control, render
 from attune_pg.engine.state import (
     AggregateItems,
     Attempt,
@@ -253,33 +251,13 @@ class Conductor:
         item: Json = template.MISSING,
         index: Json = template.MISSING,
     ) -> dict[str, Json]:
-        tasks: dict[str, dict[str, Json]] = {}
-        for name, state in self.latest.items():
-            view: dict[str, Json] = {
-                "status": state.status,
-                "result": state.result,
-                "error": state.error,
-            }
-            if state.items_total is not None and isinstance(state.result, dict):
-                view["results"] = state.result.get("results")
-                view["failed_items"] = state.result.get("failed_items")
-                view["total_count"] = state.result.get("total_count")
-            tasks[name] = view
-        system = {
-            "execution_id": self.execution.id,
-            "workflow_ref": self.spec.ref,
-            "timestamp": self.ctx.now,
-            "started_at": self.execution.started_at,
-            "depth": self.execution.depth,
-            "attempt": self._attempt if current is not None else 1,
-            "identity": {"login": self.execution.requested_by},
-        }
+        attempt = self._attempt if current is not None else 1
         return template.build_scope(
             parameters=self.parameters,
             vars=self.vars,
-            tasks=tasks,
+            tasks=render.task_views(self.latest),
             pack_config=self.execution.pack_config,
-            system=system,
+            system=render.system_view(self.execution, self.ctx.now, attempt),
             kv=self.ctx.kv,
             current=current,
             item=item,
@@ -532,8 +510,8 @@ class Conductor:
             )
             return
         try:
-            items = self._items(spec)
-            inputs = self._inputs(spec, items, action.parameters)
+            items = render.items(spec, self._scope())
+            inputs = render.inputs(spec, items, action.parameters, self._scope)
         except (TemplateError, ParameterError) as exc:
             self._put(running)
             self._task_done(running, "failed", None, error_of(type(exc).__name__, str(exc)))
@@ -582,35 +560,6 @@ class Conductor:
         self._put(running)
         self._task_done(running, "failed", None, error)
 
-    def _items(self, spec: TaskSpec) -> list[Json] | None:
-        if spec.with_items is None:
-            return None
-        where = f"task {spec.name!r} with_items"
-        value = template.render(spec.with_items, self._scope(), where=where)
-        if not isinstance(value, list):
-            raise TemplateError(
-                f"{where}: must render to a list, got {type(value).__name__}: {str(value)[:80]!r}"
-            )
-        if spec.batch_size:
-            size = spec.batch_size
-            return [value[i : i + size] for i in range(0, len(value), size)]
-        return value
-
-    def _inputs(
-        self, spec: TaskSpec, items: list[Json] | None, schema: dict[str, Json]
-    ) -> list[dict[str, Json]]:
-        where = f"task {spec.name!r} input"
-        if items is None:
-            rendered = template.render(spec.input, self._scope(), where=where)
-            return [validate_parameters(schema, rendered, where=where)]
-        out = []
-        for index, item in enumerate(items):
-            rendered = template.render(
-                spec.input, self._scope(item=item, index=index), where=f"{where} (item {index})"
-            )
-            out.append(validate_parameters(schema, rendered, where=f"{where} (item {index})"))
-        return out
-
     # -- completion
 
     def _check_complete(self) -> None:
@@ -640,27 +589,9 @@ class Conductor:
             self._finish_success()
 
     def _finish_success(self) -> None:
-        output: Json = None
-        if self.spec.output_map is not None:
-            try:
-                output = template.render(
-                    self.spec.output_map,
-                    self._scope(),
-                    where=f"workflow {self.spec.ref!r} output_map",
-                )
-            except TemplateError as exc:
-                self.error = error_of("TemplateError", str(exc))
-                self.status = "failed"
-                return
-        if self.spec.output is not None:
-            problem = jsonschema.exceptions.best_match(
-                jsonschema.Draft202012Validator(self.spec.output).iter_errors(output)
-            )
-            if problem is not None:
-                path = ".".join(str(p) for p in problem.absolute_path) or "(root)"
-                self.error = error_of("OutputInvalid", f"output {path}: {problem.message}"[:500])
-                self.output = output
-                self.status = "failed"
-                return
-        self.output = output
-        self.status = "succeeded"
+        self.output, error = render.output(self.spec, self._scope())
+        if error is not None:
+            self.error = error
+            self.status = "failed"
+        else:
+            self.status = "succeeded"

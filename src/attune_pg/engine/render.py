@@ -1,0 +1,101 @@
+"""Everything the conductor renders: the template scope, with-items lists, task inputs
+and the final output. Pure, like the conductor; errors are TemplateError or
+ParameterError naming the task and the field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jsonschema
+
+from attune_pg import template
+from attune_pg.engine.state import Execution, TaskState
+from attune_pg.errors import TemplateError
+from attune_pg.spec.model import TaskSpec, WorkflowSpec
+from attune_pg.spec.params import validate_parameters
+
+Json = Any
+ScopeFor = Callable[..., dict[str, Json]]
+
+
+def task_views(latest: Mapping[str, TaskState]) -> dict[str, dict[str, Json]]:
+    """`task.<name>` for templates: the latest iteration of every task that ran."""
+    tasks: dict[str, dict[str, Json]] = {}
+    for name, state in latest.items():
+        view: dict[str, Json] = {
+            "status": state.status,
+            "result": state.result,
+            "error": state.error,
+        }
+        if state.items_total is not None and isinstance(state.result, dict):
+            view["results"] = state.result.get("results")
+            view["failed_items"] = state.result.get("failed_items")
+            view["total_count"] = state.result.get("total_count")
+        tasks[name] = view
+    return tasks
+
+
+def system_view(execution: Execution, now: float, attempt: int) -> dict[str, Json]:
+    return {
+        "execution_id": execution.id,
+        "workflow_ref": execution.spec.ref,
+        "timestamp": now,
+        "started_at": execution.started_at,
+        "depth": execution.depth,
+        "attempt": attempt,
+        "identity": {"login": execution.requested_by},
+    }
+
+
+def items(spec: TaskSpec, scope: Mapping[str, Json]) -> list[Json] | None:
+    """The with-items list (chunked by batch_size), or None for a plain task."""
+    if spec.with_items is None:
+        return None
+    where = f"task {spec.name!r} with_items"
+    value = template.render(spec.with_items, scope, where=where)
+    if not isinstance(value, list):
+        raise TemplateError(
+            f"{where}: must render to a list, got {type(value).__name__}: {str(value)[:80]!r}"
+        )
+    if spec.batch_size:
+        size = spec.batch_size
+        return [value[i : i + size] for i in range(0, len(value), size)]
+    return value
+
+
+def inputs(
+    spec: TaskSpec, item_list: list[Json] | None, schema: dict[str, Json], scope_for: ScopeFor
+) -> list[dict[str, Json]]:
+    """One validated input per item (or one for a plain task), in item order."""
+    where = f"task {spec.name!r} input"
+    if item_list is None:
+        rendered = template.render(spec.input, scope_for(), where=where)
+        return [validate_parameters(schema, rendered, where=where)]
+    out = []
+    for index, item in enumerate(item_list):
+        here = f"{where} (item {index})"
+        rendered = template.render(spec.input, scope_for(item=item, index=index), where=here)
+        out.append(validate_parameters(schema, rendered, where=here))
+    return out
+
+
+def output(spec: WorkflowSpec, scope: Mapping[str, Json]) -> tuple[Json, dict[str, Json] | None]:
+    """The rendered output_map, checked against `output`: (output, error or None)."""
+    value: Json = None
+    if spec.output_map is not None:
+        try:
+            value = template.render(
+                spec.output_map, scope, where=f"workflow {spec.ref!r} output_map"
+            )
+        except TemplateError as exc:
+            return None, {"type": "TemplateError", "message": str(exc)}
+    if spec.output is not None:
+        problem = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(spec.output).iter_errors(value)
+        )
+        if problem is not None:
+            path = ".".join(str(p) for p in problem.absolute_path) or "(root)"
+            message = f"output {path}: {problem.message}"[:500]
+            return value, {"type": "OutputInvalid", "message": message}
+    return value, None
