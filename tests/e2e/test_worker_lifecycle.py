@@ -65,3 +65,18 @@ def test_bench_reports_its_figures(dsn: str) -> None:
     assert "succeeded: 20/20" in done.stdout
     assert "task steps/s" in done.stdout and "idle wake-up" in done.stdout
     assert "fsync=" in done.stdout
+
+
+def test_worker_started_without_a_database_waits_instead_of_exiting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from attune_pg.workerproc import start_worker, stop_worker
+
+    log = tmp_path / "worker.log"
+    # Nothing listens on this socket directory: the database is "down".
+    dead = f"postgresql://nobody@/attune?host={tmp_path}&connect_timeout=1"
+    proc = start_worker(dead, concurrency=1, log_level="info", log_file=str(log))
+    try:
+        time.sleep(2.5)
+        assert proc.poll() is None, log.read_text()  # still waiting, not crashed
+        assert log.read_text().count("waiting for the database") == 1
+    finally:
+        assert stop_worker(proc, timeout=10) == 0

@@ -353,12 +353,11 @@ def _run_worker(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     resolved = db.resolve_dsn(dsn)
-    with db.connect(resolved) as conn:
-        migrate.migrate(conn)
     worker = Worker(resolved, WorkerConfig(concurrency, lease_seconds, poll_seconds, grace_seconds))
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
-    worker.run()
+    if worker.wait_for_database(migrate.migrate):
+        worker.run()
 
 
 @cli.command("worker")

@@ -21,6 +21,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -80,6 +81,25 @@ class Worker:
             self._stop_deadline = time.monotonic() + self.config.grace_seconds
             self._stopping.set()
             self._wake.set()
+
+    def wait_for_database(self, prepare: Callable[[psycopg.Connection], object]) -> bool:
+        """Connect (and `prepare`: apply pending migrations) before starting, waiting
+        out an outage with backoff instead of exiting: a worker started while the
+        database is down must not crash-loop. False if stopped while waiting."""
+        backoff = 0.2
+        warned = False
+        while not self._stopping.is_set():
+            try:
+                with db.connect(self.dsn, name="attune_worker") as conn:
+                    prepare(conn)
+                return True
+            except DatabaseUnavailable as exc:
+                if not warned:
+                    log.warning("waiting for the database: %s", exc)
+                    warned = True
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        return False
 
     # ------------------------------------------------------------ main loop
 
