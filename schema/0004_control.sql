@@ -136,8 +136,8 @@ BEGIN
         RAISE EXCEPTION 'execution % is %: only a paused execution can be resumed', execution_id, e.status
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    UPDATE attune.workflow_execution SET status = 'running', control_requested_at = NULL
-     WHERE id = execution_id;
+    -- Any control request still pending (e.g. a retry's redrive) is kept for the pass.
+    UPDATE attune.workflow_execution SET status = 'running' WHERE id = execution_id;
     -- What the pause held is claimable again (the guard trigger sends attune_work).
     UPDATE attune.task_execution SET status = 'scheduled', held = false, run_at = greatest(run_at, now())
      WHERE workflow_execution_id = execution_id AND held;

@@ -227,6 +227,9 @@ def _conduct(
                     for state in control.open_states(conn, execution.id):
                         conductor.add_state(state)
                     live_rows = control.live_rows(conn, execution.id)
+                else:  # a retry_execution (perhaps paused since) re-runs these
+                    for state in control.unhandled_states(conn, execution.id):
+                        conductor.add_state(state)
                 conductor.control(live_rows)
             batch.conductors[execution.id] = conductor
             stats.advanced += len(by_execution.get(execution.id, ()))

@@ -25,6 +25,7 @@ from attune_pg.engine.state import (
     Command,
     Context,
     Execution,
+    HoldScheduled,
     LiveRows,
     NewTaskRows,
     Publish,
@@ -147,7 +148,9 @@ class Conductor:
                 f"{len(failed_items)} of {total} items failed (indices {shown}{more})",
             )
             self._task_done(state, "failed", result, error)
-        elif state.items_done < total:
+        elif state.items_done < total or state.items_failed:
+            # items_failed without failed_items: items canceled (cancel_running) or
+            # never released; the task did not complete.
             self._task_done(state, "canceled", result, None)
         else:
             self._task_done(state, "succeeded", result, None)
@@ -157,10 +160,14 @@ class Conductor:
         """Carry out a control request recorded on the execution row (see control.py)."""
         if self.status == "canceling":
             control.cancel(self, live)
-        elif self.status == "pausing":
+            return
+        if self.unhandled_states():
+            # retry_execution, even if a pause arrived before this pass ran.
+            control.redrive(self)
+        if self.status == "pausing":
             control.pause(self)
         elif self.status == "running":
-            control.redrive(self)
+            self._check_complete()
 
     # The narrow interface control.py uses.
     def emit(self, command: Command) -> None:
@@ -174,6 +181,12 @@ class Conductor:
 
     def task_done(self, state: TaskState, status: str, result: Json, error: Json) -> None:
         self._task_done(state, status, result, error)
+
+    def unhandled_states(self) -> list[TaskState]:
+        return [s for s in self._states.values() if s.unhandled]
+
+    def dispatch(self, spec: TaskSpec, state: TaskState) -> None:
+        self._dispatch(spec, state)
 
     def new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> bool:
         return self._new_iteration(spec, latest)
@@ -418,12 +431,24 @@ class Conductor:
                 )
             )
 
+    def _deferring(self) -> bool:
+        """Failing (an unhandled failure, running tasks draining): transitions are still
+        recorded, as pending states that are never dispatched, so retry_execution can
+        replay them; the end of the execution cancels them."""
+        return self.status in DISPATCHING and self.error is not None
+
     def _trigger(self, name: str) -> None:
-        if not self._dispatching():
+        deferring = self._deferring()
+        if not self._dispatching() and not deferring:
             return
         spec = self.spec.task(name)
         latest = self.latest.get(name)
         if spec.join is None:
+            if deferring:
+                if latest is None or latest.status != "pending":
+                    after = latest.iteration + 1 if latest else 1
+                    self._put(TaskState(spec.name, after, "pending"))
+                return
             self._new_iteration(spec, latest)
             return
         inbound = self.spec.inbound(name)
@@ -431,7 +456,7 @@ class Conductor:
         if latest is not None and latest.join_required is not None:
             if latest.status == "pending":
                 latest = replace(latest, join_arrivals=latest.join_arrivals + 1)
-                if latest.join_arrivals >= (latest.join_required or 0):
+                if latest.join_arrivals >= (latest.join_required or 0) and not deferring:
                     self._dispatch(spec, latest)
                 else:
                     self._put(latest)
@@ -445,7 +470,7 @@ class Conductor:
         if iteration is None:
             return
         state = TaskState(spec.name, iteration, "pending", join_required=required, join_arrivals=1)
-        if required <= 1:
+        if required <= 1 and not deferring:
             self._dispatch(spec, state)
         else:
             self._put(state)
@@ -565,7 +590,10 @@ class Conductor:
     def _check_complete(self) -> None:
         if self.active > 0 or self.status not in FINISHABLE:
             if self.status == "pausing" and self.execution.running_rows == 0:
-                self.status = "paused"  # nothing runs any more; held work waits for resume
+                # Nothing runs any more. Hold what is scheduled here too: the control
+                # pass that would have held it may not have run yet.
+                self._commands.append(HoldScheduled())
+                self.status = "paused"
             return
         waiting = [s for s in self.latest.values() if s.status == "pending"]
         if self.error is None and self.status != "canceling":

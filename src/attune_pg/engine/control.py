@@ -47,17 +47,32 @@ def redrive(conductor: Conductor) -> None:
     """retry_execution: re-run each task whose failure nobody handled, as a new
     iteration, and reopen the joins that the failure closed. Completed tasks,
     published variables and results are kept."""
-    latest = dict(conductor.latest)
-    for name, state in sorted(latest.items()):
+    # Every unhandled failure, older iterations included (the store loads them all).
+    for state in sorted(conductor.unhandled_states(), key=lambda s: s.key):
+        spec = conductor.spec.task(state.name)
+        conductor.put(replace(state, unhandled=False))
+        if state.join_required is not None:
+            # Re-run the same round of a join: keep its arrivals, so a late arrival of
+            # that round is absorbed instead of opening a new one.
+            rerun = TaskState(
+                state.name,
+                conductor.latest[state.name].iteration + 1,
+                "pending",
+                join_required=state.join_required,
+                join_arrivals=state.join_arrivals,
+            )
+            conductor.dispatch(spec, rerun)
+        else:
+            conductor.new_iteration(spec, conductor.latest[state.name])
+    # What the failure stopped: transitions recorded while it drained (canceled at the
+    # end), joins it closed, with-items it stopped releasing. Replay them.
+    for name, state in sorted(dict(conductor.latest).items()):
+        if state.status != "canceled":
+            continue
         spec = conductor.spec.task(name)
-        if state.unhandled:
-            conductor.put(replace(state, unhandled=False))
-            conductor.new_iteration(spec, conductor.latest[name])
-        elif (
-            state.status == "canceled"
-            and state.join_required is not None
-            and state.join_arrivals < state.join_required
-        ):
+        if conductor.spec.block_of(name) is not None:
+            continue  # sub-tasks run again with their block
+        if state.join_required is not None:
             reopened = TaskState(
                 name,
                 state.iteration + 1,
@@ -65,5 +80,10 @@ def redrive(conductor: Conductor) -> None:
                 join_required=state.join_required,
                 join_arrivals=state.join_arrivals,
             )
-            conductor.put(reopened)
+            if reopened.join_arrivals >= (reopened.join_required or 0):
+                conductor.dispatch(spec, reopened)
+            else:
+                conductor.put(reopened)
+        else:
+            conductor.new_iteration(spec, state)
     conductor.check_complete()

@@ -88,6 +88,16 @@ _STATE_COLUMNS = (
 )
 
 
+def unhandled_states(conn: psycopg.Connection, execution_id: int) -> list[TaskState]:
+    """Every task state whose failure nobody handled (what retry_execution re-runs)."""
+    rows = conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM attune.task_state"
+        " WHERE workflow_execution_id = %s AND unhandled",
+        (execution_id,),
+    ).fetchall()
+    return [TaskState(*row) for row in rows]
+
+
 def open_states(conn: psycopg.Connection, execution_id: int) -> list[TaskState]:
     """Every task state still pending or running (older iterations included)."""
     rows = conn.execute(
