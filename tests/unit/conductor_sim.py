@@ -27,8 +27,9 @@ Control (schema/0004_control.sql, store/control.py, advance.control_pass):
 do to the rows (record the request on the execution, `ControlRefused` where SQL
 raises); `control_pass` is the worker's pass over a pending request: it builds the
 conductor as `advance._conduct` does (`running_rows` while pausing; open states and
-`live_rows` while canceling) and calls `Conductor.control`. `CancelLive` and
-`HoldScheduled` are applied like `control.cancel_live` / `control.hold_scheduled`.
+`live_rows` while canceling, else the unhandled states) and calls `Conductor.control`.
+`CancelLive` and `HoldScheduled` are applied like `control.cancel_live` and
+`control.hold_scheduled`.
 Inquiries and child workflows (`waiting` rows) are not simulated.
 """
 
@@ -251,6 +252,10 @@ class Sim:
         """`control.open_states`: every task state still pending or running."""
         return [s for s in self.states.values() if s.status in ("pending", "running")]
 
+    def unhandled_states(self) -> list[TaskState]:
+        """`control.unhandled_states`: every task state whose failure nobody handled."""
+        return [s for s in self.states.values() if s.unhandled]
+
     def live_rows(self) -> dict[tuple[str, int], LiveRows]:
         """`control.live_rows`: per task state, the rows a cancel leaves alive."""
         running: Counter[tuple[str, int]] = Counter(
@@ -349,11 +354,11 @@ class Sim:
         return "pausing"
 
     def resume(self) -> str:
-        """`attune.resume_execution`: running again, held rows scheduled, request cleared."""
+        """`attune.resume_execution`: running again, held rows scheduled. A request still
+        pending (the pause's, or a retry's from before it) is left for the control pass."""
         if self.status not in ("pausing", "paused"):
             raise ControlRefused(f"execution is {self.status}: only a paused one can be resumed")
         self._set_status("running")
-        self.execution.control_requested = False
         for row in self.held():
             self._move_row(row, "scheduled")
             row.held = False
@@ -425,6 +430,9 @@ class Sim:
                 for state in self.open_states():
                     conductor.add_state(state)
                 live = self.live_rows()
+            else:  # a retry_execution (perhaps paused since) re-runs these
+                for state in self.unhandled_states():
+                    conductor.add_state(state)
             self.stats[f"control pass while {conductor.status}"] += 1
             conductor.control(live)
         self._write(conductor)

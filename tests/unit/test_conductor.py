@@ -28,6 +28,7 @@ from attune_pg.engine.state import (
 from attune_pg.spec.model import RetryPolicy, TaskSpec, Transition, WorkflowSpec
 from tests.unit.conductor_sim import (
     ACTIONS,
+    ControlRefused,
     Outcome,
     Row,
     Sim,
@@ -384,14 +385,16 @@ def test_unhandled_failure_fails_after_running_tasks_finish() -> None:
     assert live(sim) == ["b"]
     step(sim, "b")
     assert sim.status == "failed"
-    assert "after_b" not in sim.latest()  # b's transition did not dispatch anything
+    # b's transition did not dispatch anything: after_b is only recorded (pending,
+    # canceled at the end) for retry_execution to replay.
+    assert not sim.rows_where(task="after_b")
     error = sim.execution.error
     assert error == {
         "type": "TaskFailed",
         "message": "task 'a' failed: disk full",
         "task": "a",
     }
-    assert statuses(sim) == {"a": "failed", "b": "succeeded"}
+    assert statuses(sim) == {"a": "failed", "after_b": "canceled", "b": "succeeded"}
 
 
 def test_timed_out_task_is_a_failure_named_in_the_error() -> None:
@@ -975,3 +978,420 @@ def test_parallel_block_with_a_skipped_sub_task_finishes() -> None:
     sim = drain(Sim(parallel_spec(task("p1"), task("p2", when="{{ false }}"))))
     assert sim.state("blk").status == "succeeded"
     assert sim.status == "succeeded"
+
+
+# ----------------------------------------------------------------- control: pause, cancel, retry
+# `Sim.pause/resume/cancel/retry` do what the SQL functions do; `Sim.control_pass` is the
+# worker's pass that carries the request out through `Conductor.control`.
+
+
+def claim(sim: Sim, name: str, *, iteration: int = 1, item: int | None = None) -> Row:
+    (row,) = [
+        r
+        for r in sim.rows_where(status="scheduled", task=name, iteration=iteration)
+        if r.item_index == item
+    ]
+    return sim.claim(row.id)
+
+
+def workflow_moves(sim: Sim) -> list[tuple[str | None, str]]:
+    return [(before, after) for entity, _, before, after in sim.changes if entity == "workflow"]
+
+
+def test_pause_holds_scheduled_work_and_resume_runs_it() -> None:
+    spec = wf(task("a", next=(on_success("c"),)), task("b"), task("c"))
+    sim = started(spec)
+    a = claim(sim, "a")  # a runs; b stays scheduled
+    assert sim.pause() == "pausing"
+    assert sim.control_pass()
+    sim.check()
+    assert sim.status == "pausing"  # a still runs
+    (b,) = sim.rows_where(task="b")
+    assert (b.status, b.held) == ("pending", True)
+    sim.finish(a.id, "succeeded")
+    sim.check()
+    assert sim.status == "paused"
+    (c,) = sim.rows_where(task="c")
+    assert (c.status, c.held) == ("pending", True)  # dispatched while pausing: held
+    assert not sim.scheduled() and not sim.running()
+    assert sim.resume() == "running"
+    sim.check()
+    assert live(sim) == ["b", "c"] and not sim.held()
+    drain(sim)
+    assert sim.status == "succeeded"
+    assert workflow_moves(sim) == [
+        ("requested", "running"), ("running", "pausing"), ("pausing", "paused"),
+        ("paused", "running"), ("running", "succeeded"),
+    ]  # fmt: skip
+
+
+def test_pause_with_nothing_running_is_paused_by_its_control_pass() -> None:
+    sim = started(wf(task("a"), task("b")))
+    sim.pause()
+    sim.control_pass()
+    sim.check()
+    assert sim.status == "paused"
+    assert [(r.status, r.held) for r in sim.rows_where()] == [("pending", True)] * 2
+
+
+def test_resume_before_the_control_pass_leaves_nothing_to_hold() -> None:
+    sim = started(wf(task("a")))
+    sim.pause()
+    sim.resume()
+    assert sim.execution.control_requested  # kept: a retry's request may be pending too
+    assert sim.control_pass()
+    sim.check()
+    assert sim.status == "running"
+    assert [(r.status, r.held) for r in sim.rows_where()] == [("scheduled", False)]
+    assert drain(sim).status == "succeeded"
+
+
+def test_with_items_released_while_paused_wait_for_resume() -> None:
+    sim = started(items_spec(concurrency=1), {"xs": ["a", "b", "c"]})
+    step(sim, "start")
+    first = claim(sim, "each", item=0)
+    sim.pause()
+    sim.control_pass()
+    sim.finish(first.id, "succeeded")
+    sim.check()
+    assert sim.status == "paused"
+    assert [(r.item_index, r.status, r.held) for r in sim.rows_where(task="each")] == [
+        (0, "succeeded", False), (1, "pending", True), (2, "pending", False),
+    ]  # fmt: skip
+    sim.resume()
+    drain(sim)
+    assert sim.status == "succeeded"
+    assert sim.max_in_flight[("each", 1)] == 1
+
+
+def test_cancel_allow_finish_lets_running_tasks_finish_and_dispatches_nothing() -> None:
+    spec = wf(task("a", next=(on_success("after"),)), task("b"), task("after"))
+    sim = started(spec)
+    a = claim(sim, "a")
+    assert sim.cancel() == "canceling"
+    assert sim.execution.cancel_policy == "allow_finish"  # the workflow's default
+    sim.control_pass()
+    sim.check()
+    assert statuses(sim) == {"a": "running", "b": "canceled"}
+    assert [r.status for r in sim.rows_where(task="b")] == ["canceled"]
+    assert not a.cancel_requested
+    sim.finish(a.id, "succeeded")
+    sim.check()
+    assert sim.status == "canceled"
+    assert statuses(sim) == {"a": "succeeded", "b": "canceled"}  # `after` never dispatched
+    assert workflow_moves(sim)[-2:] == [("running", "canceling"), ("canceling", "canceled")]
+
+
+def test_cancel_running_kills_running_actions() -> None:
+    sim = started(wf(task("a", next=(on_complete("after"),)), task("after")))
+    a = claim(sim, "a")
+    sim.cancel("cancel_running")
+    sim.control_pass()
+    sim.check()
+    assert a.cancel_requested and sim.status == "canceling"
+    sim.finish(a.id, "canceled")  # the worker killed it
+    sim.check()
+    assert sim.status == "canceled"
+    assert statuses(sim) == {"a": "canceled"}
+
+
+def test_cancel_escalates_from_allow_finish_to_cancel_running() -> None:
+    sim = started(wf(task("a")))
+    a = claim(sim, "a")
+    sim.cancel("allow_finish")
+    sim.control_pass()
+    assert not a.cancel_requested
+    with pytest.raises(ControlRefused):
+        sim.cancel("allow_finish")
+    assert sim.cancel("cancel_running") == "canceling"
+    sim.control_pass()
+    sim.check()
+    assert a.cancel_requested
+    with pytest.raises(ControlRefused):
+        sim.cancel("cancel_running")
+
+
+def test_cancel_while_paused_cancels_held_work() -> None:
+    sim = started(wf(task("a"), task("b")))
+    sim.pause()
+    sim.control_pass()
+    sim.cancel()
+    sim.control_pass()
+    sim.check()
+    assert sim.status == "canceled"
+    assert [(r.status, r.held) for r in sim.rows_where()] == [("canceled", False)] * 2
+    assert statuses(sim) == {"a": "canceled", "b": "canceled"}
+
+
+def test_cancel_before_start_ends_canceled_at_once() -> None:
+    sim = Sim(wf(task("a")))
+    assert sim.cancel() == "canceled"
+    assert not sim.execution.control_requested
+    assert workflow_moves(sim) == [("requested", "canceled")]
+
+
+def test_cancel_closes_the_with_items_window_on_what_runs() -> None:
+    sim = started(items_spec(concurrency=2), {"xs": ["a", "b", "c", "d"]})
+    step(sim, "start")
+    first = claim(sim, "each", item=0)
+    sim.cancel()
+    sim.control_pass()
+    sim.check()
+    state = sim.state("each")
+    assert (state.status, state.items_released) == ("running", 1)
+    assert [r.status for r in sim.rows_where(task="each")] == [
+        "running", "canceled", "canceled", "canceled",
+    ]  # fmt: skip
+    sim.finish(first.id, Outcome("succeeded", "A"))
+    sim.check()
+    state = sim.state("each")
+    assert state.status == "canceled"
+    assert state.result == {
+        "results": ["A", None, None, None],
+        "failed_items": [],
+        "total_count": 4,
+    }
+    assert sim.status == "canceled"
+
+
+def test_control_requests_in_the_wrong_status_are_refused() -> None:
+    sim = started(wf(task("a")))
+    for request in (sim.resume, sim.retry, lambda: sim.cancel("nuke")):
+        with pytest.raises(ControlRefused):
+            request()
+    sim.pause()
+    with pytest.raises(ControlRefused):
+        sim.pause()
+    sim.resume()
+    drain(sim)
+    for request in (sim.pause, sim.resume, sim.cancel, sim.retry):
+        with pytest.raises(ControlRefused):
+            request()
+    assert sim.status == "succeeded"
+
+
+def fail_then_fix() -> WorkflowSpec:
+    """tests/fixtures/packs/ctl/workflows/fail_then_fix.yaml"""
+    return wf(
+        task("setup", next=(on_success("flaky", "steady"),)),
+        task("flaky", next=(on_success("finish"),)),
+        task("steady", next=(on_success("finish"),)),
+        task("finish", join="all"),
+    )
+
+
+def test_retry_reruns_only_the_unhandled_failure_and_keeps_the_rest() -> None:
+    sim = started(fail_then_fix())
+    step(sim, "setup")
+    step(sim, "steady")
+    step(sim, "flaky", "failed")
+    assert sim.status == "failed"
+    assert sim.state("flaky").unhandled
+    assert (sim.state("finish").status, sim.state("finish").join_arrivals) == ("canceled", 1)
+    assert sim.retry() == "running"
+    assert sim.execution.error is None
+    sim.control_pass()
+    sim.check()
+    assert not sim.state("flaky", 1).unhandled
+    assert sim.state("flaky").key == ("flaky", 2)
+    finish = sim.state("finish")  # the join the failure closed, reopened with its arrival
+    assert (finish.key, finish.status, finish.join_arrivals) == (("finish", 2), "pending", 1)
+    drain(sim)
+    assert sim.status == "succeeded"
+    runs = [r.task_name for r in sim.rows_where()]
+    assert runs == ["setup", "flaky", "steady", "flaky", "finish"]
+
+
+def test_retry_is_refused_when_no_task_failure_is_unhandled() -> None:
+    spec = wf(
+        task("a", next=(on_success("j"),)),
+        task("b", next=(on_failure("cleanup"), on_success("j"))),
+        task("cleanup"),
+        task("j", join="all"),
+    )
+    sim = drain(Sim(spec), {"b": "failed"})
+    assert sim.execution.error is not None
+    assert sim.execution.error["type"] == "JoinNeverFired"
+    with pytest.raises(ControlRefused, match="no failed task"):
+        sim.retry()
+
+
+# ----------------------------------------------------------------- control: regressions
+# Bugs the control property tests found (test_control_properties.py), fixed since.
+
+
+def test_pause_completed_before_its_control_pass_still_holds_scheduled_rows() -> None:
+    """The completion path turned pausing into paused before the control pass had held
+    the scheduled rows, and the pass then did nothing for `paused`: b stayed claimable."""
+    sim = started(wf(task("a"), task("b")))
+    a = claim(sim, "a")
+    sim.pause()
+    sim.finish(a.id, "succeeded")  # the last running row ends before the control pass
+    sim.control_pass()
+    sim.check()
+    assert sim.status == "paused"
+    (b,) = sim.rows_where(task="b")
+    assert (b.status, b.held) == ("pending", True), "paused, yet b is claimable"
+
+
+def test_with_items_killed_by_cancel_running_is_not_succeeded() -> None:
+    """Killed items report canceled and count as done but not failed: the task ended
+    `succeeded` with null results."""
+    spec = wf(task("each", action="core.any", with_items="{{ [1, 2] }}", input={"x": "{{ item }}"}))
+    sim = started(spec)
+    for row in sim.scheduled():
+        sim.claim(row.id)
+    sim.cancel("cancel_running")
+    sim.control_pass()
+    sim.finish_many([(r.id, "canceled") for r in sim.running()])
+    sim.check()
+    assert sim.status == "canceled"
+    assert sim.state("each").status == "canceled"
+
+
+def test_retry_replays_transitions_suppressed_by_the_failure() -> None:
+    """Transitions of tasks ending after an unhandled failure were dropped and never
+    replayed: after the retry, `finish` missed steady's arrival (JoinNeverFired)."""
+    sim = started(fail_then_fix())
+    step(sim, "setup")
+    step(sim, "flaky", "failed")
+    step(sim, "steady")  # ends while the workflow is failing: its transition is deferred
+    assert sim.status == "failed"
+    sim.retry()
+    sim.control_pass()
+    drain(sim)
+    assert sim.execution.error is None, sim.execution.error
+    assert sim.status == "succeeded"
+
+
+def test_pause_right_after_retry_does_not_skip_the_rerun() -> None:
+    """A pause before the retry's control pass made the pass pause instead of redrive;
+    with nothing active the execution ended `succeeded` without re-running a."""
+    spec = wf(task("a", next=(on_success("b"),)), task("b"))
+    sim = drain(Sim(spec), {"a": "failed"})
+    sim.retry()
+    sim.pause()  # before the retry's control pass
+    sim.control_pass()
+    sim.check()
+    assert sim.status == "paused", f"{sim.status} without re-running a"
+    sim.resume()
+    drain(sim)
+    assert sim.status == "succeeded"
+    assert [s.status for s in sim.iterations("a")] == ["failed", "succeeded"]
+    assert "b" in sim.latest()
+
+
+def test_retry_of_a_join_task_keeps_its_round() -> None:
+    """A re-run join task lost its join counters, so a late arrival of the same round
+    opened a new round (j ran a third time; JoinNeverFired for join: N > 1)."""
+    spec = wf(
+        task("a", next=(on_success("b", "c"),)),
+        task("b", next=(on_success("j"),)),
+        task("c", next=(on_success("j"),)),
+        task("j", join=1),
+    )
+    sim = started(spec)
+    step(sim, "a")
+    step(sim, "b")  # j fires on its first arrival; c's arrival belongs to the same round
+    step(sim, "c", "failed")
+    step(sim, "j", "failed")
+    sim.retry()
+    sim.control_pass()
+    drain(sim)
+    assert sim.status == "succeeded"
+    assert len(sim.iterations("j")) == 2, [s.key for s in sim.iterations("j")]
+
+
+def test_retry_reruns_an_unhandled_older_iteration() -> None:
+    """Redrive only looked at the latest iteration: d#1 was neither re-run nor cleared and
+    the retry ended `succeeded` re-running nothing."""
+    spec = wf(task("a", next=(on_success("d"),)), task("b", next=(on_success("d"),)), task("d"))
+    sim = started(spec)
+    step(sim, "a")
+    step(sim, "b")  # d is triggered twice: two iterations
+    step(sim, "d", "failed", iteration=1)  # unhandled: the workflow fails
+    step(sim, "d", iteration=2)
+    assert sim.status == "failed"
+    sim.retry()
+    sim.control_pass()
+    sim.check()
+    assert not [s.key for s in sim.states.values() if s.unhandled]
+    assert [s.status for s in sim.iterations("d")] == ["failed", "succeeded", "running"]
+
+
+# ----------------------------------------------------------------- control: known bugs
+
+
+def test_retry_replays_a_deferred_trigger_of_a_task_it_reruns() -> None:
+    spec = wf(
+        task("a", next=(on_success("d"),)),
+        task("b", next=(on_success("d"),)),
+        task("d", next=(on_success("e"),)),
+        task("e"),
+    )
+    sim = started(spec)
+    step(sim, "a")  # d#1 runs
+    step(sim, "d", "failed")  # unhandled: the workflow is failing
+    step(sim, "b")  # b's trigger of d is deferred (d#2 pending, canceled at the end)
+    assert sim.status == "failed"
+    sim.retry()
+    sim.control_pass()
+    drain(sim)
+    assert sim.status == "succeeded"
+    # Without the failure d would run twice (a and b) and so would e.
+    assert len([s for s in sim.iterations("d") if s.status == "succeeded"]) == 2
+    assert len(sim.rows_where(task="e")) == 2
+
+
+def test_retry_replays_every_deferred_trigger_of_a_task() -> None:
+    spec = wf(task("x"), task("b", next=(on_success("d"),)), task("c", next=(on_success("d"),)),
+              task("d"))  # fmt: skip
+    sim = started(spec)
+    step(sim, "x", "failed")  # unhandled
+    step(sim, "b")  # both trigger d while the failure drains
+    step(sim, "c")
+    sim.retry()
+    sim.control_pass()
+    drain(sim)
+    assert sim.status == "succeeded"
+    assert len(sim.rows_where(task="d")) == 2, "d was triggered twice"
+
+
+def test_pause_of_a_failing_workflow_does_not_rerun_its_failure() -> None:
+    sim = started(wf(task("a"), task("b")))
+    step(sim, "a", "failed")  # unhandled; b still runs
+    claim(sim, "b")
+    sim.pause()
+    sim.control_pass()
+    sim.check()
+    assert [s.key for s in sim.iterations("a")] == [("a", 1)], "a re-ran without a retry"
+
+
+def test_control_pass_after_the_execution_ended_changes_nothing() -> None:
+    sim = started(wf(task("a"), task("b")))
+    step(sim, "a", "failed")  # unhandled
+    b = claim(sim, "b")
+    sim.cancel()
+    sim.finish(b.id, "succeeded")  # ends canceled before the control pass
+    assert sim.status == "canceled"
+    before = (dict(sim.states), [(r.id, r.status) for r in sim.rows_where()])
+    sim.control_pass()
+    assert (dict(sim.states), [(r.id, r.status) for r in sim.rows_where()]) == before
+    sim.check()
+
+
+def test_retry_replay_that_routes_into_another_replay() -> None:
+    spec = wf(
+        task("x"),
+        task("b", next=(on_success("e", "f"),)),
+        task("e", action="core.any", with_items="{{ [] }}", next=(on_success("f"),)),
+        task("f"),
+    )
+    sim = started(spec)
+    step(sim, "x", "failed")
+    step(sim, "b")  # e and f deferred
+    sim.retry()
+    sim.control_pass()
+    drain(sim)
+    assert sim.status == "succeeded"
+    assert len(sim.rows_where(task="f")) == 2  # from b, and from e

@@ -66,7 +66,9 @@ def _matches(when: str | None, status: str) -> bool:
 
 
 @st.composite
-def plans(draw: st.DrawFn) -> Plan:
+def plans(draw: st.DrawFn, dispatch_failures: bool = True) -> Plan:
+    """A random DAG workflow; `dispatch_failures=False` leaves out the tasks that
+    fail inside dispatch (their failure is the same every time they run)."""
     n = draw(st.integers(5, 12))
     names = [f"t{i}" for i in range(n)]
     transitions: list[list[Transition]] = []
@@ -110,7 +112,7 @@ def plans(draw: st.DrawFn) -> Plan:
             if draw(st.booleans()):
                 off.append(name)
         kw: dict[str, Any] = {}
-        shape = draw(st.integers(0, 39))
+        shape = draw(st.integers(0 if dispatch_failures else 2, 39))
         if shape == 0:
             kw.update(BAD_INPUT)
         elif shape == 1:
@@ -294,7 +296,9 @@ def test_random_dags_without_failures_fail_only_on_joins(plan: Plan) -> None:
         assert error is not None
         assert error["type"] in ("JoinNeverFired", "TaskFailed"), error
         if error["type"] == "TaskFailed":
-            state = sim.state(error["task"])
-            assert state.error is not None
-            assert state.error["type"] in ("ParameterError", "UnknownAction"), state.error
+            failed = [s for s in sim.iterations(error["task"]) if s.status == "failed"]
+            assert failed, error
+            for state in failed:
+                assert state.error is not None
+                assert state.error["type"] in ("ParameterError", "UnknownAction"), state.error
             assert not sim.rows_where(task=error["task"])

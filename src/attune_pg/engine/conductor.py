@@ -158,11 +158,14 @@ class Conductor:
 
     def control(self, live: Mapping[tuple[str, int], LiveRows]) -> None:
         """Carry out a control request recorded on the execution row (see control.py)."""
+        if self.status not in FINISHABLE:
+            return  # ended before its control pass ran: nothing left to do
         if self.status == "canceling":
             control.cancel(self, live)
             return
-        if self.unhandled_states():
-            # retry_execution, even if a pause arrived before this pass ran.
+        if self.error is None and self.unhandled_states():
+            # retry_execution cleared the error (a failing workflow keeps its error):
+            # redrive, even if a pause arrived before this pass ran.
             control.redrive(self)
         if self.status == "pausing":
             control.pause(self)
@@ -445,9 +448,13 @@ class Conductor:
         latest = self.latest.get(name)
         if spec.join is None:
             if deferring:
-                if latest is None or latest.status != "pending":
+                # Each deferred trigger is counted (join_arrivals), so a retry
+                # replays every one of them.
+                if latest is not None and latest.status == "pending":
+                    self._put(replace(latest, join_arrivals=latest.join_arrivals + 1))
+                else:
                     after = latest.iteration + 1 if latest else 1
-                    self._put(TaskState(spec.name, after, "pending"))
+                    self._put(TaskState(spec.name, after, "pending", join_arrivals=1))
                 return
             self._new_iteration(spec, latest)
             return

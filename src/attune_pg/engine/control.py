@@ -45,8 +45,15 @@ def pause(conductor: Conductor) -> None:
 
 def redrive(conductor: Conductor) -> None:
     """retry_execution: re-run each task whose failure nobody handled, as a new
-    iteration, and reopen the joins that the failure closed. Completed tasks,
-    published variables and results are kept."""
+    iteration, and replay what the failure stopped (transitions recorded while it
+    drained, joins it closed, with-items it stopped). Completed tasks, published
+    variables and results are kept."""
+    # What to replay is decided before anything re-runs: re-runs change `latest`.
+    replays = [
+        (name, state)
+        for name, state in sorted(conductor.latest.items())
+        if state.status == "canceled" and conductor.spec.block_of(name) is None
+    ]
     # Every unhandled failure, older iterations included (the store loads them all).
     for state in sorted(conductor.unhandled_states(), key=lambda s: s.key):
         spec = conductor.spec.task(state.name)
@@ -54,36 +61,30 @@ def redrive(conductor: Conductor) -> None:
         if state.join_required is not None:
             # Re-run the same round of a join: keep its arrivals, so a late arrival of
             # that round is absorbed instead of opening a new one.
-            rerun = TaskState(
-                state.name,
-                conductor.latest[state.name].iteration + 1,
-                "pending",
-                join_required=state.join_required,
-                join_arrivals=state.join_arrivals,
-            )
-            conductor.dispatch(spec, rerun)
+            conductor.dispatch(spec, _reopen(conductor, state))
         else:
             conductor.new_iteration(spec, conductor.latest[state.name])
-    # What the failure stopped: transitions recorded while it drained (canceled at the
-    # end), joins it closed, with-items it stopped releasing. Replay them.
-    for name, state in sorted(dict(conductor.latest).items()):
-        if state.status != "canceled":
-            continue
+    for name, state in replays:
         spec = conductor.spec.task(name)
-        if conductor.spec.block_of(name) is not None:
-            continue  # sub-tasks run again with their block
         if state.join_required is not None:
-            reopened = TaskState(
-                name,
-                state.iteration + 1,
-                "pending",
-                join_required=state.join_required,
-                join_arrivals=state.join_arrivals,
-            )
+            reopened = _reopen(conductor, state)
             if reopened.join_arrivals >= (reopened.join_required or 0):
                 conductor.dispatch(spec, reopened)
             else:
                 conductor.put(reopened)
-        else:
-            conductor.new_iteration(spec, state)
+            continue
+        # A deferred trigger counts its arrivals; a stopped with-items counts none.
+        for _ in range(max(1, state.join_arrivals)):
+            # Numbered from the current latest: an earlier replay may have run it.
+            conductor.new_iteration(spec, conductor.latest[name])
     conductor.check_complete()
+
+
+def _reopen(conductor: Conductor, state: TaskState) -> TaskState:
+    return TaskState(
+        state.name,
+        conductor.latest[state.name].iteration + 1,
+        "pending",
+        join_required=state.join_required,
+        join_arrivals=state.join_arrivals,
+    )
