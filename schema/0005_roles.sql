@@ -150,3 +150,17 @@ TO attune_worker;
 -- Published variables are appended to the audit log (status events come from the
 -- definer triggers). Append-only: no UPDATE or DELETE.
 GRANT INSERT ON attune.execution_event TO attune_worker;
+
+-- Parameters marked `secret: true`: when an execution starts, the worker moves each
+-- value into kv under `execution/<id>/<name>` (secret) and keeps only a token in
+-- `parameters`. Workers may write exactly these keys, through this function only.
+CREATE OR REPLACE FUNCTION attune.stash_secret_parameter(execution_id bigint, name text, value jsonb)
+RETURNS text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, attune, pg_temp AS $$
+    INSERT INTO attune.kv (key, value, secret)
+    VALUES ('execution/' || execution_id || '/' || name, value, true)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, secret = true
+    RETURNING key;
+$$;
+REVOKE EXECUTE ON FUNCTION attune.stash_secret_parameter(bigint, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION attune.stash_secret_parameter(bigint, text, jsonb) TO attune_worker;

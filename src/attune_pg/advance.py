@@ -23,8 +23,10 @@ import psycopg
 
 from attune_pg.engine.conductor import Conductor, error_of
 from attune_pg.engine.state import Attempt, Context, Execution, TaskState
+from attune_pg.errors import ParameterError
 from attune_pg.spec.model import DEFAULT_DEPTH_LIMIT, ActionSpec
-from attune_pg.store import apply, control, work
+from attune_pg.spec.params import secret_parameters, validate_parameters
+from attune_pg.store import apply, control, kv, work
 from attune_pg.store.catalog import DbKV
 
 log = logging.getLogger("attune_pg.advance")
@@ -94,6 +96,7 @@ def start_requested(
         ctx = Context(now, actions, DbKV(conn))
         for execution in executions:
             try:
+                execution = _stash_secret_parameters(conn, execution)
                 conductor = Conductor(execution, {}, ctx)
                 conductor.start()
                 batch.conductors[execution.id] = conductor
@@ -102,6 +105,23 @@ def start_requested(
                 batch.bug(execution.id, exc)
         batch.write()
     return stats
+
+
+def _stash_secret_parameters(conn: psycopg.Connection, execution: Execution) -> Execution:
+    """Move `secret: true` string parameters into kv, leaving tokens (only valid ones:
+    an invalid set is left for the conductor to refuse, with the value redacted)."""
+    names = secret_parameters(execution.spec.parameters)
+    values = {
+        n: v for n, v in execution.parameters.items() if n in names and isinstance(v, str)
+    }
+    if not values:
+        return execution
+    try:
+        validate_parameters(execution.spec.parameters, execution.parameters, where="")
+    except ParameterError:
+        return execution
+    tokens = kv.stash_secret_parameters(conn, execution.id, values)
+    return replace(execution, parameters={**execution.parameters, **tokens})
 
 
 def complete(

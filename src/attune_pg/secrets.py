@@ -207,3 +207,8 @@ def neutralize_tokens(value: Any) -> Any:
     if isinstance(value, dict):
         return {neutralize_tokens(k): neutralize_tokens(v) for k, v in value.items()}
     return value
+
+
+def secret_parameter_key(execution_id: int, name: str) -> str:
+    """The kv key a `secret: true` parameter of an execution is kept under."""
+    return f"execution/{execution_id}/{name}"

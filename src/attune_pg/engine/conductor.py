@@ -35,9 +35,10 @@ from attune_pg.engine.state import (
     WriteTaskState,
 )
 from attune_pg.errors import ParameterError, TemplateError
-from attune_pg.secrets import token_keys
+from attune_pg.redact import redact
+from attune_pg.secrets import secret_parameter_key, token_keys
 from attune_pg.spec.model import DEFAULT_ITERATION_CAP, TaskSpec
-from attune_pg.spec.params import validate_parameters
+from attune_pg.spec.params import secret_parameters, validate_parameters
 
 Json = Any
 
@@ -92,18 +93,29 @@ class Conductor:
         """A requested execution begins: validate parameters, set vars, run start tasks."""
         self.status = "running"
         where = f"workflow {self.spec.ref!r}"
+        secret = secret_parameters(self.spec.parameters)
+        own = {secret_parameter_key(self.execution.id, n): n for n in secret}
+        raw = self.execution.parameters
         try:
-            if token_keys(self.execution.parameters):
-                # Only kv.get_secret may produce a token; a forged one could make a
-                # worker hand a secret to an action the submitter controls.
+            if token_keys(raw) - own.keys():
+                # Only kv.get_secret (and a secret parameter's own key) may produce a
+                # token; a forged one could hand a secret to an action.
                 raise ParameterError(f"{where}: parameters may not contain secret tokens")
-            self.parameters = validate_parameters(
-                self.spec.parameters, self.execution.parameters, where=where
-            )
+            # Secret parameters already moved to kv were validated before the move
+            # (advance.py); their tokens are only checked to be strings here.
+            stashed = {own[k] for k in token_keys(raw) if k in own}
+            schema = dict(self.spec.parameters)
+            schema["properties"] = {
+                name: {"type": "string"} if name in stashed else prop
+                for name, prop in (schema.get("properties") or {}).items()
+            }
+            self.parameters = validate_parameters(schema, raw, where=where)
             rendered = template.render(self.spec.vars, self._scope(), where=f"{where} vars")
         except (ParameterError, TemplateError) as exc:
-            # Bad input ends the execution before any task exists.
-            self._fail_workflow(error_of(type(exc).__name__, str(exc)))
+            # Bad input ends the execution before any task exists; a secret parameter's
+            # value never reaches the error.
+            values = [v for n, v in raw.items() if n in secret and isinstance(v, str) and v]
+            self._fail_workflow(error_of(type(exc).__name__, redact(str(exc), values)))
             self._check_complete()
             return
         self.vars = dict(rendered) if isinstance(rendered, dict) else {}

@@ -9,6 +9,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from attune_pg.errors import NotFoundError
+from attune_pg.redact import redact_params
+from attune_pg.spec.params import secret_parameters
 
 Row = dict[str, Any]
 
@@ -41,13 +43,18 @@ def execution(conn: psycopg.Connection, execution_id: int) -> Row:
     rows = _rows(
         conn,
         "SELECT id, workflow_ref, status, parameters, output, error, vars, priority, requested_by,"
-        " parent_task_id, depth, created_at, started_at, finished_at"
+        " parent_task_id, depth, created_at, started_at, finished_at,"
+        " definition -> 'parameters' AS parameter_schema"
         " FROM attune.workflow_execution WHERE id = %s",
         (execution_id,),
     )
     if not rows:
         raise NotFoundError(f"execution {execution_id} does not exist")
-    return rows[0]
+    row = rows[0]
+    # `secret: true` parameters of an execution not started yet are still plain: mask them.
+    secret = secret_parameters(row.pop("parameter_schema") or {})
+    row["parameters"] = redact_params(row["parameters"] or {}, secret)
+    return row
 
 
 def executions(
