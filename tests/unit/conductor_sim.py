@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from attune_pg import machine
@@ -667,6 +667,12 @@ class Sim:
             row.output = write.output
         if write.timeout_at is not None:
             row.timeout_at = write.timeout_at
+        if write.status in machine.WORKFLOW_TERMINAL:
+            # As store/apply.py does: an ended execution closes its pending states.
+            for key, state in list(self.states.items()):
+                if state.status == "pending":
+                    self._check_move("task_state", key, "pending", "canceled")
+                    self.states[key] = replace(state, status="canceled")
 
     def _check_move(self, entity: machine.Entity, key: object, before: str, after: str) -> None:
         if before != after and (before, after) not in machine.moves(entity):

@@ -1319,10 +1319,9 @@ def test_retry_reruns_an_unhandled_older_iteration() -> None:
     assert [s.status for s in sim.iterations("d")] == ["failed", "succeeded", "running"]
 
 
-# ----------------------------------------------------------------- control: known bugs
-
-
 def test_retry_replays_a_deferred_trigger_of_a_task_it_reruns() -> None:
+    """The replays were read from `latest` after the re-runs had replaced it: d's
+    deferred trigger (d#2) was never replayed."""
     spec = wf(
         task("a", next=(on_success("d"),)),
         task("b", next=(on_success("d"),)),
@@ -1344,6 +1343,7 @@ def test_retry_replays_a_deferred_trigger_of_a_task_it_reruns() -> None:
 
 
 def test_retry_replays_every_deferred_trigger_of_a_task() -> None:
+    """Deferred triggers of one task collapsed into one pending state, replayed once."""
     spec = wf(task("x"), task("b", next=(on_success("d"),)), task("c", next=(on_success("d"),)),
               task("d"))  # fmt: skip
     sim = started(spec)
@@ -1358,6 +1358,7 @@ def test_retry_replays_every_deferred_trigger_of_a_task() -> None:
 
 
 def test_pause_of_a_failing_workflow_does_not_rerun_its_failure() -> None:
+    """Conductor.control redrove whenever a state was marked unhandled, retry or not."""
     sim = started(wf(task("a"), task("b")))
     step(sim, "a", "failed")  # unhandled; b still runs
     claim(sim, "b")
@@ -1368,6 +1369,7 @@ def test_pause_of_a_failing_workflow_does_not_rerun_its_failure() -> None:
 
 
 def test_control_pass_after_the_execution_ended_changes_nothing() -> None:
+    """A control pass redrove a `canceled` execution: a running state in an ended one."""
     sim = started(wf(task("a"), task("b")))
     step(sim, "a", "failed")  # unhandled
     b = claim(sim, "b")
@@ -1381,6 +1383,8 @@ def test_control_pass_after_the_execution_ended_changes_nothing() -> None:
 
 
 def test_retry_replay_that_routes_into_another_replay() -> None:
+    """Replay iterations came from a stale snapshot: e's replay routed into f, then f's
+    replay created the same iteration (a duplicate task_execution row)."""
     spec = wf(
         task("x"),
         task("b", next=(on_success("e", "f"),)),
@@ -1395,3 +1399,22 @@ def test_retry_replay_that_routes_into_another_replay() -> None:
     drain(sim)
     assert sim.status == "succeeded"
     assert len(sim.rows_where(task="f")) == 2  # from b, and from e
+
+
+# ----------------------------------------------------------------- control: known bugs
+
+
+def test_retry_whose_rerun_fails_at_once_leaves_nothing_pending() -> None:
+    spec = wf(
+        task("b", next=(on_success("e", "f"),)),
+        task("x", action="nope.unknown"),  # fails inside dispatch, every time
+        task("e", action="core.any", with_items="{{ [] }}", next=(on_success("f"),)),
+        task("f"),
+    )
+    sim = started(spec)
+    step(sim, "b")  # x has failed: e and f are deferred
+    assert sim.status == "failed"
+    sim.retry()
+    sim.control_pass()
+    drain(sim)  # Sim.check: an ended execution has no pending task state
+    assert sim.status == "failed"

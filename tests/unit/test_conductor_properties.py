@@ -66,9 +66,12 @@ def _matches(when: str | None, status: str) -> bool:
 
 
 @st.composite
-def plans(draw: st.DrawFn, dispatch_failures: bool = True) -> Plan:
+def plans(draw: st.DrawFn, dispatch_failures: bool = True, on_failure: bool = True) -> Plan:
     """A random DAG workflow; `dispatch_failures=False` leaves out the tasks that
-    fail inside dispatch (their failure is the same every time they run)."""
+    fail inside dispatch (their failure is the same every time they run), and
+    `on_failure=False` the on_failure transitions (every failure is then unhandled,
+    unless an on_complete transition handles it)."""
+    kinds = sorted(k for k in KINDS if on_failure or k != "on_failure")
     n = draw(st.integers(5, 12))
     names = [f"t{i}" for i in range(n)]
     transitions: list[list[Transition]] = []
@@ -77,7 +80,7 @@ def plans(draw: st.DrawFn, dispatch_failures: bool = True) -> Plan:
         out: list[Transition] = []
         if later:
             for _ in range(draw(st.integers(0, 3))):
-                kind = draw(st.sampled_from(sorted(KINDS)))
+                kind = draw(st.sampled_from(kinds))
                 targets = draw(
                     st.lists(st.sampled_from(later), min_size=1, max_size=3, unique=True)
                 )

@@ -614,9 +614,11 @@ class Conductor:
                 self._commands.append(HoldScheduled())
                 self.status = "paused"
             return
-        waiting = [s for s in self.latest.values() if s.status == "pending"]
+        # Every pending state known to this transaction, not only the latest ones: a
+        # retry's replays can leave a deferred trigger behind a newer iteration.
+        waiting = [s for s in self._states.values() if s.status == "pending"]
         if self.error is None and self.status != "canceling":
-            for state in waiting:
+            for state in (s for s in waiting if s.join_required is not None):
                 self._fail_workflow(
                     error_of(
                         "JoinNeverFired",

@@ -65,6 +65,10 @@ def redrive(conductor: Conductor) -> None:
         else:
             conductor.new_iteration(spec, conductor.latest[state.name])
     for name, state in replays:
+        if conductor.error is not None:
+            # A re-run failed at once: the workflow is failing again. What is left to
+            # replay stays canceled, for the next retry_execution to replay.
+            break
         spec = conductor.spec.task(name)
         if state.join_required is not None:
             reopened = _reopen(conductor, state)

@@ -27,6 +27,7 @@ from attune_pg.engine.state import (
     WriteExecution,
     WriteTaskState,
 )
+from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store import control
 from attune_pg.store.work import StaleWrite
 
@@ -250,3 +251,13 @@ def _update_executions(
     )
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")
+    ended = [i for i, w in writes if w.status in WORKFLOW_TERMINAL]
+    if ended:
+        # An ended execution waits for nothing: close any task state still pending (a
+        # join short of arrivals, a trigger recorded while a failure drained), including
+        # iterations this transaction did not load.
+        conn.execute(
+            "UPDATE attune.task_state SET status = 'canceled'"
+            " WHERE workflow_execution_id = ANY(%s) AND status = 'pending'",
+            (ended,),
+        )
