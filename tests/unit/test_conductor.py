@@ -1401,10 +1401,9 @@ def test_retry_replay_that_routes_into_another_replay() -> None:
     assert len(sim.rows_where(task="f")) == 2  # from b, and from e
 
 
-# ----------------------------------------------------------------- control: known bugs
-
-
 def test_retry_whose_rerun_fails_at_once_leaves_nothing_pending() -> None:
+    """The replays still ran after x's re-run failed at once; f's deferred trigger
+    (f#2) ended up behind f#3 and stayed pending in the failed execution."""
     spec = wf(
         task("b", next=(on_success("e", "f"),)),
         task("x", action="nope.unknown"),  # fails inside dispatch, every time
