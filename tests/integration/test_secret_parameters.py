@@ -3,7 +3,10 @@ errors, audit events, views or CLI output; the action still gets the real value.
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from attune_pg.cli import cli
@@ -31,9 +34,11 @@ def _everywhere(conn: psycopg.Connection, needle: str) -> list[str]:
 def test_secret_parameter_reaches_only_the_action(
     conn: psycopg.Connection,
     dsn: str,
-    register,
+    register,  # type: ignore[no-untyped-def]
     worker_thread,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     register("secretflow")
     # Before any worker starts it, the CLI masks the plain value.
     execution_id = start(conn, "secretflow.login", {"user": "ada", "password": SECRET})
@@ -50,6 +55,7 @@ def test_secret_parameter_reaches_only_the_action(
     assert by_name["print_it"]["result"]["stdout"] == "***"
     assert "\u27e6secret:" in by_name["echo_it"]["input"]["message"]
     assert _everywhere(conn, SECRET) == []
+    assert caplog.records and SECRET not in caplog.text  # nor in the worker's logs
     cli_out = CliRunner().invoke(
         cli, ["executions", "tasks", str(execution_id), "--json", "--dsn", dsn]
     )

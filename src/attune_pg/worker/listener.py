@@ -38,12 +38,16 @@ class Listener(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.2
+        down = False  # one log line per outage, not one per reconnect attempt
         while not self._stopping.is_set():
             try:
                 with db.connect(self._dsn, name="attune_worker_listen") as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}")
                     self.connected.set()
+                    if down:
+                        log.info("listener reconnected")
+                        down = False
                     for hint in self._hints.values():  # catch up on what we missed
                         hint.set()
                     self._wake.set()
@@ -58,10 +62,12 @@ class Listener(threading.Thread):
                 self.connected.clear()
                 if self._stopping.is_set():
                     return
-                log.warning(
-                    "listener lost its connection (%s); retrying in %.1fs",
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    backoff,
-                )
+                if not down:
+                    first = str(exc).strip().splitlines()
+                    log.warning(
+                        "listener lost its connection (%s); reconnecting with backoff",
+                        first[0] if first else type(exc).__name__,
+                    )
+                    down = True
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
