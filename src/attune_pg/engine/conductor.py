@@ -17,11 +17,9 @@ from dataclasses import replace
 from typing import Any
 
 from attune_pg import template
-from attune_pg.engine import control, render
+from attune_pg.engine import control, fanout, render
 from attune_pg.engine.state import (
-    AggregateItems,
     Attempt,
-    CancelPendingItems,
     Command,
     Context,
     Execution,
@@ -29,7 +27,6 @@ from attune_pg.engine.state import (
     LiveRows,
     NewTaskRows,
     Publish,
-    ReleaseItems,
     TaskState,
     WriteExecution,
     WriteTaskState,
@@ -139,7 +136,7 @@ class Conductor:
         elif attempt.item_index is None:
             self._task_done(state, attempt.status, attempt.result, attempt.error)
         else:
-            self._item_done(spec, state, attempt)
+            fanout.item_done(self, spec, state, attempt)
         # Once per event, never mid-routing: a task that ends while its siblings are
         # still being dispatched must not let the workflow finish under them.
         self._check_complete()
@@ -149,23 +146,7 @@ class Conductor:
         self, task_name: str, iteration: int, results: list[Json], failed_items: list[int]
     ) -> None:
         """All released items of a with-items task finished; `results` is in item order."""
-        state = self._states[(task_name, iteration)]
-        total = state.items_total or 0
-        result = {"results": results, "failed_items": failed_items, "total_count": total}
-        if failed_items:
-            shown = ", ".join(str(i) for i in failed_items[:10])
-            more = "" if len(failed_items) <= 10 else f" and {len(failed_items) - 10} more"
-            error = error_of(
-                "ItemsFailed",
-                f"{len(failed_items)} of {total} items failed (indices {shown}{more})",
-            )
-            self._task_done(state, "failed", result, error)
-        elif state.items_done < total or state.items_failed:
-            # items_failed without failed_items: items canceled (cancel_running) or
-            # never released; the task did not complete.
-            self._task_done(state, "canceled", result, None)
-        else:
-            self._task_done(state, "succeeded", result, None)
+        fanout.items_finished(self, self._states[(task_name, iteration)], results, failed_items)
         self._check_complete()
 
     def control(self, live: Mapping[tuple[str, int], LiveRows]) -> None:
@@ -190,6 +171,12 @@ class Conductor:
 
     def put(self, state: TaskState) -> None:
         self._put(state)
+
+    def dispatching(self) -> bool:
+        return self._dispatching()
+
+    def held(self) -> bool:
+        return self._held()
 
     def open_states(self) -> list[TaskState]:
         return [s for s in self._states.values() if s.status in ("pending", "running")]
@@ -334,29 +321,6 @@ class Conductor:
         )
         return True
 
-    # -- with-items
-
-    def _item_done(self, spec: TaskSpec, state: TaskState, attempt: Attempt) -> None:
-        failed = attempt.status != "succeeded"
-        state = replace(
-            state,
-            items_done=state.items_done + 1,
-            items_failed=state.items_failed + (1 if failed else 0),
-        )
-        total = state.items_total or 0
-        keep_going = self._dispatching() and state.items_failed == 0
-        if keep_going and state.items_released < total:
-            self._commands.append(ReleaseItems(spec.name, state.iteration, 1, self._held()))
-            state = replace(state, items_released=state.items_released + 1)
-        self._put(state)
-        if state.items_done < state.items_released:
-            return  # items still in flight
-        if state.items_released < total and keep_going:
-            return
-        if state.items_released < total:
-            self._commands.append(CancelPendingItems(spec.name, state.iteration))
-        self._commands.append(AggregateItems(spec.name, state.iteration))
-
     # -- finishing a task and following its transitions
 
     def _task_done(self, state: TaskState, status: str, result: Json, error: Json) -> None:
@@ -366,39 +330,7 @@ class Conductor:
         self._put(state)
         if status != "canceled":
             self._route(state)
-        self._notify_block(state)
-
-    def _notify_block(self, sub: TaskState) -> None:
-        """A sub-task of a `type: parallel` block ended: the block ends with its last one."""
-        block = self.spec.block_of(sub.name)
-        if block is None:
-            return
-        state = self.latest.get(block.name)
-        if state is None or state.status != "running":
-            return
-        entry = {"task": sub.name, "status": sub.status, "result": sub.result, "error": sub.error}
-        state = replace(
-            state,
-            items_done=state.items_done + 1,
-            items_failed=state.items_failed + (1 if sub.status in FAILED else 0),
-            result=[*(state.result or []), entry],
-        )
-        self._put(state)
-        if state.items_done < (state.items_total or 0):
-            return
-        order = {t.name: i for i, t in enumerate(block.tasks)}
-        outcomes = sorted(state.result, key=lambda e: order.get(e["task"], 0))
-        failed = [e["task"] for e in outcomes if e["status"] in FAILED]
-        if failed:
-            error = error_of(
-                "ParallelFailed",
-                f"{len(failed)} of {len(outcomes)} sub-tasks failed: {', '.join(failed)}",
-            )
-            self._task_done(state, "failed", outcomes, error)
-        elif any(e["status"] == "canceled" for e in outcomes):
-            self._task_done(state, "canceled", outcomes, None)
-        else:
-            self._task_done(state, "succeeded", outcomes, None)
+        fanout.sub_task_done(self, state)
 
     def _route(self, state: TaskState) -> None:
         spec = self.spec.task(state.name)
@@ -528,7 +460,7 @@ class Conductor:
             ):
                 skipped = replace(state, status="skipped")
                 self._put(skipped)
-                self._notify_block(skipped)
+                fanout.sub_task_done(self, skipped)
                 return
         except TemplateError as exc:
             self._fail_before_run(state, error_of("TemplateError", str(exc)))
@@ -541,7 +473,7 @@ class Conductor:
                 if not self._new_iteration(sub_task, self.latest.get(sub_task.name)):
                     # Could not start (iteration cap): counts as a failed sub-task.
                     never = TaskState(sub_task.name, 0, "failed", error=self.error)
-                    self._notify_block(never)
+                    fanout.sub_task_done(self, never)
             return
         action = self.ctx.actions.get(spec.action or "")
         if action is None:
