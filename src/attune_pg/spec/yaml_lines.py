@@ -237,6 +237,11 @@ def load_yaml(source: str | bytes, *, file: str) -> Document:
     except _TooDeep as exc:
         raise SpecError(str(exc.problem), file=file, line=_line(exc.problem_mark)) from None
     except yaml.MarkedYAMLError as exc:
+        if "maximum nesting depth" in str(exc.problem):
+            # libyaml >= 0.2.6 (PyYAML 6.0.4's wheels) caps nesting in its scanner, which reads
+            # ahead of our composer on a long line: the same limit, reported as ours.
+            depth = f"document is nested deeper than {MAX_DEPTH} levels"
+            raise SpecError(depth, file=file, line=_line(exc.problem_mark)) from None
         raise _syntax_error(exc, file) from None
     except yaml.reader.ReaderError as exc:
         char = exc.character
