@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psycopg
 
+from attune_pg.store.queries import Q
+
 # Any fixed 64-bit number works; this one spells "attune" in hex-ish.
 MIGRATION_LOCK_ID = 0x617474756E65
 
@@ -44,10 +46,10 @@ def available() -> list[Migration]:
 
 
 def applied(conn: psycopg.Connection) -> set[int]:
-    exists = conn.execute("SELECT to_regclass('attune.schema_migration') IS NOT NULL").fetchone()
+    exists = conn.execute(Q.migration_table_exists).fetchone()
     if not exists or not exists[0]:
         return set()
-    return {row[0] for row in conn.execute("SELECT version FROM attune.schema_migration")}
+    return {row[0] for row in conn.execute(Q.migration_list)}
 
 
 def migrate(conn: psycopg.Connection, target: int | None = None) -> list[Migration]:
@@ -60,21 +62,16 @@ def migrate(conn: psycopg.Connection, target: int | None = None) -> list[Migrati
         return []
     done: list[Migration] = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+        conn.execute(Q.migration_lock, {"lock": MIGRATION_LOCK_ID})
         conn.execute("CREATE SCHEMA IF NOT EXISTS attune")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS attune.schema_migration ("
-            " version int PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        conn.execute(Q.migration_table_create)
         have = applied(conn)
         for migration in available():
             if migration.version in have or (target is not None and migration.version > target):
                 continue
             conn.execute(migration.sql.encode())
             conn.execute(
-                "INSERT INTO attune.schema_migration (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
+                Q.migration_record, {"version": migration.version, "name": migration.name}
             )
             done.append(migration)
     return done

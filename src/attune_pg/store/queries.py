@@ -1,0 +1,86 @@
+"""Named SQL: every statement the package runs lives in `store/sql/*.sql`, parsed once.
+
+A file holds blocks, each headed by a `-- name: <noun>_<verb>` line (River's noun-first
+names: `task_claim`, `execution_lock`, ...); the lines after it, up to the next header, are
+the statement, with psycopg placeholders (`%(name)s`). Comment lines directly after the
+header document the query. Names are unique across all files.
+
+    from attune_pg.store.queries import Q
+    conn.execute(Q.task_claim, {...})
+
+`Q.<name>` raises AttributeError for an unknown name, so a typo fails at import-time tests,
+not in production; `tests/integration/test_queries.py` checks that every query is used
+somewhere in the package and that PostgreSQL parses it.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import LiteralString
+
+_HEADER = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*$")
+
+
+def parse(text: str, source: str) -> dict[str, str]:
+    """The named blocks of one .sql file; a duplicate or empty block is an error."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+
+    def close() -> None:
+        if name is None:
+            return
+        body = "\n".join(lines).strip()
+        if not body:
+            raise ValueError(f"{source}: query {name!r} is empty")
+        queries[name] = body
+
+    for raw in text.splitlines():
+        header = _HEADER.match(raw)
+        if header:
+            close()
+            name, lines = header.group(1), []
+            if name in queries:
+                raise ValueError(f"{source}: query {name!r} is defined twice")
+        elif name is not None and (lines or not raw.lstrip().startswith("--")):
+            lines.append(raw)
+    close()
+    return queries
+
+
+def load() -> dict[str, str]:
+    """Every named query of the package, by name."""
+    found: dict[str, str] = {}
+    folder = resources.files("attune_pg.store") / "sql"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, body in parse(entry.read_text(encoding="utf-8"), entry.name).items():
+            if name in found:
+                raise ValueError(f"{entry.name}: query {name!r} is defined in another file too")
+            found[name] = body
+    return found
+
+
+class _Queries:
+    """Attribute access to the named queries (`Q.task_claim`)."""
+
+    def __init__(self, queries: dict[str, str]) -> None:
+        self._queries = queries
+
+    def __getattr__(self, name: str) -> LiteralString:
+        try:
+            # The text comes from the package's own files, never from input: a literal.
+            return self._queries[name]
+        except KeyError:
+            raise AttributeError(f"no named query {name!r} in store/sql/*.sql") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._queries)
+
+    def __getitem__(self, name: str) -> LiteralString:
+        return self.__getattr__(name)
+
+
+Q = _Queries(load())
