@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
 from attune_pg.engine.conductor import Conductor, error_of
-from attune_pg.engine.state import Attempt, Context, Execution, TaskState
+from attune_pg.engine.state import Attempt, Command, Context, Execution, TaskState, WriteExecution
 from attune_pg.errors import ParameterError
 from attune_pg.spec.model import DEFAULT_DEPTH_LIMIT, ActionSpec
 from attune_pg.spec.params import secret_parameters, validate_parameters
@@ -34,22 +34,42 @@ log = logging.getLogger("attune_pg.advance")
 Json = object
 
 
+@dataclass(frozen=True)
+class ExecutionChange:
+    """A status change of an execution written by this transaction (for logs, metrics)."""
+
+    id: int
+    workflow: str
+    before: str | None
+    status: str
+    error_type: str | None
+    seconds: float | None  # since it started, when it has
+    trace_id: str | None
+
+
 @dataclass
 class AdvanceStats:
     started: int = 0
     advanced: int = 0
     stale: int = 0
     errors: int = 0
+    # What the committed transaction changed, for the worker's logs and metrics (no SQL
+    # of their own): attempts that reached a final status or `waiting`, and execution
+    # status changes.
+    attempts: list[Attempt] = field(default_factory=list)
+    executions: list[ExecutionChange] = field(default_factory=list)
 
 
 class _Batch:
     """Conductors of one transaction, and the executions that hit a bug."""
 
-    def __init__(self, conn: psycopg.Connection, stats: AdvanceStats) -> None:
+    def __init__(self, conn: psycopg.Connection, stats: AdvanceStats, now: float = 0.0) -> None:
         self.conn = conn
         self.stats = stats
+        self.now = now
         self.conductors: dict[int, Conductor] = {}
         self.failures: list[tuple[int, dict[str, Json]]] = []
+        self.executions: dict[int, Execution] = {}
 
     def bug(self, execution_id: int, exc: Exception) -> None:
         log.exception("advancing execution %s failed", execution_id)
@@ -59,14 +79,37 @@ class _Batch:
             (execution_id, error_of("InternalError", f"{type(exc).__name__}: {exc}"[:1000]))
         )
 
+    def note(self, flushed: Sequence[tuple[int, Sequence[Command]]]) -> None:
+        for execution_id, commands in flushed:
+            execution = self.conductors[execution_id].execution
+            for command in commands:
+                if isinstance(command, WriteExecution) and command.status != command.before:
+                    self._changed(execution, command.before, command.status, command.error)
+
+    def _changed(
+        self, execution: Execution, before: str | None, status: str, error: Json
+    ) -> None:
+        started = execution.started_at
+        self.stats.executions.append(
+            ExecutionChange(
+                execution.id,
+                execution.ref,
+                before,
+                status,
+                str(error.get("type")) if isinstance(error, dict) else None,
+                None if started is None or not self.now else max(self.now - started, 0.0),
+                execution.trace_id,
+            )
+        )
+
     def write(self) -> None:
         """Apply every conductor's commands, then any with-items aggregations they
         asked for (which may cascade), until nothing is left to write."""
         pending = dict(self.conductors)
         while pending:
-            aggregates = apply.apply_batch(
-                self.conn, [(eid, c.flush()) for eid, c in sorted(pending.items())]
-            )
+            flushed = [(eid, c.flush()) for eid, c in sorted(pending.items())]
+            self.note(flushed)
+            aggregates = apply.apply_batch(self.conn, flushed)
             pending = {}
             for execution_id, agg in aggregates:
                 conductor = self.conductors.get(execution_id)
@@ -82,6 +125,10 @@ class _Batch:
                     self.bug(execution_id, exc)
         if self.failures:
             work.fail_executions(self.conn, self.failures)
+            for execution_id, error in self.failures:
+                execution = self.executions.get(execution_id)
+                if execution is not None:
+                    self._changed(execution, execution.status, "failed", error)
 
 
 def start_requested(
@@ -92,7 +139,8 @@ def start_requested(
         executions, now = work.lock_executions(conn, requested=limit)
         if not executions:
             return stats
-        batch = _Batch(conn, stats)
+        batch = _Batch(conn, stats, now)
+        batch.executions = {e.id: e for e in executions}
         ctx = Context(now, actions, DbKV(conn))
         for execution in executions:
             try:
@@ -164,6 +212,7 @@ def _complete(
     finished = _check_parks(conn, finished, by_id)
     attempts = work.finish_attempts(conn, me, finished)
     stats.stale += len(finished) - len(attempts)
+    stats.attempts.extend(attempts)
     parks = {f.task.id: f for f in finished if f.park}
     for attempt in attempts:
         if attempt.task_execution_id in parks:
@@ -230,7 +279,8 @@ def _conduct(
     extra: dict[int, list[TaskState]] = defaultdict(list)
     for execution_id, state in work.states_of(conn, older):
         extra[execution_id].append(state)
-    batch = _Batch(conn, stats)
+    batch = _Batch(conn, stats, now)
+    batch.executions = {e.id: e for e in live}
     ctx = Context(now, actions, DbKV(conn))
     for execution in live:
         if execution.id in pausing:
@@ -273,6 +323,7 @@ def control_pass(
         locked = [e.id for e in executions]
         requested = control.take_requests(conn, locked)
         resumed = control.finish_waiting(conn, locked)
+        stats.attempts.extend(resumed)
         _conduct(conn, executions, resumed, requested, now, actions, stats)
         stats.started = len(requested)
     return stats

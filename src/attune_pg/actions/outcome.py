@@ -36,6 +36,7 @@ class ActionContext:
     idempotency_key: str  # "<workflow_execution_id>:<task_execution_id>"
     timeout: float | None = None  # seconds for this attempt; None means no limit
     pack_path: str | None = None  # directory of the action's pack
+    trace_id: str | None = None  # the root execution's trace id (ATTUNE_TRACE_ID)
 
 
 @dataclass(frozen=True)

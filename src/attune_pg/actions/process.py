@@ -342,6 +342,7 @@ def action_env(context: ActionContext, extra: Mapping[str, str] | None = None) -
     (`<workflow_execution_id>:<task_execution_id>`, DESIGN §3.2): it stays the same when
     the same row runs again after a worker crash or a hand-back; each retry attempt is a
     row of its own, and so gets a key of its own. `ATTUNE_ATTEMPT` tells the attempts apart.
+    `ATTUNE_TRACE_ID` is the root execution's trace id (32 hex digits, W3C format).
     """
     env = dict(os.environ)
     env["ATTUNE_IDEMPOTENCY_KEY"] = context.idempotency_key
@@ -349,6 +350,9 @@ def action_env(context: ActionContext, extra: Mapping[str, str] | None = None) -
     env["ATTUNE_TASK_EXECUTION_ID"] = str(context.task_execution_id)
     env["ATTUNE_TASK_NAME"] = context.task_name
     env["ATTUNE_ATTEMPT"] = str(context.attempt)
+    if context.trace_id:
+        # One per root execution, shared by its children: correlate logs and traces.
+        env["ATTUNE_TRACE_ID"] = context.trace_id
     if extra:
         env.update(extra)
     return env

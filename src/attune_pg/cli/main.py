@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -331,6 +330,25 @@ def _worker_options(func: Any) -> Any:
                 show_default=True,
                 type=click.Choice(["debug", "info", "warning", "error"]),
             ),
+            click.option(
+                "--log-format",
+                default="text",
+                show_default=True,
+                type=click.Choice(["text", "json"]),
+                help="json: one JSON object per line (state changes carry their fields).",
+            ),
+            click.option(
+                "--metrics-port",
+                type=click.IntRange(0, 65535),
+                default=None,
+                help="Serve Prometheus metrics on this port (0: any free port, logged).",
+            ),
+            click.option(
+                "--metrics-host",
+                default="0.0.0.0",
+                show_default=True,
+                help="Address the metrics endpoint listens on.",
+            ),
             dsn_option,
         ]
     ):
@@ -344,16 +362,25 @@ def _run_worker(
     poll_seconds: float,
     grace_seconds: float,
     log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     dsn: str | None,
 ) -> None:
+    from attune_pg.logfmt import configure
     from attune_pg.worker.loop import Worker, WorkerConfig
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure(log_level, log_format)
     resolved = db.resolve_dsn(dsn)
-    worker = Worker(resolved, WorkerConfig(concurrency, lease_seconds, poll_seconds, grace_seconds))
+    config = WorkerConfig(
+        concurrency,
+        lease_seconds,
+        poll_seconds,
+        grace_seconds,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
+    worker = Worker(resolved, config)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
     if worker.wait_for_database(migrate.migrate):

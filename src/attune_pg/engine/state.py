@@ -35,6 +35,7 @@ class Execution:
     cancel_policy: str | None = None
     # Rows of this execution still running (loaded only while it is pausing).
     running_rows: int | None = None
+    trace_id: str | None = None  # of its root execution: for logs and spans only
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ lease owner and attempt), so a stale actor changes nothing.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ class ClaimedTask:
     timeout: float | None
     ready_at: float  # epoch seconds the row became claimable
     claimed_at: float
+    trace_id: str | None = None  # of the root execution (schema/0010)
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,33 @@ UPDATE attune.task_execution t
                  LIMIT %(n)s)
 RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index, t.attempt,
           t.action_ref, t.input, t.timeout,
-          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8
+          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8,
+          (SELECT {trace} FROM attune.workflow_execution e WHERE e.id = t.workflow_execution_id)
 """
+
+# The trace id of an execution row `e` (schema/0010). Rows from before it have none: a
+# stable id derived from the root execution's id stands in, the same for a whole family.
+_TRACE = "coalesce(e.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0'))"
+_UNTRACED = "lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0')"
+_HAS_TRACE: weakref.WeakKeyDictionary[psycopg.Connection, bool] = weakref.WeakKeyDictionary()
+
+
+def _trace(conn: psycopg.Connection) -> str:
+    """The trace-id expression for this connection's schema, checked once per
+    connection: a worker keeps running on a schema not migrated to 0010 yet."""
+    known = _HAS_TRACE.get(conn)
+    if known is None:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attname = 'trace_id'"
+            " AND attrelid = 'attune.workflow_execution'::regclass AND NOT attisdropped)"
+        ).fetchone()
+        known = _HAS_TRACE[conn] = bool(row and row[0])
+    return _TRACE if known else _UNTRACED
 
 
 def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list[ClaimedTask]:
-    rows = conn.execute(_CLAIM, {"me": me, "n": n, "lease": lease}).fetchall()
+    sql = _CLAIM.format(trace=_trace(conn))
+    rows = conn.execute(sql.encode(), {"me": me, "n": n, "lease": lease}).fetchall()
     return sorted((ClaimedTask(*row) for row in rows), key=lambda t: t.id)
 
 
@@ -176,7 +199,7 @@ def stop_worker(conn: psycopg.Connection, me: str, done: int) -> None:
 _EXECUTION_COLUMNS = (
     "id, workflow_ref, status, md5(definition::text), parameters, vars, active_tasks, error,"
     " output, pack_config, requested_by, extract(epoch FROM started_at)::float8, depth,"
-    " cancel_policy, extract(epoch FROM now())::float8"
+    " cancel_policy, {trace}, extract(epoch FROM now())::float8"
 )
 
 # Definition snapshots are immutable, so each is parsed once per process, keyed by
@@ -189,15 +212,16 @@ def lock_executions(
 ) -> tuple[list[Execution], float]:
     """Lock workflow rows in id order (the global lock order, DESIGN §8), or claim up
     to `requested` executions waiting to start. Returns them and the DB clock."""
+    columns = _EXECUTION_COLUMNS.format(trace=_trace(conn))
     if requested:
         rows = conn.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE status = 'requested'"
+            f"SELECT {columns} FROM attune.workflow_execution e WHERE status = 'requested'"
             " ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
             (requested,),
         ).fetchall()
     else:
         rows = conn.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE id = ANY(%s)"
+            f"SELECT {columns} FROM attune.workflow_execution e WHERE id = ANY(%s)"
             " ORDER BY id FOR UPDATE",
             (list(ids),),
         ).fetchall()
@@ -245,6 +269,7 @@ def _execution(row: Sequence[Any]) -> Execution:
         started_at,
         depth,
         cancel_policy,
+        trace_id,
         _now,
     ) = row
     return Execution(
@@ -262,6 +287,7 @@ def _execution(row: Sequence[Any]) -> Execution:
         started_at=started_at,
         depth=depth,
         cancel_policy=cancel_policy,
+        trace_id=trace_id,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import psycopg
 
@@ -28,12 +29,14 @@ class Listener(threading.Thread):
         wake: threading.Event,
         stopping: threading.Event,
         hints: dict[str, threading.Event],
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="attune-listener", daemon=True)
         self._dsn = dsn
         self._wake = wake
         self._stopping = stopping
         self._hints = hints
+        self._on_reconnect = on_reconnect
         self.connected = threading.Event()
 
     def run(self) -> None:
@@ -48,6 +51,8 @@ class Listener(threading.Thread):
                     if down:
                         log.info("listener reconnected")
                         down = False
+                        if self._on_reconnect is not None:
+                            self._on_reconnect()
                     for hint in self._hints.values():  # catch up on what we missed
                         hint.set()
                     self._wake.set()

@@ -33,6 +33,7 @@ from attune_pg.secrets import resolve_secrets, token_keys
 from attune_pg.store import control, kv, work
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.worker.listener import Listener
+from attune_pg.worker.observe import Observer
 from attune_pg.worker.runner import Running, TaskRunner, parks_as
 
 log = logging.getLogger("attune_pg.worker")
@@ -45,6 +46,8 @@ class WorkerConfig:
     poll_seconds: float = 5.0  # safety net when a notification is missed
     grace_seconds: float = 30.0  # SIGTERM: how long running actions may finish
     start_batch: int = 100  # requested executions started per transaction
+    metrics_port: int | None = None  # Prometheus endpoint (0: any free port)
+    metrics_host: str = "0.0.0.0"
 
 
 class Worker:
@@ -71,6 +74,13 @@ class Worker:
         self._hand_back: list[int] = []
         self.tasks_done = 0
         self._stop_deadline: float | None = None
+        # Logs, metrics and spans: fed from what the loop already holds, no SQL of its own.
+        self.observe = Observer(
+            self.id,
+            self.config.concurrency,
+            metrics_port=self.config.metrics_port,
+            metrics_host=self.config.metrics_host,
+        )
 
     # ------------------------------------------------------------ control
 
@@ -113,16 +123,22 @@ class Worker:
                 "attune_start": self._start_hint,
                 "attune_control": self._control_hint,
             },
+            on_reconnect=lambda: self.observe.reconnected("listen"),
         )
+        self.observe.start(self.dsn, lambda: len(self._runner.running))
         listener.start()
         conn: psycopg.Connection | None = None
         outage_since: float | None = None
+        failed = False
         backoff = 0.2
         try:
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = db.connect(self.dsn, name="attune_worker")
+                        if failed:
+                            self.observe.reconnected("main")
+                            failed = False
                         work.register_worker(
                             conn, self.id, self._host, os.getpid(), self.config.concurrency
                         )
@@ -158,6 +174,7 @@ class Worker:
                             )
                     else:
                         log.exception("worker %s: unexpected error; retrying", self.id)
+                    failed = True
                     if conn is not None:
                         conn.close()
                     conn = None
@@ -173,6 +190,7 @@ class Worker:
             if conn is not None:
                 conn.close()
             listener.join(timeout=2)
+            self.observe.stop()
             log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
     def _may_leave(self) -> bool:
@@ -189,9 +207,11 @@ class Worker:
         self._collect()
         if self._hand_back:
             work.hand_back(conn, self.id, self._hand_back)
+            self.observe.handed_back(self._hand_back)
             self._hand_back = []
         if self._pending:
             stats = advance.complete(conn, self.id, self._pending, actions)
+            self.observe.advanced(stats)
             self.tasks_done += stats.advanced
             if stats.stale:
                 log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
@@ -231,12 +251,14 @@ class Worker:
             self._control_hint.clear()
             self._cancel_requested(conn)
             stats = advance.control_pass(conn, actions)
+            self.observe.advanced(stats)
             if stats.started or stats.advanced:
                 self._work_hint.set()
                 self._control_hint.set()  # there may be more; the next pass finds none
         if self._start_hint.is_set():
             self._start_hint.clear()
             stats = advance.start_requested(conn, actions, self.config.start_batch)
+            self.observe.advanced(stats)
             if stats.started:
                 self._work_hint.set()
             if stats.started + stats.errors >= self.config.start_batch:
@@ -249,6 +271,7 @@ class Worker:
             return  # keep what the last claim learnt (e.g. the next run_at to wait for)
         self._work_hint.clear()
         claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
+        self.observe.claimed(claimed)
         for task in claimed:
             log.debug(
                 "claimed task %s (%s) of execution %s",
@@ -305,6 +328,7 @@ class Worker:
                 self._acted_deadline = self._pending_deadline
             self._deadline_at = None
             reaped = work.reap_expired(conn)
+            self.observe.reaped(reaped)
             if reaped:
                 log.warning("requeued %d tasks whose worker stopped heartbeating", reaped)
                 self._wake.set()

@@ -88,6 +88,7 @@ class TaskRunner:
                     idempotency_key=f"{task.workflow_execution_id}:{task.id}",
                     timeout=min(limits) if limits else None,
                     pack_path=action.pack_path,
+                    trace_id=task.trace_id,
                 )
                 given = entry.input if entry.input is not None else task.input
                 outcome = run_action(action, given, context, entry.cancel)
