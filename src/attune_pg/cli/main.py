@@ -404,8 +404,9 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, graph, kv, tools
+    from attune_pg.cli import control, doctor, graph, kv, tools
 
+    doctor.register(cli)
     tools.register(cli)
     control.register(cli)
     graph.register(cli)
