@@ -404,9 +404,10 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, doctor, graph, kv, tools
+    from attune_pg.cli import control, doctor, graph, kv, prune, tools
 
     doctor.register(cli)
+    prune.register(cli)
     tools.register(cli)
     control.register(cli)
     graph.register(cli)

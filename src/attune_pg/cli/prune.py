@@ -1,0 +1,106 @@
+"""`attune-pg prune`: delete finished executions older than a cut-off, in short batches."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import click
+
+from attune_pg.cli.common import connection, dsn_option, errors_to_exit
+from attune_pg.cli.progress import Progress, progress_option
+from attune_pg.errors import ParameterError
+from attune_pg.machine import WORKFLOW_TERMINAL
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+def parse_age(text: str) -> float:
+    """`30d`, `12h`, `90m`, `45s`, `2w` or plain seconds -> seconds."""
+    match = _AGE.match(text)
+    if not match:
+        raise ParameterError(
+            f"--older-than {text!r}: expected a number with a unit s, m, h, d or w (e.g. 30d)"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    help="Delete executions finished longer ago than this: 30d, 12h, 90m, 2w, or seconds.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(sorted(WORKFLOW_TERMINAL)),
+    help="Only executions that ended so (repeatable; default: every finished status).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Top-level executions per transaction.",
+)
+@click.option(
+    "--pause",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to sleep between batches (to leave the server more room).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@progress_option
+@dsn_option
+@errors_to_exit
+def prune(
+    older_than: str,
+    statuses: tuple[str, ...],
+    batch: int,
+    pause: float,
+    dry_run: bool,
+    progress: bool | None,
+    dsn: str | None,
+) -> None:
+    """Delete finished top-level executions with their tasks, audit rows, inquiries, secrets
+    and child executions. Each batch is one short transaction (attune.prune), so it is safe
+    with workers running; executions with anything still live in their family are kept."""
+    from attune_pg.store import retention
+
+    seconds = parse_age(older_than)
+    chosen = list(statuses) or None
+    with connection(dsn) as conn:
+        if dry_run:
+            p = retention.prune_preview(conn, seconds, chosen)
+            oldest = f", oldest finished {p['oldest']:%Y-%m-%d %H:%M}" if p["oldest"] else ""
+            click.echo(
+                f"would prune {p['executions']:,} executions ({p['children']:,} child"
+                f" executions, {p['tasks']:,} task rows, {p['events']:,} audit rows){oldest}"
+            )
+            return
+        bar = Progress("pruning", enabled=progress)
+        if bar.enabled:
+            bar.total = int(retention.prune_preview(conn, seconds, chosen)["executions"]) or None
+        deleted = 0
+        started = time.monotonic()
+        while True:
+            n = retention.prune_batch(conn, seconds, batch, chosen)
+            deleted += n
+            rate = deleted / max(time.monotonic() - started, 1e-9)
+            bar.update(deleted, f"{rate:,.0f}/s")
+            if n == 0:
+                break
+            if pause:
+                time.sleep(pause)
+        bar.done(deleted)
+    took = time.monotonic() - started
+    click.echo(f"pruned {deleted:,} executions in {took:.1f}s")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(prune)
