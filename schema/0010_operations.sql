@@ -112,23 +112,35 @@ END $$;
 
 -- All batches, each committed on its own (for pg_cron: CALL attune.prune_all('30 days')).
 -- A procedure, not a function, because only a procedure may COMMIT between batches.
+-- `duty` < 1 throttles: after a batch that took t seconds it sleeps t * (1 - duty) / duty,
+-- leaving the server to the workers (attune-pg prune uses 0.25 by default).
 CREATE PROCEDURE attune.prune_all(
     older_than interval DEFAULT interval '30 days',
     batch int DEFAULT 1000,
-    statuses text[] DEFAULT NULL
+    statuses text[] DEFAULT NULL,
+    duty float8 DEFAULT 1
 )
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
+    began timestamptz;
 BEGIN
+    IF duty IS NULL OR duty <= 0 OR duty > 1 THEN
+        RAISE EXCEPTION 'prune_all: duty must be in (0, 1], got %', coalesce(duty::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     LOOP
+        began := clock_timestamp();
         n := attune.prune(older_than, batch, statuses);
         COMMIT;
-        EXIT WHEN n < batch;
+        EXIT WHEN n = 0;
+        IF duty < 1 THEN
+            PERFORM pg_sleep(extract(epoch FROM clock_timestamp() - began) * (1 - duty) / duty);
+        END IF;
     END LOOP;
 END $$;
 
 -- Deleting history is for the schema owner (and whom it grants), not for the run-time roles.
 REVOKE EXECUTE ON FUNCTION attune.prune(interval, int, text[]) FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE attune.prune_all(interval, int, text[]) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE attune.prune_all(interval, int, text[], float8) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION attune.inherit_trace_id() FROM PUBLIC;

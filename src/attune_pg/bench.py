@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,12 @@ def _percentiles(conn: psycopg.Connection, ids: list[int]) -> tuple[float, float
     return float(p50), float(p95), float(p99)
 
 
-def _wait_all(conn: psycopg.Connection, ids: list[int], timeout: float) -> None:
+def _wait_all(
+    conn: psycopg.Connection,
+    ids: list[int],
+    timeout: float,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = conn.execute(
@@ -123,6 +129,8 @@ def _wait_all(conn: psycopg.Connection, ids: list[int], timeout: float) -> None:
             " AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')",
             (ids,),
         ).fetchone()
+        if row is not None and on_progress is not None:
+            on_progress(len(ids) - int(row[0]), len(ids))
         if row is not None and row[0] == 0:
             return
         time.sleep(0.05)
@@ -152,6 +160,7 @@ def run_bench(
     concurrency: int,
     idle_samples: int = 50,
     timeout: float = 600,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> BenchResult:
     resolved = db.resolve_dsn(dsn)
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +182,7 @@ def run_bench(
                     (workflows,),
                 ).fetchall()
             ]
-            _wait_all(conn, ids, timeout)
+            _wait_all(conn, ids, timeout, on_progress)
             wall = time.monotonic() - t0
             row = conn.execute(
                 "SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8,"

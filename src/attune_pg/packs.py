@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -11,7 +12,11 @@ from attune_pg.spec.packfiles import load_packs
 from attune_pg.store import catalog
 
 
-def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
+def register(
+    conn: psycopg.Connection,
+    path: str | Path,
+    on_loaded: Callable[[int, int], None] | None = None,
+) -> list[PackSpec]:
     """Validate every pack under `path` and register them in one transaction.
 
     Validation happens before the transaction opens; a file that fails raises a
@@ -19,7 +24,7 @@ def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
     """
     with conn.transaction():
         known = catalog.registered_actions(conn)
-        packs = load_packs(Path(path), set(known), known)
+        packs = load_packs(Path(path), set(known), known, on_loaded)
         sources: dict[str, str] = {}
         for pack in packs:
             for workflow in pack.workflows:

@@ -128,7 +128,7 @@ def test_prune_deletes_old_families_whole_and_keeps_everything_else(
     ).fetchone()  # type: ignore[misc]
     conn.execute(
         "INSERT INTO attune.workflow_execution (workflow_ref, parent_task_id, root_id, depth)"
-        " VALUES ('opspack.kid', %s, %s, 1)",
+        " VALUES ('examples.approval', %s, %s, 1)",  # waits for an answer: stays live
         (task_id, live_family),
     )
     _age(conn, [live_family])
@@ -182,7 +182,7 @@ def test_prune_by_status_in_batches_and_from_sql(
         == 0
     )
     assert _count(conn, "SELECT attune.prune('41 days')") == 0  # not old enough
-    conn.execute("CALL attune.prune_all('30 days', 2)")  # every batch, each committed
+    conn.execute("CALL attune.prune_all('30 days', 2, NULL, 0.5)")  # every batch, committed
     assert _count(conn, "SELECT count(*) FROM attune.workflow_execution") == 0
     assert _count(conn, "SELECT count(*) FROM attune.execution_event") == 0
 
@@ -221,8 +221,8 @@ def test_only_the_owner_may_prune(conn: psycopg.Connection) -> None:
             ).fetchone()
             assert allowed == (False,), role
         allowed = conn.execute(
-            "SELECT has_function_privilege(%s, 'attune.prune_all(interval, integer, text[])',"
-            " 'EXECUTE')",
+            "SELECT has_function_privilege(%s,"
+            " 'attune.prune_all(interval, integer, text[], double precision)', 'EXECUTE')",
             (role,),
         ).fetchone()
         assert allowed == (False,), role

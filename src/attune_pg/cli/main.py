@@ -21,6 +21,7 @@ from attune_pg.cli.common import (
     to_json,
 )
 from attune_pg.cli.follow import follow
+from attune_pg.cli.progress import Progress, progress_option
 from attune_pg.errors import ParameterError
 from attune_pg.spec.loader import load_workflow_file
 from attune_pg.store import migrate, read
@@ -95,12 +96,21 @@ def packs_group() -> None:
 
 @packs_group.command("register")
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@progress_option
 @dsn_option
 @errors_to_exit
-def packs_register(path: Path, dsn: str | None) -> None:
+def packs_register(path: Path, progress: bool | None, dsn: str | None) -> None:
     """Validate and register the pack at PATH (or every pack under PATH): all or nothing."""
+    bar = Progress("validating packs", enabled=progress)
+
+    def loaded(done: int, total: int) -> None:
+        bar.update(done, total=total)
+
     with connection(dsn) as conn:
-        registered = packs.register(conn, path)
+        try:
+            registered = packs.register(conn, path, loaded)
+        finally:
+            bar.done()
     for pack in registered:
         click.echo(
             f"registered pack {pack.ref} {pack.version}: {len(pack.actions)} actions,"

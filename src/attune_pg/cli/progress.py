@@ -37,7 +37,11 @@ class Progress:
         self._width = 0
         self._last = ""
 
-    def update(self, done: int, detail: str = "", *, force: bool = False) -> None:
+    def update(
+        self, done: int, detail: str = "", *, total: int | None = None, force: bool = False
+    ) -> None:
+        if total is not None:
+            self.total = total
         if not self.enabled:
             return
         now = time.monotonic()

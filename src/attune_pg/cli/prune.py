@@ -12,6 +12,11 @@ from attune_pg.cli.progress import Progress, progress_option
 from attune_pg.errors import ParameterError
 from attune_pg.machine import WORKFLOW_TERMINAL
 
+# Measured with `attune-pg bench --prune` (docs/operations.md): pruning flat out costs
+# the workers about a fifth of their throughput on a 2-core server; a quarter of the time
+# keeps the cost under a tenth.
+DEFAULT_DUTY = 0.25
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 
@@ -48,11 +53,12 @@ def parse_age(text: str) -> float:
     help="Top-level executions per transaction.",
 )
 @click.option(
-    "--pause",
-    type=click.FloatRange(min=0),
-    default=0.0,
+    "--duty",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_DUTY,
     show_default=True,
-    help="Seconds to sleep between batches (to leave the server more room).",
+    help="Share of the time spent pruning: after each batch it sleeps so the workers keep"
+    " the rest of the server (1: no pause).",
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @progress_option
@@ -62,7 +68,7 @@ def prune(
     older_than: str,
     statuses: tuple[str, ...],
     batch: int,
-    pause: float,
+    duty: float,
     dry_run: bool,
     progress: bool | None,
     dsn: str | None,
@@ -86,17 +92,13 @@ def prune(
         bar = Progress("pruning", enabled=progress)
         if bar.enabled:
             bar.total = int(retention.prune_preview(conn, seconds, chosen)["executions"]) or None
-        deleted = 0
         started = time.monotonic()
-        while True:
-            n = retention.prune_batch(conn, seconds, batch, chosen)
-            deleted += n
+
+        def shown(deleted: int) -> None:
             rate = deleted / max(time.monotonic() - started, 1e-9)
             bar.update(deleted, f"{rate:,.0f}/s")
-            if n == 0:
-                break
-            if pause:
-                time.sleep(pause)
+
+        deleted = retention.prune_all(conn, seconds, batch, chosen, duty=duty, on_batch=shown)
         bar.done(deleted)
     took = time.monotonic() - started
     click.echo(f"pruned {deleted:,} executions in {took:.1f}s")

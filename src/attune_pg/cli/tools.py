@@ -7,6 +7,8 @@ import sys
 import click
 
 from attune_pg.cli.common import dsn_option, errors_to_exit
+from attune_pg.cli.progress import Progress, progress_option
+from attune_pg.cli.prune import DEFAULT_DUTY
 
 
 @click.command()
@@ -35,6 +37,36 @@ def demo(name: str, dsn: str | None) -> None:
     help="Instead: one with-items task over this many items (and a tenth of it),"
     " to show the cost per item does not grow with the count.",
 )
+@click.option(
+    "--prune",
+    "prune_history",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Instead: seed this many finished executions, then measure task steps/s without"
+    " pruning and while `attune.prune` deletes them all.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="With --prune: executions per prune batch.",
+)
+@click.option(
+    "--duty",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_DUTY,
+    show_default=True,
+    help="With --prune: share of the time spent pruning (as `attune-pg prune --duty`).",
+)
+@click.option(
+    "--baseline-seconds",
+    type=click.FloatRange(min=1),
+    default=20.0,
+    show_default=True,
+    help="With --prune: length of the measurement without pruning.",
+)
+@progress_option
 @dsn_option
 @errors_to_exit
 def bench(
@@ -44,6 +76,11 @@ def bench(
     concurrency: int,
     idle_samples: int,
     items: int | None,
+    prune_history: int | None,
+    batch: int,
+    duty: float,
+    baseline_seconds: float,
+    progress: bool | None,
     dsn: str | None,
 ) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
@@ -53,7 +90,34 @@ def bench(
         report = run_items_bench(dsn, items=items, workers=workers, concurrency=concurrency)
         click.echo(report.report())
         return
+    if prune_history:
+        from attune_pg.bench_prune import run_prune_bench
 
+        bars: dict[str, Progress] = {}
+
+        def stage(name: str, done: int, total: int) -> None:
+            for other in [n for n in bars if n != name]:
+                bars.pop(other).done()
+            bar = bars.setdefault(name, Progress(name, total, enabled=progress))
+            bar.update(done)
+
+        pruned = run_prune_bench(
+            dsn,
+            history=prune_history,
+            tasks=tasks,
+            workers=workers,
+            concurrency=concurrency,
+            batch=batch,
+            duty=duty,
+            baseline=baseline_seconds,
+            on_progress=stage,
+        )
+        for bar in bars.values():
+            bar.done()
+        click.echo(pruned.report())
+        return
+
+    waiting = Progress("workflows finished", enabled=progress)
     result = run_bench(
         dsn,
         workflows=workflows,
@@ -61,7 +125,9 @@ def bench(
         workers=workers,
         concurrency=concurrency,
         idle_samples=idle_samples,
+        on_progress=lambda done, total: waiting.update(done, total=total),
     )
+    waiting.done()
     click.echo(result.report())
     if result.succeeded != result.workflows:
         sys.exit(1)

@@ -16,7 +16,7 @@ Files whose names start with "." (editor leftovers) are ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -86,11 +86,18 @@ def load_packs(
     path: str | Path,
     known_action_refs: Set[str] = frozenset(),
     known_actions: Mapping[str, ActionSpec] | None = None,
+    on_loaded: Callable[[int, int], None] | None = None,
 ) -> list[PackSpec]:
     """Load every pack under `path`, then check each workflow's actions and inputs against
     the already registered actions (`known_actions`, or just their refs) plus all actions
-    and workflows of the packs loaded together (which win over registered ones)."""
-    loaded = [_load_pack(d) for d in find_pack_dirs(path)]
+    and workflows of the packs loaded together (which win over registered ones).
+    `on_loaded(done, total)` is called after each pack is read (CLI progress)."""
+    dirs = find_pack_dirs(path)
+    loaded = []
+    for d in dirs:
+        loaded.append(_load_pack(d))
+        if on_loaded is not None:
+            on_loaded(len(loaded), len(dirs))
     actions = {**(known_actions or {}), **all_actions(pack for pack, _ in loaded)}
     known = set(known_action_refs) | set(actions)
     for pack, sources in loaded:

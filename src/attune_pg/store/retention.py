@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -36,3 +37,36 @@ def prune_preview(
         ).fetchone()
     assert row is not None
     return row
+
+
+def prune_all(
+    conn: psycopg.Connection,
+    older_than: float,
+    batch: int,
+    statuses: Sequence[str] | None = None,
+    *,
+    duty: float = 1.0,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Prune batch after batch until none is left; return the executions deleted.
+
+    Each batch commits on its own (`conn` must be in autocommit), so locks and WAL stay
+    small. `duty` < 1 throttles: after a batch that took t seconds it sleeps
+    t * (1 - duty) / duty, so pruning uses at most that share of one database session's
+    time and leaves the rest of the server to the workers.
+    """
+    if not conn.autocommit:
+        raise ValueError("prune_all commits each batch: give it an autocommit connection")
+    if not 0 < duty <= 1:
+        raise ValueError(f"duty must be in (0, 1], got {duty}")
+    deleted = 0
+    while True:
+        began = time.monotonic()
+        n = prune_batch(conn, older_than, batch, statuses)
+        deleted += n
+        if on_batch is not None:
+            on_batch(deleted)
+        if n == 0:
+            return deleted
+        if duty < 1:
+            time.sleep((time.monotonic() - began) * (1 - duty) / duty)
