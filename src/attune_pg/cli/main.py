@@ -414,10 +414,11 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, doctor, graph, kv, prune, tools
+    from attune_pg.cli import control, doctor, graph, kv, prune, tools, watch
 
     doctor.register(cli)
     prune.register(cli)
+    watch.register(cli)
     tools.register(cli)
     control.register(cli)
     graph.register(cli)
