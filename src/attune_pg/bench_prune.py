@@ -4,9 +4,10 @@ Seeds N finished executions of the chain workflow (K tasks each, finished 40 day
 written through the same triggers as real runs, so with their audit rows), starts the
 workers and keeps them saturated with new chain executions. Then it measures task steps
 per second twice over the same load: for `baseline` seconds without pruning, then for as
-long as pruning all N takes (`attune.prune` batches on a connection of its own, one after
-the other). The history is the same size at the start of both windows. Reported: both
-rates, their ratio, and the prune rate.
+long as pruning all N takes (`attune.prune` batches on a connection of its own, throttled
+by `duty` like `attune-pg prune`), then for `baseline` seconds again: the windows around
+the pruning one cancel out slow drifts of a shared machine. Reported: the rates without
+(both windows together) and while pruning, their ratio, and the prune rate.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ class PruneBenchResult:
     pruned: int
     settings: dict[str, str]
     duty: float = 1.0
+    after_seconds: float = 0.0
+    after_steps: int = 0
 
     @property
     def baseline_rate(self) -> float:
-        return self.baseline_steps / self.baseline_seconds
+        """Steps/s without pruning: the windows before and after it together."""
+        return (self.baseline_steps + self.after_steps) / (
+            self.baseline_seconds + self.after_seconds
+        )
 
     @property
     def prune_rate(self) -> float:
@@ -63,7 +69,8 @@ class PruneBenchResult:
                 f" load: chain of {self.tasks} no-ops, {self.workers} workers x concurrency"
                 f" {self.concurrency}",
                 f"without pruning: {self.baseline_rate:,.1f} task steps/s"
-                f" ({self.baseline_steps:,} in {self.baseline_seconds:.1f}s)",
+                f" ({self.baseline_steps:,} in {self.baseline_seconds:.1f}s before,"
+                f" {self.after_steps:,} in {self.after_seconds:.1f}s after)",
                 f"while pruning:   {self.prune_rate:,.1f} task steps/s"
                 f" ({self.prune_steps:,} in {self.prune_seconds:.1f}s)",
                 f"pruned {self.pruned:,} executions in {self.prune_seconds:.1f}s"
@@ -123,7 +130,10 @@ def run_prune_bench(
             p1 = benchdata.clock(conn)
             if failure:
                 raise failure[0]
+            _load_for(conn, target, baseline, lambda s: report("after", int(s), int(baseline)))
+            a1 = benchdata.clock(conn)
             base_steps = benchdata.steps_between(conn, t0, t1)
+            after_steps = benchdata.steps_between(conn, p1, a1)
             prune_steps = benchdata.steps_between(conn, p0, p1)
         finally:
             for proc in procs:
@@ -141,6 +151,8 @@ def run_prune_bench(
         pruned[-1] if pruned else 0,
         settings,
         duty,
+        _seconds(p1, a1),
+        after_steps,
     )
 
 
