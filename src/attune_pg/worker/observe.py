@@ -144,9 +144,8 @@ class Observer:
         now, wall = time.monotonic(), time.time_ns()
         logging_on = state_log.isEnabledFor(logging.INFO)
         for a in attempts:
-            claim = self._claims.get(a.task_execution_id)
-            if a.status != "waiting":
-                self._claims.pop(a.task_execution_id, None)
+            # A parked task (waiting) is done with this worker too: its wait ends elsewhere.
+            claim = self._claims.pop(a.task_execution_id, None)
             seconds = None if claim is None else now - claim.monotonic
             error_type = a.error.get("type") if isinstance(a.error, dict) else None
             if self.metrics is not None and a.status in _TASK_END:

@@ -36,8 +36,10 @@ class Spans:
     def task(
         self, attempt: Attempt, trace_id: str | None, start_ns: int, end_ns: int, worker: str
     ) -> None:
-        if not trace_id:
-            return
+        if not trace_id or isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        ):
+            return  # nobody set up a provider: skip the no-op span work on the hot path
         try:
             trace_int = int(trace_id, 16)
         except ValueError:
