@@ -84,3 +84,7 @@ class DatabaseUnavailable(AttuneError):
     """No PostgreSQL server could be reached or started."""
 
     exit_code = 5
+
+
+class ServiceError(AttuneError):
+    """A service of the worker's own (the metrics endpoint) could not start."""

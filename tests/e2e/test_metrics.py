@@ -149,3 +149,25 @@ def test_metrics_and_json_logs_of_a_worker_agree_with_the_tables(
         assert line["trace_id"] == traces[line["execution"]]
         assert line["workflow"] == "opspack.mixed"
     assert all(line["level"] and line["ts"] for line in lines)
+
+
+def test_a_busy_metrics_port_is_one_clear_error(dsn: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "attune_pg.cli.worker_entry", "--dsn", dsn]
+            + ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    )

@@ -20,6 +20,7 @@ from typing import Any
 
 from attune_pg.advance import AdvanceStats
 from attune_pg.engine.state import Attempt
+from attune_pg.errors import ServiceError
 from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store.work import ClaimedTask
 
@@ -66,7 +67,15 @@ class Observer:
 
         self.metrics = WorkerMetrics(self.worker_id, self._concurrency)
         self.metrics.watch_slots(running, self._concurrency)
-        self._server = MetricsServer(self.metrics, dsn, self._metrics_host, self._metrics_port)
+        try:
+            self._server = MetricsServer(
+                self.metrics, dsn, self._metrics_host, self._metrics_port
+            )
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot serve metrics on {self._metrics_host}:{self._metrics_port}:"
+                f" {exc.strerror or exc}"
+            ) from exc
         log.info(
             "worker %s: metrics at http://%s:%d/metrics",
             self.worker_id,
