@@ -161,8 +161,10 @@ def test_a_busy_metrics_port_is_one_clear_error(dsn: str) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "attune_pg.cli.worker_entry", "--dsn", dsn]
-            + ["--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+            [
+                *(sys.executable, "-m", "attune_pg.cli.worker_entry", "--dsn", dsn),
+                *("--metrics-port", str(port), "--metrics-host", "127.0.0.1"),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
