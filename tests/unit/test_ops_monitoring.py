@@ -72,3 +72,19 @@ def test_alerts_use_only_exposed_metrics() -> None:
         "attune-worker",
         "attune-worker-k8s",
     }
+
+
+def test_automation_hooks_count_when_metrics_are_on_and_cost_nothing_otherwise() -> None:
+    from attune_pg.worker.observe import Observer
+
+    off = Observer("w:1:a", 2)
+    off.timer_fired("core.intervaltimer", 3)  # no metrics endpoint: a no-op
+    off.event_emitted("core.webhook")
+    on = Observer("w:1:b", 2)
+    on.metrics = WorkerMetrics("w:1:b", 2)
+    on.timer_fired("every_minute", 3)
+    on.event_emitted("webhook")
+    on.event_emitted("webhook", 2)
+    registry = on.metrics.registry
+    assert registry.get_sample_value("attune_timers_fired_total", {"timer": "every_minute"}) == 3
+    assert registry.get_sample_value("attune_events_emitted_total", {"trigger": "webhook"}) == 3

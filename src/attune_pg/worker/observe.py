@@ -142,6 +142,16 @@ class Observer:
         if task_ids and self.metrics is not None:
             self.metrics.handed_back.inc(len(task_ids))
 
+    def timer_fired(self, timer: str, ticks: int = 1) -> None:
+        """The automation's hook: this worker fired `ticks` ticks of timer `timer`."""
+        if self.metrics is not None:
+            self.metrics.timer_fired(timer, ticks)
+
+    def event_emitted(self, trigger: str, count: int = 1) -> None:
+        """The automation's hook: this worker emitted `count` events of `trigger`."""
+        if self.metrics is not None:
+            self.metrics.event_emitted(trigger, count)
+
     def reconnected(self, connection: str) -> None:
         """The main ("main") or LISTEN ("listen") connection is back after a failure."""
         if self.metrics is not None:
