@@ -2,12 +2,12 @@
 
 Seeds N finished executions of the chain workflow (K tasks each, finished 40 days ago,
 written through the same triggers as real runs, so with their audit rows), starts the
-workers and keeps them saturated with new chain executions. Then it measures task steps
-per second twice over the same load: for `baseline` seconds without pruning, then for as
-long as pruning all N takes (`attune.prune` batches on a connection of its own, throttled
-by `duty` like `attune-pg prune`), then for `baseline` seconds again: the windows around
-the pruning one cancel out slow drifts of a shared machine. Reported: the rates without
-(both windows together) and while pruning, their ratio, and the prune rate.
+workers and keeps them saturated with new chain executions. Then it alternates windows of
+`window` seconds without and with pruning (`attune.prune` batches on a connection of its
+own, throttled by `duty` like `attune-pg prune`, paused between batches during the windows
+without) until all N are gone, ending with a window without. Alternating makes the slow
+drifts of a shared machine fall on both kinds of window alike. Reported: task steps/s over
+all windows without and over all windows with pruning, their ratio, and the prune rate.
 """
 
 from __future__ import annotations
@@ -38,29 +38,31 @@ class PruneBenchResult:
     workers: int
     concurrency: int
     batch: int
-    baseline_seconds: float
-    baseline_steps: int
-    prune_seconds: float
-    prune_steps: int
+    duty: float
+    # (pruning?, seconds, task steps) per window, in order
+    windows: list[tuple[bool, float, int]]
     pruned: int
     settings: dict[str, str]
-    duty: float = 1.0
-    after_seconds: float = 0.0
-    after_steps: int = 0
+
+    def _rate(self, pruning: bool) -> float:
+        chosen = [(s, n) for on, s, n in self.windows if on is pruning]
+        return sum(n for _, n in chosen) / max(sum(s for s, _ in chosen), 1e-9)
 
     @property
     def baseline_rate(self) -> float:
-        """Steps/s without pruning: the windows before and after it together."""
-        return (self.baseline_steps + self.after_steps) / (
-            self.baseline_seconds + self.after_seconds
-        )
+        return self._rate(False)
 
     @property
     def prune_rate(self) -> float:
-        return self.prune_steps / self.prune_seconds
+        return self._rate(True)
+
+    @property
+    def prune_seconds(self) -> float:
+        return sum(s for on, s, _ in self.windows if on)
 
     def report(self) -> str:
         ratio = self.prune_rate / self.baseline_rate
+        on = sum(1 for w in self.windows if w[0])
         return "\n".join(
             [
                 f"server: fsync={self.settings['fsync']} synchronous_commit="
@@ -68,14 +70,13 @@ class PruneBenchResult:
                 f"history: {self.history:,} finished executions x {self.tasks} tasks;"
                 f" load: chain of {self.tasks} no-ops, {self.workers} workers x concurrency"
                 f" {self.concurrency}",
-                f"without pruning: {self.baseline_rate:,.1f} task steps/s"
-                f" ({self.baseline_steps:,} in {self.baseline_seconds:.1f}s before,"
-                f" {self.after_steps:,} in {self.after_seconds:.1f}s after)",
-                f"while pruning:   {self.prune_rate:,.1f} task steps/s"
-                f" ({self.prune_steps:,} in {self.prune_seconds:.1f}s)",
-                f"pruned {self.pruned:,} executions in {self.prune_seconds:.1f}s"
-                f" ({self.pruned / self.prune_seconds:,.0f}/s, batch {self.batch},"
-                f" duty {self.duty:g})",
+                f"windows: {len(self.windows)} alternating, {on} pruning,"
+                f" {len(self.windows) - on} not",
+                f"without pruning: {self.baseline_rate:,.1f} task steps/s",
+                f"while pruning:   {self.prune_rate:,.1f} task steps/s",
+                f"pruned {self.pruned:,} executions in {self.prune_seconds:.1f}s of pruning"
+                f" windows ({self.pruned / max(self.prune_seconds, 1e-9):,.0f}/s,"
+                f" batch {self.batch}, duty {self.duty:g})",
                 f"throughput while pruning: {ratio:.1%} of without ({1 - ratio:+.1%} cost)",
             ]
         )
@@ -90,7 +91,7 @@ def run_prune_bench(
     concurrency: int,
     batch: int = 1000,
     duty: float = 1.0,
-    baseline: float = 20.0,
+    window: float = 10.0,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> PruneBenchResult:
     resolved = db.resolve_dsn(dsn)
@@ -110,49 +111,47 @@ def run_prune_bench(
         conn.execute("VACUUM ANALYZE attune.task_execution")
         since = benchdata.clock(conn)
         procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
+        go = threading.Event()
+        pruner = _Pruner(resolved, batch, duty, go)
         try:
             _wait_workers(conn, since, workers)
             target = workers * concurrency * 4
             _load_for(conn, target, 3.0)  # warm-up: workers busy, caches warm
-            t0 = benchdata.clock(conn)
-            _load_for(conn, target, baseline, lambda s: report("baseline", int(s), int(baseline)))
-            t1 = benchdata.clock(conn)
-            pruned: list[int] = []
-            failure: list[BaseException] = []
-            thread = threading.Thread(
-                target=_prune_all, args=(resolved, batch, duty, pruned, failure), daemon=True
-            )
-            p0 = benchdata.clock(conn)
-            thread.start()
-            while thread.is_alive():
-                _load_for(conn, target, 0.5)
-                report("pruning under load", pruned[-1] if pruned else 0, history)
-            p1 = benchdata.clock(conn)
-            if failure:
-                raise failure[0]
-            _load_for(conn, target, baseline, lambda s: report("after", int(s), int(baseline)))
-            a1 = benchdata.clock(conn)
-            base_steps = benchdata.steps_between(conn, t0, t1)
-            after_steps = benchdata.steps_between(conn, p1, a1)
-            prune_steps = benchdata.steps_between(conn, p0, p1)
+            pruner.start()
+            spans: list[tuple[bool, datetime, datetime]] = []
+            pruning = False
+            while True:
+                # Alternate windows with and without pruning, so that slow drifts of a
+                # shared machine fall on both alike; end with a window without.
+                if pruning:
+                    go.set()
+                else:
+                    go.clear()
+                t0 = benchdata.clock(conn)
+                began = time.monotonic()
+                while time.monotonic() - began < window:
+                    if pruning and not pruner.is_alive():
+                        break
+                    _load_for(conn, target, 0.5)
+                    report("pruning under load", pruner.deleted, history)
+                spans.append((pruning, t0, benchdata.clock(conn)))
+                if not pruning and not pruner.is_alive():
+                    break
+                pruning = not pruning
+            if pruner.failure is not None:
+                raise pruner.failure
+            windows = [
+                (on, _seconds(t0, t1), benchdata.steps_between(conn, t0, t1))
+                for on, t0, t1 in spans
+            ]
         finally:
+            go.set()
+            pruner.stop = True
             for proc in procs:
                 stop_worker(proc)
+            pruner.join(timeout=60)
     return PruneBenchResult(
-        history,
-        tasks,
-        workers,
-        concurrency,
-        batch,
-        _seconds(t0, t1),
-        base_steps,
-        _seconds(p0, p1),
-        prune_steps,
-        pruned[-1] if pruned else 0,
-        settings,
-        duty,
-        _seconds(p1, a1),
-        after_steps,
+        history, tasks, workers, concurrency, batch, duty, windows, pruner.deleted, settings
     )
 
 
@@ -177,13 +176,30 @@ def _load_for(
         time.sleep(0.05)
 
 
-def _prune_all(
-    dsn: str, batch: int, duty: float, pruned: list[int], failure: list[BaseException]
-) -> None:
-    try:
-        with db.connect(dsn, name="attune_bench_prune") as conn:
-            retention.prune_all(
-                conn, 30 * 86400, batch, duty=duty, on_batch=lambda n: pruned.append(n)
-            )
-    except BaseException as exc:  # re-raised by the caller
-        failure.append(exc)
+class _Pruner(threading.Thread):
+    """`retention.prune_all` on a connection of its own, paused while `go` is clear."""
+
+    def __init__(self, dsn: str, batch: int, duty: float, go: threading.Event) -> None:
+        super().__init__(name="attune-bench-prune", daemon=True)
+        self.dsn, self.batch, self.duty, self.go = dsn, batch, duty, go
+        self.deleted = 0
+        self.stop = False
+        self.failure: BaseException | None = None
+
+    def _between(self, deleted: int) -> None:
+        self.deleted = deleted
+        self.go.wait()
+        if self.stop:
+            raise InterruptedError("benchmark over")
+
+    def run(self) -> None:
+        try:
+            self.go.wait()
+            with db.connect(self.dsn, name="attune_bench_prune") as conn:
+                retention.prune_all(
+                    conn, 30 * 86400, self.batch, duty=self.duty, on_batch=self._between
+                )
+        except InterruptedError:
+            pass
+        except BaseException as exc:  # re-raised by the benchmark
+            self.failure = exc

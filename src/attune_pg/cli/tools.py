@@ -60,11 +60,11 @@ def demo(name: str, dsn: str | None) -> None:
     help="With --prune: share of the time spent pruning (as `attune-pg prune --duty`).",
 )
 @click.option(
-    "--baseline-seconds",
+    "--window-seconds",
     type=click.FloatRange(min=1),
-    default=20.0,
+    default=10.0,
     show_default=True,
-    help="With --prune: length of the measurement without pruning.",
+    help="With --prune: length of each alternating window with and without pruning.",
 )
 @progress_option
 @dsn_option
@@ -79,7 +79,7 @@ def bench(
     prune_history: int | None,
     batch: int,
     duty: float,
-    baseline_seconds: float,
+    window_seconds: float,
     progress: bool | None,
     dsn: str | None,
 ) -> None:
@@ -109,7 +109,7 @@ def bench(
             concurrency=concurrency,
             batch=batch,
             duty=duty,
-            baseline=baseline_seconds,
+            window=window_seconds,
             on_progress=stage,
         )
         for bar in bars.values():
