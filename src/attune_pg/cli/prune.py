@@ -12,9 +12,9 @@ from attune_pg.cli.progress import Progress, progress_option
 from attune_pg.errors import ParameterError
 from attune_pg.machine import WORKFLOW_TERMINAL
 
-# Measured with `attune-pg bench --prune` (docs/operations.md): pruning flat out costs
-# the workers about a fifth of their throughput on a 2-core server; a quarter of the time
-# keeps the cost under a tenth.
+# Measured with `attune-pg bench --prune 100000` (docs/operations.md): pruning flat out
+# cost two saturated workers on a 2-core server a quarter of their throughput; pruning a
+# quarter of the time cost them nothing measurable.
 DEFAULT_DUTY = 0.25
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
