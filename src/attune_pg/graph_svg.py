@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from attune_pg.graph import _Graph
 
 CHAR_W = 7.0  # approximate width of one character at 12px sans-serif
+LABEL_CHAR_W = 5.8  # the same at the labels' 10px
 LINE_H = 16.0
 PAD_X = 12.0
 PAD_Y = 8.0
@@ -256,9 +257,13 @@ def _edge(chain: Sequence[_Box], label: str | None) -> str:
     for (x1, y1), (x2, y2) in itertools.pairwise(points):
         mid = (y1 + y2) / 2
         parts.append(f"C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2:.1f}")
-    # The label sits near the source, where edges leaving one box are still apart.
+    # The label sits near the source, on the side the edge leaves to, so the labels of edges
+    # leaving one box fan out instead of piling up.
     (x1, y1), (x2, y2) = points[0], points[1]
-    return _path(" ".join(parts), label, x1 + (x2 - x1) * 0.35 + 4, y1 + (y2 - y1) * 0.3, "start")
+    lx, ly = x1 + (x2 - x1) * 0.5, y1 + (y2 - y1) * 0.35
+    if x2 < x1 - 1 and lx - 4 - len(label or "") * LABEL_CHAR_W > 0:
+        return _path(" ".join(parts), label, lx - 4, ly, "end")
+    return _path(" ".join(parts), label, lx + 4, ly, "start")
 
 
 def _path(path: str, label: str | None, lx: float, ly: float, anchor: str) -> str:

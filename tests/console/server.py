@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from urllib.parse import urlencode
 
-import uvicorn
-
-from attune_pg.ui.app import create_app
+from attune_pg.ui.app import Console, ConsoleServer
 
 
 @dataclass
@@ -66,15 +64,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 @contextlib.contextmanager
 def console(dsn: str, *, allow_control: bool = False) -> Iterator[str]:
     """The console's base URL while the block runs; the server is stopped afterwards."""
-    config = uvicorn.Config(
-        create_app(dsn, allow_control=allow_control),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        timeout_graceful_shutdown=1,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = ConsoleServer(Console(dsn, allow_control=allow_control), "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, name="test-console", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -82,11 +72,10 @@ def console(dsn: str, *, allow_control: bool = False) -> Iterator[str]:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise AssertionError("the console did not start")
         time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=15)
         assert not thread.is_alive(), "the console did not stop"
 

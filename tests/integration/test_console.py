@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.parse
@@ -135,8 +136,10 @@ def test_execution_page_graph_tasks_vars_audit(
         assert "Audit" in page.body and "requested" in page.body
         assert "Pause" not in page.body and "Cancel</button>" not in page.body  # read-only
 
-        live = client.get(f"/executions/{execution_id}?part=live")
-        assert live.status == 200 and "<html" not in live.body
+        regions = json.loads(client.get(f"/executions/{execution_id}?part=regions").body)
+        assert set(regions) == {"facts", "controls", "live"}
+        assert all("<html" not in r["html"] and len(r["digest"]) == 16 for r in regions.values())
+        assert f'data-digest="{regions["live"]["digest"]}"' in page.body  # same render
         alone = client.get(f"/executions/{execution_id}/graph.svg")
         assert alone.status == 200 and alone.headers["content-type"].startswith("image/svg+xml")
         ET.fromstring(alone.body)

@@ -33,9 +33,7 @@ CONSOLE_MIGRATION = 12  # schema/0012_console.sql: the views the console reads
 def ui(port: int, host: str, allow_control: bool, dsn: str | None) -> None:
     """Serve the web console: executions, graphs, timelines, workflows, workers."""
     try:
-        import uvicorn
-
-        from attune_pg.ui.app import create_app
+        from attune_pg.ui.app import Console, ConsoleServer
     except ImportError as exc:  # the [ui] extra is not installed
         fail(f"the console needs the [ui] extra: pip install 'attune-pg[ui]' ({exc.name})", 2)
     resolved = db.resolve_dsn(dsn)
@@ -51,13 +49,7 @@ def ui(port: int, host: str, allow_control: bool, dsn: str | None) -> None:
         )
     mode = "control allowed" if allow_control else "read-only"
     click.echo(f"attune console on http://{host}:{port}/ ({mode}); Ctrl-C stops it", err=True)
-    uvicorn.run(
-        create_app(resolved, allow_control=allow_control),
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-    )
+    ConsoleServer(Console(resolved, allow_control=allow_control), host, port).run()
 
 
 def _is_loopback(host: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import secrets
@@ -24,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import psycopg
+import uvicorn
 from jinja2 import Environment, PackageLoader, select_autoescape
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
@@ -31,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
+    JSONResponse,
     PlainTextResponse,
     RedirectResponse,
     Response,
@@ -50,6 +53,11 @@ from attune_pg.ui import forms, timeline
 from attune_pg.ui.live import Broadcaster, Change
 
 CSRF_COOKIE = "attune_csrf"
+EXECUTION_PARTS = {
+    "facts": "execution_facts.html",
+    "controls": "execution_controls.html",
+    "live": "execution_live.html",
+}
 CONTROL_VERBS = ("cancel", "pause", "resume", "retry")
 CANCEL_POLICIES = ("allow_finish", "cancel_running")
 COALESCE_SECONDS = 0.25  # changes within this window reach a page as one event
@@ -88,6 +96,7 @@ class Console:
         )
         self.pages.globals.update(status_colours=STATUS_COLOURS)
         self.login = "?"
+        self._closing = asyncio.Event()  # set when the server stops: streams end at once
         self.can_control = False  # may the console's role call the control functions?
 
     # ------------------------------------------------------------ plumbing
@@ -109,13 +118,10 @@ class Console:
         with self.pool.connection() as conn:
             return fn(conn, *args)
 
-    def render(
-        self, request: Request, template: str, status: int = 200, **context: Any
-    ) -> HTMLResponse:
-        token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
-        body = self.pages.get_template(template).render(
+    def page_text(self, request: Request, template: str, **context: Any) -> str:
+        return self.pages.get_template(template).render(
             request=request,
-            csrf=token,
+            csrf=_csrf_token(request),
             allow_control=self.allow_control,
             controls=self.allow_control and self.can_control,
             login=self.login,
@@ -123,7 +129,15 @@ class Console:
             problem=request.query_params.get("error"),
             **context,
         )
-        response = HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+    def render(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        body = self.page_text(request, template, **context)
+        # A region's digest lets a page skip swapping in what it already shows.
+        headers = {**SECURITY_HEADERS, "X-Digest": _digest(body)}
+        response = HTMLResponse(body, status_code=status, headers=headers)
+        token = _csrf_token(request)
         if request.cookies.get(CSRF_COOKIE) != token:
             response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict")
         return response
@@ -162,9 +176,13 @@ class Console:
             data = self.read(self._execution_data, execution_id)
         except AttuneError as exc:
             return self.failure(request, exc)
-        part = request.query_params.get("part")
-        template = "execution_live.html" if part == "live" else "execution.html"
-        return self.render(request, template, **data)
+        parts = {}
+        for name, template in EXECUTION_PARTS.items():
+            html = self.page_text(request, template, **data)
+            parts[name] = {"html": html, "digest": _digest(html)}
+        if request.query_params.get("part") == "regions":
+            return JSONResponse(parts, headers=SECURITY_HEADERS)
+        return self.render(request, "execution.html", parts=parts, **data)
 
     def _execution_data(self, conn: psycopg.Connection, execution_id: int) -> dict[str, Any]:
         row = store.execution(conn, execution_id)
@@ -296,24 +314,35 @@ class Console:
         queue = self.live.subscribe()
 
         async def events() -> AsyncIterator[str]:
+            closing = asyncio.ensure_future(self._closing.wait())
             try:
                 yield "retry: 2000\n\n"
-                while True:
-                    try:
-                        first = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                    except TimeoutError:
-                        yield ": keep-alive\n\n"
+                while not self._closing.is_set():
+                    getting = asyncio.ensure_future(queue.get())
+                    done, _ = await asyncio.wait(
+                        {getting, closing}, timeout=KEEPALIVE_SECONDS, return_when="FIRST_COMPLETED"
+                    )
+                    if getting not in done:
+                        getting.cancel()
+                        if not done:
+                            yield ": keep-alive\n\n"
                         continue
                     await asyncio.sleep(COALESCE_SECONDS)
-                    batch = {first}
+                    batch = {getting.result()}
                     while not queue.empty():
                         batch.add(queue.get_nowait())
                     yield _sse(batch)
             finally:
+                closing.cancel()
                 self.live.unsubscribe(queue)
 
         headers = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    def close_streams(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End every live stream now (thread-safe): a server waits for open responses
+        before it stops, and a browser would keep its stream open for ever."""
+        loop.call_soon_threadsafe(self._closing.set)
 
     # ------------------------------------------------------------ the application
 
@@ -335,11 +364,53 @@ class Console:
         return Starlette(routes=routes, lifespan=self.lifespan)
 
 
-def create_app(dsn: str, *, allow_control: bool = False) -> Starlette:
-    return Console(dsn, allow_control=allow_control).app()
+class ConsoleServer(uvicorn.Server):
+    """uvicorn's server, closing the console's live streams first when asked to stop."""
+
+    def __init__(self, console: Console, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            console.app(),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+            lifespan="on",
+        )
+        super().__init__(config)
+        self.console = console
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:  # SIGINT / SIGTERM
+        self.stop()
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.console.close_streams(self.loop)
+        self.should_exit = True
+
+    @property
+    def port(self) -> int:
+        return int(self.servers[0].sockets[0].getsockname()[1])
 
 
 # ----------------------------------------------------------------- helpers
+
+
+def _csrf_token(request: Request) -> str:
+    """The browser's token, or a new one kept on the request so one response sets one."""
+    token = request.cookies.get(CSRF_COOKIE) or request.scope.get("attune_csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        request.scope["attune_csrf"] = token
+    return str(token)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def _sse(batch: set[Change]) -> str:
