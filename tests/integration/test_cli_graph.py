@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
@@ -60,6 +61,12 @@ def test_workflows_graph_draws_the_registered_definition(
     assert code == 0, err
     assert out.startswith('digraph "examples.hello_join 1.0.0" {\n') and out.endswith("}\n")
     assert '    t2_pick_style -> t4_whisper [label="default"];' in out.splitlines()
+
+    code, out, err = invoke(dsn, "workflows", "graph", "examples.hello_join", "--format", "svg")
+    assert code == 0, err
+    drawn = ET.fromstring(out)
+    names = {g.get("data-task") for g in drawn.iter("{http://www.w3.org/2000/svg}g")}
+    assert {"greet", "pick_style", "shout", "whisper", "summarize"} <= names
 
 
 def test_workflows_graph_unknown_ref_is_one_clear_line(dsn: str) -> None:
