@@ -7,7 +7,7 @@ Nothing here commits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +29,14 @@ from attune_pg.engine.state import (
 )
 from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store import control
+from attune_pg.store.queries import Q
 from attune_pg.store.work import StaleWrite
 
 
 def apply_batch(
-    conn: psycopg.Connection, batch: Sequence[tuple[int, Sequence[Command]]]
+    conn: psycopg.Connection,
+    batch: Sequence[tuple[int, Sequence[Command]]],
+    roots: Mapping[int, int] | None = None,
 ) -> list[tuple[int, AggregateItems]]:
     """Write the commands of many executions with one statement per kind of write.
 
@@ -81,7 +84,7 @@ def apply_batch(
     if state_updates:
         _update_states(conn, state_updates)
     if new_rows:
-        _insert_tasks(conn, new_rows)
+        _insert_tasks(conn, new_rows, roots or {})
     for (execution_id, task_name, iteration, held), count in releases.items():
         # Released while pausing: the rows stay pending, marked held, until resume.
         change = "held = true" if held else "status = 'scheduled', run_at = now()"
@@ -105,14 +108,12 @@ def apply_batch(
         )
     if publishes:
         conn.execute(
-            "INSERT INTO attune.execution_event (workflow_execution_id, task_name, kind, data)"
-            " SELECT v.id, v.task_name, 'publish', v.data"
-            "   FROM unnest(%s::bigint[], %s::text[], %s::jsonb[]) AS v(id, task_name, data)",
-            (
-                [e for e, _ in publishes],
-                [p.task_name for _, p in publishes],
-                [Jsonb(p.values) for _, p in publishes],
-            ),
+            Q.publish_record,
+            {
+                "ids": [e for e, _ in publishes],
+                "task_names": [p.task_name for _, p in publishes],
+                "data": [Jsonb(p.values) for _, p in publishes],
+            },
         )
     if executions:
         _update_executions(conn, executions)
@@ -172,11 +173,22 @@ def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskSt
         raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
 
 
-def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTaskRows]]) -> None:
+def _insert_tasks(
+    conn: psycopg.Connection,
+    commands: Sequence[tuple[int, NewTaskRows]],
+    roots: Mapping[int, int],
+) -> None:
+    names = (
+        "e", "task_name", "iteration", "item_index", "attempt", "action_ref", "status",
+        "input", "delay", "timeout", "held", "rank",
+    )  # fmt: skip
     rows = []
+    ranks: dict[int, int] = {}
     for execution_id, c in commands:
+        root = roots.get(execution_id, execution_id)
         for i, (index, value) in enumerate(c.items):
             released = i < c.release
+            ranks[root] = rank = ranks.get(root, 0) + 1
             rows.append(
                 (
                     execution_id,
@@ -190,20 +202,10 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
                     c.delay,
                     c.timeout,
                     released and c.held,
+                    rank,
                 )
             )
-    conn.execute(
-        "INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,"
-        " item_index, attempt, action_ref, status, input, priority, run_at, timeout, held)"
-        " SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.status,"
-        "        v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout, v.held"
-        "   FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[], %s::text[],"
-        "               %s::text[], %s::jsonb[], %s::float8[], %s::float8[], %s::bool[])"
-        "        AS v(e, task_name, iteration, item_index, attempt, action_ref, status, input,"
-        "             delay, timeout, held)"
-        "   JOIN attune.workflow_execution e ON e.id = v.e",
-        _columns(rows, 11),
-    )
+    conn.execute(Q.task_insert, dict(zip(names, _columns(rows, len(names)), strict=True)))
 
 
 def _update_executions(
@@ -216,12 +218,23 @@ def _update_executions(
         i for i, w in writes if w.before == "requested" and w.status not in ("running", "failed")
     ]
     if jumps:
+        # Parameters (defaults applied) are written by this first move: they freeze once
+        # the execution is no longer requested (schema 0006).
+        jumped = {i: w for i, w in writes if i in jumps}
         conn.execute(
-            "UPDATE attune.workflow_execution SET status = 'running', started_at = now()"
-            " WHERE id = ANY(%s) AND status = 'requested'",
-            (jumps,),
+            "UPDATE attune.workflow_execution e SET status = 'running', started_at = now(),"
+            " parameters = coalesce(v.parameters, e.parameters)"
+            " FROM unnest(%s::bigint[], %s::jsonb[]) AS v(id, parameters)"
+            " WHERE e.id = v.id AND e.status = 'requested'",
+            (
+                list(jumped),
+                [None if w.parameters is None else Jsonb(w.parameters) for w in jumped.values()],
+            ),
         )
-        writes = [(i, replace(w, before="running") if i in jumps else w) for i, w in writes]
+        writes = [
+            (i, replace(w, before="running", parameters=None) if i in jumps else w)
+            for i, w in writes
+        ]
     rows = [
         (
             execution_id,
