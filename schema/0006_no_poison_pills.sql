@@ -320,6 +320,7 @@ GRANT SELECT ON attune.signing_key TO attune_worker;
 REVOKE EXECUTE ON FUNCTION
     attune.setting_int(text),
     attune.json_check(jsonb, text),
+    attune.json_check(jsonb, text, bigint, bigint),
     attune.record_publish(bigint[], text[], jsonb[])
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION attune.setting_int(text), attune.json_check(jsonb, text)

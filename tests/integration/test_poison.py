@@ -192,7 +192,8 @@ def test_results_are_bounded_in_depth(
     register("hostile")
     conn.execute(
         "INSERT INTO attune.workflow_execution (workflow_ref, parameters)"
-        " SELECT 'hostile.deep_result', jsonb_build_object('depth', d) FROM unnest(ARRAY[50, 150, 5000]) d"
+        " SELECT 'hostile.deep_result', jsonb_build_object('depth', d)"
+        "   FROM unnest(ARRAY[50, 150, 5000]) d"
     )
     worker_thread()
     ids = [row[0] for row in conn.execute("SELECT id FROM attune.workflow_execution ORDER BY id")]
