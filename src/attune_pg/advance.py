@@ -30,13 +30,13 @@ import psycopg
 from attune_pg import jsonbounds
 from attune_pg.engine.conductor import Conductor, error_of
 from attune_pg.engine.state import Attempt, Context, Execution, TaskState
-from attune_pg.errors import ParameterError
+from attune_pg.errors import DatabaseUnavailable, ParameterError
 from attune_pg.redact import redact
 from attune_pg.secrets import secret_parameter_key, secret_token
 from attune_pg.settings import Settings
 from attune_pg.spec.model import DEFAULT_DEPTH_LIMIT, ActionSpec
 from attune_pg.spec.params import secret_parameters, validate_parameters
-from attune_pg.store import apply, control, kv, work
+from attune_pg.store import apply, control, kv, migrate, work
 from attune_pg.store import settings as settings_store
 from attune_pg.store.catalog import DbKV
 from attune_pg.store.queries import Q
@@ -65,7 +65,14 @@ class Env:
 
     @classmethod
     def load(cls, conn: psycopg.Connection) -> Env:
-        return cls(settings_store.load(conn), work.signing_key(conn))
+        try:
+            return cls(settings_store.load(conn), work.signing_key(conn))
+        except psycopg.errors.UndefinedTable as exc:
+            # Treated as an outage: one log line, then wait until `attune-pg init` ran.
+            raise DatabaseUnavailable(
+                f"the schema is older than this worker needs (version"
+                f" {migrate.REQUIRED_SCHEMA}): run attune-pg init as the owner ({exc})"
+            ) from exc
 
 
 def _is_outage(exc: BaseException) -> bool:
