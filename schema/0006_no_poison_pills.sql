@@ -271,6 +271,9 @@ CREATE TABLE attune.execution_budget (
     task_rows   bigint NOT NULL DEFAULT 0
 );
 ALTER TABLE attune.execution_budget SET (autovacuum_vacuum_scale_factor = 0.02, fillfactor = 80);
+-- Task rows an execution created itself (written with the rest of its row by the advance
+-- that creates them); a root's budget use is its own count plus its descendants' above.
+ALTER TABLE attune.workflow_execution ADD COLUMN task_rows int NOT NULL DEFAULT 0;
 
 -- ---------------------------------------------------------------- fair share
 
@@ -334,7 +337,7 @@ GRANT EXECUTE ON FUNCTION attune.record_publish(bigint[], text[], jsonb[]) TO at
 -- responded_by (inquiries).
 REVOKE UPDATE ON attune.workflow_execution, attune.task_execution, attune.inquiry FROM attune_worker;
 GRANT UPDATE (status, parameters, vars, active_tasks, error, output, started_at, timeout_at,
-              control_requested_at, cancel_policy)
+              control_requested_at, cancel_policy, task_rows)
     ON attune.workflow_execution TO attune_worker;
 GRANT UPDATE (status, result, error, lease_owner, lease_expires_at, started_at, claims, run_at,
               held, cancel_requested)

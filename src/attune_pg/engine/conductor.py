@@ -304,7 +304,8 @@ class Conductor:
     def _spend(self, rows: int, task: str) -> dict[str, Json] | None:
         """Take `rows` new task rows from the tree's budget; the error if it is spent."""
         budget = self.execution.budget
-        if budget is None or budget.take_rows(rows):
+        descendant = self.execution.root_id not in (0, self.execution.id)
+        if budget is None or budget.take_rows(rows, descendant=descendant):
             return None
         return error_of(
             "SpawnBudget",

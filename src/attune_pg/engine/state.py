@@ -22,7 +22,9 @@ class Budget:
     Mutable on purpose: every execution of the tree advanced in one transaction takes
     from the same object, and the store charges what was taken when the transaction
     writes. Concurrent transactions of one tree may each take the last rows, so a tree
-    can overshoot by at most one transaction's creations per worker.
+    can overshoot by at most one transaction's creations per worker. The root's own rows
+    are counted on its own row (`workflow_execution.task_rows`, written with the rest of
+    the row, so a tree of one costs no extra write); `rows_taken` counts descendants'.
     """
 
     __slots__ = ("executions_left", "executions_taken", "root_id", "rows_left", "rows_taken")
@@ -34,11 +36,12 @@ class Budget:
         self.rows_taken = 0
         self.executions_taken = 0
 
-    def take_rows(self, count: int) -> bool:
+    def take_rows(self, count: int, *, descendant: bool = True) -> bool:
         if count > self.rows_left:
             return False
         self.rows_left -= count
-        self.rows_taken += count
+        if descendant:
+            self.rows_taken += count
         return True
 
     def take_execution(self) -> bool:

@@ -115,8 +115,17 @@ def apply_batch(
                 "data": [Jsonb(p.values) for _, p in publishes],
             },
         )
+    # Task rows each execution created (its own budget use, on its own row).
+    created: dict[int, int] = {}
+    for execution_id, c in new_rows:
+        created[execution_id] = created.get(execution_id, 0) + len(c.items)
     if executions:
-        _update_executions(conn, executions)
+        _update_executions(conn, executions, created)
+    if created:
+        conn.execute(
+            Q.execution_count_rows,
+            {"ids": list(created), "counts": list(created.values())},
+        )
     return aggregates
 
 
@@ -209,7 +218,9 @@ def _insert_tasks(
 
 
 def _update_executions(
-    conn: psycopg.Connection, writes: Sequence[tuple[int, WriteExecution]]
+    conn: psycopg.Connection,
+    writes: Sequence[tuple[int, WriteExecution]],
+    created: dict[int, int],
 ) -> None:
     # An execution that ends inside the transaction that starts it (every task
     # skipped, an empty with-items) still passes through `running`, as the state
@@ -246,22 +257,15 @@ def _update_executions(
             None if w.error is None else Jsonb(w.error),
             None if w.output is None else Jsonb(w.output),
             w.timeout_at,
+            created.pop(execution_id, 0),
         )
         for execution_id, w in writes
     ]
-    cur = conn.execute(
-        "UPDATE attune.workflow_execution e SET status = v.status,"
-        " parameters = coalesce(v.parameters, e.parameters), vars = coalesce(v.vars, e.vars),"
-        " active_tasks = v.active_tasks, error = coalesce(v.error, e.error),"
-        " output = coalesce(v.output, e.output),"
-        " started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,"
-        " timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at)"
-        " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::int[],"
-        " %s::jsonb[], %s::jsonb[], %s::float8[])"
-        " AS v(id, before, status, parameters, vars, active_tasks, error, output, timeout_at)"
-        " WHERE e.id = v.id AND e.status = v.before",
-        _columns(rows, 9),
-    )
+    names = (
+        "id", "before", "status", "parameters", "vars", "active_tasks", "error", "output",
+        "timeout_at", "task_rows",
+    )  # fmt: skip
+    cur = conn.execute(Q.execution_write, dict(zip(names, _columns(rows, 10), strict=True)))
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")
     ended = [i for i, w in writes if w.status in WORKFLOW_TERMINAL]

@@ -21,3 +21,26 @@ SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.s
 -- Published variables go to the audit log through the definer function (workers cannot
 -- insert audit rows themselves, nor choose their actor).
 SELECT attune.record_publish(%(ids)s::bigint[], %(task_names)s::text[], %(data)s::jsonb[])
+
+-- name: execution_write
+-- The conductor's writes of many executions, each guarded by its status as loaded;
+-- task_rows adds the task rows the execution created in this transaction (its budget use).
+UPDATE attune.workflow_execution e
+   SET status = v.status, parameters = coalesce(v.parameters, e.parameters),
+       vars = coalesce(v.vars, e.vars), active_tasks = v.active_tasks,
+       error = coalesce(v.error, e.error), output = coalesce(v.output, e.output),
+       started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,
+       timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at),
+       task_rows = e.task_rows + v.task_rows
+  FROM unnest(%(id)s::bigint[], %(before)s::text[], %(status)s::text[], %(parameters)s::jsonb[],
+              %(vars)s::jsonb[], %(active_tasks)s::int[], %(error)s::jsonb[],
+              %(output)s::jsonb[], %(timeout_at)s::float8[], %(task_rows)s::int[])
+       AS v(id, before, status, parameters, vars, active_tasks, error, output, timeout_at,
+            task_rows)
+ WHERE e.id = v.id AND e.status = v.before
+
+-- name: execution_count_rows
+-- Task rows created by executions that had nothing else to write in this transaction.
+UPDATE attune.workflow_execution e SET task_rows = e.task_rows + v.n
+  FROM unnest(%(ids)s::bigint[], %(counts)s::int[]) AS v(id, n)
+ WHERE e.id = v.id

@@ -5,7 +5,8 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
        e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
-       coalesce(b.executions, 0), coalesce(b.task_rows, 0), extract(epoch FROM now())::float8
+       coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
+       extract(epoch FROM now())::float8
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
@@ -19,7 +20,8 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
        e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
-       coalesce(b.executions, 0), coalesce(b.task_rows, 0), extract(epoch FROM now())::float8
+       coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
+       extract(epoch FROM now())::float8
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
@@ -39,7 +41,8 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
        e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
-       coalesce(b.executions, 0), coalesce(b.task_rows, 0), extract(epoch FROM now())::float8
+       coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
+       extract(epoch FROM now())::float8
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
@@ -92,7 +95,8 @@ SELECT (SELECT count(*) FROM failed), (SELECT count(*) FROM queued),
        (SELECT count(*) FROM parked), (SELECT count(*) FROM asked)
 
 -- name: budget_charge
--- What one transaction created under each root (in root order, so transactions that
+-- What one transaction's descendants created under each root (a root's own rows are on
+-- its row: workflow_execution.task_rows). In root order, so transactions that
 -- charge several roots queue instead of deadlocking; taken last, held only to commit).
 INSERT INTO attune.execution_budget AS b (root_id, executions, task_rows)
 SELECT v.root_id, v.executions, v.task_rows
