@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import psycopg
 
 from attune_pg.spec.model import PackSpec
 from attune_pg.spec.packfiles import load_packs
+from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.store import catalog
+
+log = logging.getLogger("attune_pg.packs")
 
 
 def register(
@@ -31,4 +35,6 @@ def register(
                 if workflow.source_file:
                     sources[workflow.ref] = Path(workflow.source_file).read_text(encoding="utf-8")
         catalog.register_packs(conn, packs, sources)
+    for warning in unbounded_self_calls(packs):
+        log.warning("%s", warning)
     return packs

@@ -71,11 +71,13 @@ def _age(conn: psycopg.Connection, ids: list[int], days: int = 40) -> None:
     )
 
 
-def _finished_history(conn: psycopg.Connection, worker_thread, register) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _finished_history(  # type: ignore[no-untyped-def]
+    conn: psycopg.Connection, worker_thread, register
+) -> tuple[dict[str, int], Any]:
     register("opspack")
     register("examples")
     register("secretflow")
-    worker_thread()
+    worker = worker_thread()
     family = start(conn, "opspack.family")
     ok = start(conn, "opspack.mixed")
     bad = start(conn, "opspack.mixed", {"code": 1})
@@ -102,13 +104,13 @@ def _finished_history(conn: psycopg.Connection, worker_thread, register) -> dict
         "secret": "succeeded",
         "approval": "succeeded",
     }
-    return {name: row["id"] for name, row in rows.items()}
+    return {name: row["id"] for name, row in rows.items()}, worker
 
 
 def test_prune_deletes_old_families_whole_and_keeps_everything_else(
     conn: psycopg.Connection, worker_thread, register
 ) -> None:  # type: ignore[no-untyped-def]
-    old = _finished_history(conn, worker_thread, register)
+    old, worker = _finished_history(conn, worker_thread, register)
     recent = start(conn, "opspack.mixed")
     wait_done(conn, recent)
     _age(conn, list(old.values()))
@@ -119,9 +121,15 @@ def test_prune_deletes_old_families_whole_and_keeps_everything_else(
     assert footprints["secret"]["secrets"] == 1
     kept = _footprint(conn, recent)
 
-    # A root whose child still runs is kept, however old: a worker still needs it.
+    # A root whose child is still live is kept, however old. (A worker would cancel a child
+    # under an ended root at once, so this one is made with the worker stopped.)
     live_family = start(conn, "opspack.mixed")
     wait_done(conn, live_family)
+    worker.request_stop()
+    deadline = time.monotonic() + 20
+    while _count(conn, "SELECT count(*) FROM attune.worker WHERE stopped_at IS NULL"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     (task_id,) = conn.execute(
         "SELECT min(id) FROM attune.task_execution WHERE workflow_execution_id = %s",
         (live_family,),

@@ -14,9 +14,9 @@ from attune_pg.store import migrate
 from tests.conftest import PACKS, dsn_for
 from tests.helpers import start, wait_done
 
-# Migration numbers are assigned ahead of time and may land out of order: the one before
-# the latest is the second highest present, not LATEST - 1.
-LATEST, PREVIOUS = sorted(m.version for m in migrate.available())[:-3:-1]
+LATEST = max(m.version for m in migrate.available())
+# The migration before the latest (numbers may have gaps while branches land).
+PREVIOUS = max(m.version for m in migrate.available() if m.version < LATEST)
 
 
 @pytest.fixture
@@ -41,6 +41,13 @@ def _wait(conn: psycopg.Connection, sql: str, args: tuple[object, ...]) -> None:
 
 def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
     import threading
+
+    if PREVIOUS < migrate.REQUIRED_SCHEMA:
+        pytest.skip(
+            f"this code needs schema {migrate.REQUIRED_SCHEMA}: no worker of it can run on"
+            f" {PREVIOUS} before the upgrade (the test runs again once a later migration"
+            " exists)"
+        )
 
     from attune_pg.worker.loop import Worker, WorkerConfig
 

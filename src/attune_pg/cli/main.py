@@ -24,6 +24,7 @@ from attune_pg.cli.follow import follow
 from attune_pg.cli.progress import Progress, progress_option
 from attune_pg.errors import ParameterError
 from attune_pg.spec.loader import load_workflow_file
+from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.store import migrate, read
 
 
@@ -116,6 +117,8 @@ def packs_register(path: Path, progress: bool | None, dsn: str | None) -> None:
             f"registered pack {pack.ref} {pack.version}: {len(pack.actions)} actions,"
             f" {len(pack.workflows)} workflows"
         )
+    for warning in unbounded_self_calls(registered):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @cli.group(name="workflows")
@@ -414,7 +417,7 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, doctor, graph, kv, prune, tools, watch
+    from attune_pg.cli import control, doctor, graph, kv, prune, tools, ui, watch
 
     doctor.register(cli)
     prune.register(cli)
@@ -423,6 +426,7 @@ def _register_extra() -> None:
     control.register(cli)
     graph.register(cli)
     kv.register(cli)
+    ui.register(cli)
 
 
 _register_extra()
