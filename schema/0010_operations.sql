@@ -31,6 +31,21 @@ CREATE TRIGGER workflow_execution_15_trace BEFORE INSERT ON attune.workflow_exec
 
 GRANT INSERT (trace_id) ON attune.workflow_execution TO attune_submitter;
 
+-- ---------------------------------------------------------------- workflow limits
+
+-- The limits that were constants, as settings (docs/operations.md, "Limits and
+-- settings"): workers read them with the others, at connect and every 30 s.
+INSERT INTO attune.setting (name, value, description) VALUES
+    ('max_iterations', '100',
+     'times one task may be triggered in one execution (a cycle past it fails the workflow)'),
+    ('max_depth', '10', 'levels of nested workflows below a root execution'),
+    ('max_items', '100000', 'items of one with-items list'),
+    ('max_result_bytes', '1048576',
+     'JSON text (bytes) of one action result, at most 1048576 (the runners'' own ceiling)'),
+    ('max_context_bytes', '16777216',
+     'JSON text (bytes) of an execution''s variables after a publish')
+ON CONFLICT (name) DO NOTHING;
+
 -- ---------------------------------------------------------------- retention
 
 -- Finished top-level executions by age: what prune walks, oldest first, without

@@ -41,7 +41,7 @@ from attune_pg.errors import DatabaseUnavailable, ParameterError
 from attune_pg.redact import redact
 from attune_pg.secrets import secret_parameter_key, secret_token
 from attune_pg.settings import Settings
-from attune_pg.spec.model import DEFAULT_DEPTH_LIMIT, ActionSpec
+from attune_pg.spec.model import ActionSpec
 from attune_pg.spec.params import secret_parameters, validate_parameters
 from attune_pg.store import apply, control, kv, migrate, work
 from attune_pg.store import settings as settings_store
@@ -98,6 +98,15 @@ class Env:
                 f"the schema is older than this worker needs (version"
                 f" {migrate.REQUIRED_SCHEMA}): run attune-pg init as the owner ({exc})"
             ) from exc
+
+
+def _limits(settings: Settings) -> dict[str, int]:
+    """The conductor's share of the owner's limits."""
+    return {
+        "iteration_cap": settings.max_iterations,
+        "max_items": settings.max_items,
+        "max_context_bytes": settings.max_context_bytes,
+    }
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -247,7 +256,7 @@ def _start(
             if refused is not None:
                 batch.failures.append((execution.id, refused))
                 continue
-            conductor = Conductor(execution, {}, ctx)
+            conductor = Conductor(execution, {}, ctx, **_limits(env.settings))
             conductor.start()
             batch.add(execution, conductor)
             stats.started += 1
@@ -392,10 +401,10 @@ def _check_parks(
                     "UnknownWorkflow",
                     f"workflow {f.task.action_ref!r} is not registered or disabled",
                 )
-            elif execution.depth + 1 > DEFAULT_DEPTH_LIMIT:
+            elif execution.depth + 1 > settings.max_depth:
                 problem = error_of(
                     "DepthLimit",
-                    f"nested workflows may be {DEFAULT_DEPTH_LIMIT} deep;"
+                    f"nested workflows may be {settings.max_depth} deep (setting max_depth);"
                     f" {f.task.action_ref!r} would be level {execution.depth + 1}",
                 )
             elif bounds is not None:
@@ -446,7 +455,7 @@ def _conduct(
         if execution.id in pausing:
             execution = replace(execution, running_rows=pausing[execution.id])
         try:
-            conductor = Conductor(execution, latest[execution.id], ctx)
+            conductor = Conductor(execution, latest[execution.id], ctx, **_limits(env.settings))
             for state in extra.get(execution.id, ()):
                 conductor.add_state(state)
             for attempt in by_execution.get(execution.id, ()):

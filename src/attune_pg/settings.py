@@ -27,6 +27,12 @@ class Settings:
     priority_max: int = 100
     max_descendants: int = 10_000
     max_task_rows: int = 100_000
+    # Workflow limits (schema/0010).
+    max_iterations: int = 100  # times one task may be triggered in one execution (cycles)
+    max_depth: int = 10  # levels of nested workflows below a root
+    max_items: int = 100_000  # items of one with-items list
+    max_result_bytes: int = 1024 * 1024  # JSON of one action result (the runners' ceiling)
+    max_context_bytes: int = 16 * 1024 * 1024  # JSON of an execution's variables
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, Any]]) -> Settings:

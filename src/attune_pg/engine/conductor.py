@@ -11,6 +11,7 @@ same commands (retry jitter is derived from a hash of the task occurrence).
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Mapping
 from dataclasses import replace
@@ -67,10 +68,15 @@ class Conductor:
         ctx: Context,
         *,
         iteration_cap: int = DEFAULT_ITERATION_CAP,
+        max_items: int | None = None,
+        max_context_bytes: int | None = None,
     ) -> None:
         self.spec = execution.spec
         self.ctx = ctx
+        # The owner's limits (attune.setting max_iterations, max_items, max_context_bytes).
         self.iteration_cap = iteration_cap
+        self.max_items = max_items
+        self.max_context_bytes = max_context_bytes
         self._before = execution
         self.status = execution.status
         self.vars = dict(execution.vars)
@@ -320,6 +326,20 @@ class Conductor:
             task=task,
         )
 
+    def _context_problem(self, task: str) -> dict[str, Json] | None:
+        """The variables after a publish, if they outgrow max_context_bytes."""
+        if self.max_context_bytes is None:
+            return None
+        size = len(json.dumps(self.vars, ensure_ascii=False, default=str).encode())
+        if size <= self.max_context_bytes:
+            return None
+        return error_of(
+            "ContextLimit",
+            f"task {task!r} published variables of {size:,} bytes of JSON in all, over the"
+            f" limit of {self.max_context_bytes:,} bytes (setting max_context_bytes)",
+            task=task,
+        )
+
     def _fail_workflow(self, error: dict[str, Json]) -> None:
         """Record the first unhandled failure; nothing new is dispatched after it."""
         if self.error is None:
@@ -400,6 +420,10 @@ class Conductor:
                         )
                         self.vars[name] = published[name]
                     self._commands.append(Publish(spec.name, published))
+                    too_big = self._context_problem(spec.name)
+                    if too_big is not None:
+                        self._fail_workflow(too_big)
+                        return
             except TemplateError as exc:
                 self._fail_workflow(error_of("TemplateError", str(exc), task=spec.name))
                 return
@@ -477,7 +501,8 @@ class Conductor:
             self._fail_workflow(
                 error_of(
                     "IterationCap",
-                    f"task {spec.name!r} was triggered more than {self.iteration_cap} times",
+                    f"task {spec.name!r} was triggered more than {self.iteration_cap} times"
+                    " (setting max_iterations)",
                     task=spec.name,
                 )
             )
@@ -535,7 +560,7 @@ class Conductor:
             return self._scope(task=spec.name, **names)
 
         try:
-            items = render.items(spec, scope_for())
+            items = render.items(spec, scope_for(), self.max_items)
             inputs = render.inputs(spec, items, action.parameters, scope_for)
         except (TemplateError, ParameterError) as exc:
             self._put(running)

@@ -48,8 +48,11 @@ def system_view(execution: Execution, now: float, attempt: int) -> dict[str, Jso
     }
 
 
-def items(spec: TaskSpec, scope: Mapping[str, Json]) -> list[Json] | None:
-    """The with-items list (chunked by batch_size), or None for a plain task."""
+def items(
+    spec: TaskSpec, scope: Mapping[str, Json], limit: int | None = None
+) -> list[Json] | None:
+    """The with-items list (chunked by batch_size), or None for a plain task. More than
+    `limit` items (setting max_items) is an error naming the limit."""
     if spec.with_items is None:
         return None
     where = f"task {spec.name!r} with_items"
@@ -57,6 +60,10 @@ def items(spec: TaskSpec, scope: Mapping[str, Json]) -> list[Json] | None:
     if not isinstance(value, list):
         raise TemplateError(
             f"{where}: must render to a list, got {type(value).__name__}: {str(value)[:80]!r}"
+        )
+    if limit is not None and len(value) > limit:
+        raise TemplateError(
+            f"{where}: {len(value):,} items, over the limit of {limit:,} (setting max_items)"
         )
     if spec.batch_size:
         size = spec.batch_size

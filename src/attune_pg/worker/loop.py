@@ -207,6 +207,7 @@ class Worker:
             self._env = advance.Env.load(conn)
             self._env_at = time.monotonic()
             self._runner.max_depth = self._env.settings.json_max_depth
+            self._runner.max_result_bytes = self._env.settings.max_result_bytes
         return self._env
 
     def _may_leave(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attune_pg import jsonbounds
-from attune_pg.actions import ActionContext, ActionOutcome, run_action
+from attune_pg.actions import MAX_RESULT_BYTES, ActionContext, ActionOutcome, run_action
 from attune_pg.errors import AttuneError
 from attune_pg.secrets import neutralize_tokens, redact_secrets
 from attune_pg.settings import Settings
@@ -55,6 +56,7 @@ class TaskRunner:
         self._wake = wake
         self.running: dict[int, Running] = {}
         self.max_depth = Settings().json_max_depth  # setting json_max_depth
+        self.max_result_bytes = Settings().max_result_bytes  # setting max_result_bytes
 
     def submit(
         self,
@@ -121,6 +123,19 @@ class TaskRunner:
             else:
                 error = {**error, "result_error": message}
             result = None
+        elif result is not None and self.max_result_bytes < MAX_RESULT_BYTES:
+            # The runners stop at MAX_RESULT_BYTES; the owner may allow less than that.
+            size = len(json.dumps(result, ensure_ascii=False, default=str).encode())
+            if size > self.max_result_bytes:
+                message = (
+                    f"result is {size:,} bytes of JSON, over the limit of"
+                    f" {self.max_result_bytes:,} bytes (setting max_result_bytes)"
+                )
+                if status == "succeeded" or error is None:
+                    status, error = "failed", {"type": "ResultTooLarge", "message": message}
+                else:
+                    error = {**error, "result_error": message}
+                result = None
         if entry.secrets:
             result = redact_secrets(result, entry.secrets)
             error = redact_secrets(error, entry.secrets)
