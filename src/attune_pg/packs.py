@@ -6,9 +6,10 @@ from pathlib import Path
 
 import psycopg
 
+from attune_pg.spec.automation import load_automation
 from attune_pg.spec.model import PackSpec
-from attune_pg.spec.packfiles import load_packs
-from attune_pg.store import catalog
+from attune_pg.spec.packfiles import all_actions, load_packs
+from attune_pg.store import automation, catalog
 
 
 def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
@@ -25,5 +26,14 @@ def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
             for workflow in pack.workflows:
                 if workflow.source_file:
                     sources[workflow.ref] = Path(workflow.source_file).read_text(encoding="utf-8")
+        # Triggers, rules and policies (spec/automation.py): checked against every action
+        # known after this registration, written in the same transaction.
+        rules = load_automation(
+            packs,
+            {**known, **all_actions(packs)},
+            automation.registered_triggers(conn),
+            automation.registered_policies(conn),
+        )
         catalog.register_packs(conn, packs, sources)
+        automation.register(conn, rules)
     return packs

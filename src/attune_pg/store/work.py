@@ -42,6 +42,8 @@ class ClaimedTask:
     timeout: float | None
     ready_at: float  # epoch seconds the row became claimable
     claimed_at: float
+    # Set when a concurrency policy (`cancel`) refused the row: end it canceled, unrun.
+    refused: dict[str, Json] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ UPDATE attune.task_execution t
                  LIMIT %(n)s)
 RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index, t.attempt,
           t.action_ref, t.input, t.timeout,
-          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8
+          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8,
+          CASE WHEN t.policy_ref IS NOT NULL AND NOT t.policy_slot THEN t.error END
 """
 
 
@@ -80,16 +83,19 @@ def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list
 
 def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, float | None]:
     """Seconds until the next scheduled task is due and until the next deadline (a
-    workflow timeout or an inquiry expiry), and that deadline as epoch seconds; None
-    where there is none. Reads only the partial indexes of live rows."""
+    workflow timeout, an inquiry expiry or a timer's tick), and that deadline as epoch
+    seconds; None where there is none. Reads only the partial indexes of live rows.
+    (Rows a concurrency policy delays wait at run_at = infinity: not a due time.)"""
     row = conn.execute(
         "SELECT extract(epoch FROM (SELECT min(run_at) FROM attune.task_execution"
-        "                            WHERE status = 'scheduled') - now())::float8,"
+        "                            WHERE status = 'scheduled' AND run_at < 'infinity')"
+        "                  - now())::float8,"
         " extract(epoch FROM least("
         "   (SELECT min(timeout_at) FROM attune.workflow_execution"
         "     WHERE status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')"
         "       AND status IN ('running', 'pausing', 'paused')),"
-        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending'))"
+        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending'),"
+        "   (SELECT min(next_fire_at) FROM attune.timer WHERE next_fire_at IS NOT NULL))"
         "   - now())::float8,"
         " extract(epoch FROM now())::float8"
     ).fetchone()
@@ -192,7 +198,7 @@ def lock_executions(
     if requested:
         rows = conn.execute(
             f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE status = 'requested'"
-            " ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
+            " AND NOT delayed ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
             (requested,),
         ).fetchall()
     else:
