@@ -165,3 +165,55 @@ UPDATE attune.timer t
 -- Seconds until the next timer tick (negative: overdue), or NULL.
 SELECT extract(epoch FROM min(next_fire_at) - now())::float8
   FROM attune.timer WHERE next_fire_at IS NOT NULL
+
+-- ------------------------------------------------------------ CLI reads
+
+-- name: event_emit
+SELECT attune.emit_event(%(trigger)s, %(payload)s)
+
+-- name: rule_list_all
+SELECT a.rule_ref AS ref, a.trigger_ref, a.action_ref, a.enabled, a.enforcements,
+       a.executions, a.failures, a.last_fired_at
+  FROM attune.rule_activity a ORDER BY a.rule_ref
+
+-- name: rule_show
+SELECT r.ref, r.label, r.description, r.trigger_ref, r.trigger_params, r.conditions,
+       r.action_ref, r.action_params, r.enabled, r.source_file, r.registered_at, r.updated_at,
+       a.enforcements, a.executions, a.failures, a.last_fired_at
+  FROM attune.rule r JOIN attune.rule_activity a ON a.rule_ref = r.ref
+ WHERE r.ref = %(ref)s
+
+-- name: rule_set_enabled
+UPDATE attune.rule SET enabled = %(enabled)s, updated_at = now() WHERE ref = %(ref)s RETURNING ref
+
+-- name: trigger_list_all
+SELECT t.ref, t.timer, t.description,
+       (SELECT count(*) FROM attune.rule r WHERE r.trigger_ref = t.ref) AS rules
+  FROM attune.trigger t ORDER BY t.ref
+
+-- name: event_list_recent
+SELECT e.id, e.trigger_ref, e.rule_ref, e.status, e.created_at, e.payload
+  FROM attune.event e
+ WHERE %(trigger)s::text IS NULL OR e.trigger_ref = %(trigger)s::text
+ ORDER BY e.id DESC LIMIT %(n)s
+
+-- name: event_show
+SELECT e.id, e.trigger_ref, e.rule_ref, e.status, e.error, e.emitted_by, e.created_at,
+       e.processed_at, e.payload
+  FROM attune.event e WHERE e.id = %(id)s
+
+-- name: enforcement_list_recent
+SELECT f.id, f.rule_ref, f.event_id, f.workflow_execution_id, f.status,
+       f.error ->> 'message' AS error, f.created_at
+  FROM attune.enforcement f
+ WHERE (%(rule)s::text IS NULL OR f.rule_ref = %(rule)s::text)
+   AND (%(event)s::bigint IS NULL OR f.event_id = %(event)s::bigint)
+ ORDER BY f.id DESC LIMIT %(n)s
+
+-- name: timer_list_upcoming
+SELECT rule_ref, kind, params, enabled, next_fire_at, last_fired_at, fire_count
+  FROM attune.upcoming_timers
+
+-- name: policy_usage
+SELECT policy_ref, resource_ref, policy_type, threshold, on_limit, key, used, waiting
+  FROM attune.concurrency_usage ORDER BY policy_ref, key
