@@ -179,6 +179,16 @@ def fire_timers(conn: psycopg.Connection, limit: int = 100) -> TimerStats:
     return stats
 
 
+def cancel_refused(conn: psycopg.Connection, execution_id: int) -> None:
+    """A `cancel` policy refused a task of this execution: cancel the execution (its
+    other tasks finish; the refused one ends canceled, never run, its error says why)."""
+    try:
+        with conn.transaction():
+            store.cancel_refused(conn, execution_id)
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        pass  # it ended or is being canceled meanwhile: nothing to do
+
+
 def timer_due_in(conn: psycopg.Connection) -> float | None:
     """Seconds until the next timer tick (negative: overdue), None without timers."""
     return store.timer_due_in(conn)

@@ -8,7 +8,9 @@ from attune_pg.spec.rules import RuleSpec, expression_template
 EVENT = EventView(7, "shop.order_placed", {"id": 7, "total": 250, "tags": ["vip"]}, "2026-01-01")
 
 
-def _rule(conditions: dict[str, object] | None, params: dict[str, object] | None = None) -> RuleSpec:
+def _rule(
+    conditions: dict[str, object] | None, params: dict[str, object] | None = None
+) -> RuleSpec:
     return RuleSpec(
         ref="shop.r",
         trigger_ref="shop.order_placed",
@@ -20,14 +22,25 @@ def _rule(conditions: dict[str, object] | None, params: dict[str, object] | None
 
 def test_expression_matches_and_params_keep_their_types() -> None:
     rule = _rule(
-        {"expression": expression_template("event.payload.total > 100 and 'vip' in event.payload.tags")},
-        {"order_id": "{{ event.payload.id }}", "tags": "{{ trigger.payload.tags }}",
-         "where": "{{ pack.config.zone }}", "note": "event {{ event.id }} via {{ rule.ref }}"},
+        {
+            "expression": expression_template(
+                "event.payload.total > 100 and 'vip' in event.payload.tags"
+            )
+        },
+        {
+            "order_id": "{{ event.payload.id }}",
+            "tags": "{{ trigger.payload.tags }}",
+            "where": "{{ pack.config.zone }}",
+            "note": "event {{ event.id }} via {{ rule.ref }}",
+        },
     )
     verdict = evaluate(rule, EVENT, {"zone": "eu"})
     assert verdict.outcome == "fire"
     assert verdict.parameters == {
-        "order_id": 7, "tags": ["vip"], "where": "eu", "note": "event 7 via shop.r"
+        "order_id": 7,
+        "tags": ["vip"],
+        "where": "eu",
+        "note": "event 7 via shop.r",
     }
 
 

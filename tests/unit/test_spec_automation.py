@@ -16,6 +16,8 @@ from attune_pg.spec.triggers import TriggerSpec
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "packs" / "core"
 
+CONC = "policy_type: action.concurrency\n"
+
 ORDER_TRIGGER = """\
 name: order_placed
 output:
@@ -83,10 +85,16 @@ def test_a_pack_with_a_trigger_rules_and_a_policy(tmp_path: Path) -> None:
     assert [t.ref for t in loaded.triggers] == ["shop.order_placed"]
     rules = {r.ref: r for r in loaded.rules}
     assert rules["shop.big"].conditions == {"expression": "{{ event.payload.total > 100 }}"}
-    assert rules["shop.nightly"].trigger_params == {"expression": "0 2 * * *", "timezone": "Europe/Paris"}
+    assert rules["shop.nightly"].trigger_params == {
+        "expression": "0 2 * * *",
+        "timezone": "Europe/Paris",
+    }
     (policy,) = loaded.policies
     assert (policy.ref, policy.resource_kind, policy.threshold, policy.on_limit) == (
-        "shop.echo_limit", "action", 2, "cancel"
+        "shop.echo_limit",
+        "action",
+        2,
+        "cancel",
     )
 
 
@@ -98,52 +106,70 @@ def test_a_pack_with_a_trigger_rules_and_a_policy(tmp_path: Path) -> None:
             "rules/r.yaml:1: trigger_ref: unknown trigger 'shop.nope'",
         ),
         (
-            {"rules/r.yaml": "trigger_ref: core.intervaltimer\naction_ref: shop.missing\n"
-                             "trigger_params: {unit: seconds, interval: 5}\n"},
+            {
+                "rules/r.yaml": "trigger_ref: core.intervaltimer\naction_ref: shop.missing\n"
+                "trigger_params: {unit: seconds, interval: 5}\n"
+            },
             "rules/r.yaml:2: action_ref: unknown action or workflow 'shop.missing'",
         ),
         (
-            {"rules/r.yaml": "trigger_ref: core.intervaltimer\n"
-                             "trigger_params: {unit: weeks, interval: 5}\naction_ref: core.noop\n"},
+            {
+                "rules/r.yaml": "trigger_ref: core.intervaltimer\n"
+                "trigger_params: {unit: weeks, interval: 5}\naction_ref: core.noop\n"
+            },
             "rules/r.yaml:2: trigger_params: parameter 'unit'",
         ),
         (
-            {"rules/r.yaml": "trigger_ref: core.crontimer\n"
-                             "trigger_params:\n  expression: '* * *'\naction_ref: core.noop\n"},
+            {
+                "rules/r.yaml": "trigger_ref: core.crontimer\n"
+                "trigger_params:\n  expression: '* * *'\naction_ref: core.noop\n"
+            },
             "rules/r.yaml:3: trigger_params.expression: needs 5 fields, or 6 with seconds first",
         ),
         (
-            {"rules/r.yaml": "trigger_ref: core.crontimer\naction_ref: core.noop\n"
-                             "trigger_params:\n  expression: '0 * * * *'\n  timezone: Nowhere/City\n"},
+            {
+                "rules/r.yaml": "trigger_ref: core.crontimer\naction_ref: core.noop\n"
+                "trigger_params:\n  expression: '0 * * * *'\n  timezone: Nowhere/City\n"
+            },
             "rules/r.yaml:5: trigger_params.timezone: unknown time zone 'Nowhere/City'",
         ),
         (
-            {"triggers/order_placed.yaml": ORDER_TRIGGER,
-             "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.noop\n"
-                             "conditions:\n  expression: 'event.payload.total >'\n"},
+            {
+                "triggers/order_placed.yaml": ORDER_TRIGGER,
+                "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.noop\n"
+                "conditions:\n  expression: 'event.payload.total >'\n",
+            },
             "rules/r.yaml:4: conditions.expression: ",
         ),
         (
-            {"triggers/order_placed.yaml": ORDER_TRIGGER,
-             "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.echo\n"
-                             "action_params:\n  message: 'x'\n  volume: 11\n"},
+            {
+                "triggers/order_placed.yaml": ORDER_TRIGGER,
+                "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.echo\n"
+                "action_params:\n  message: 'x'\n  volume: 11\n",
+            },
             "rules/r.yaml:5: action_params.volume: unknown parameter 'volume' for 'core.echo'",
         ),
         (
-            {"triggers/order_placed.yaml": ORDER_TRIGGER,
-             "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.echo\n"},
+            {
+                "triggers/order_placed.yaml": ORDER_TRIGGER,
+                "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.echo\n",
+            },
             "rules/r.yaml:2: action_ref: missing required parameter 'message' for 'core.echo'",
         ),
         (
-            {"triggers/order_placed.yaml": ORDER_TRIGGER,
-             "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.sleep\n"
-                             "action_params:\n  seconds: soon\n"},
+            {
+                "triggers/order_placed.yaml": ORDER_TRIGGER,
+                "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.sleep\n"
+                "action_params:\n  seconds: soon\n",
+            },
             "rules/r.yaml:4: action_params.seconds: 'soon' is not of type 'number'",
         ),
         (
-            {"triggers/order_placed.yaml": ORDER_TRIGGER,
-             "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.echo\n"
-                             "action_params:\n  message: '{{ event.payload.id }'\n"},
+            {
+                "triggers/order_placed.yaml": ORDER_TRIGGER,
+                "rules/r.yaml": "trigger_ref: shop.order_placed\naction_ref: core.echo\n"
+                "action_params:\n  message: '{{ event.payload.id }'\n",
+            },
             "rules/r.yaml:4: action_params.message: ",
         ),
         (
@@ -156,27 +182,41 @@ def test_a_pack_with_a_trigger_rules_and_a_policy(tmp_path: Path) -> None:
             "triggers/t.yaml:1: name: name 'other' must equal the file name 't'",
         ),
         (
-            {"policies/p.yaml": "name: p\nresource_ref: core.nothing\npolicy_type: action.concurrency\n"
-                                "parameters: {threshold: 1}\n"},
+            {
+                "policies/p.yaml": "name: p\nresource_ref: core.nothing\n"
+                + CONC
+                + "parameters: {threshold: 1}\n"
+            },
             "policies/p.yaml:2: resource_ref: unknown workflow or action 'core.nothing'",
         ),
         (
-            {"policies/p.yaml": "name: p\nresource_ref: core.echo\npolicy_type: action.concurrency\n"
-                                "parameters: {threshold: 0}\n"},
+            {
+                "policies/p.yaml": "name: p\nresource_ref: core.echo\n"
+                + CONC
+                + "parameters: {threshold: 0}\n"
+            },
             "policies/p.yaml:4: parameters.threshold:",
         ),
         (
-            {"policies/p.yaml": "name: p\nresource_ref: core.echo\n"
-                                "policy_type: action.concurrency.attr\n"
-                                "parameters:\n  threshold: 1\n  attributes: [volume]\n"},
-            "policies/p.yaml:6: parameters.attributes[0]: 'volume' is not a parameter of 'core.echo'",
+            {
+                "policies/p.yaml": "name: p\nresource_ref: core.echo\n"
+                "policy_type: action.concurrency.attr\n"
+                "parameters:\n  threshold: 1\n  attributes: [volume]\n"
+            },
+            "policies/p.yaml:6: parameters.attributes[0]: 'volume' is not a parameter"
+            " of 'core.echo'",
         ),
         (
-            {"policies/p.yaml": "name: p\nresource_ref: core.echo\npolicy_type: action.concurrency\n"
-                                "parameters: {threshold: 1}\n",
-             "policies/q.yaml": "name: q\nresource_ref: core.echo\npolicy_type: action.concurrency\n"
-                                "parameters: {threshold: 2}\n"},
-            "policies/q.yaml:2: resource_ref: 'core.echo' already has the concurrency policy 'shop.p'",
+            {
+                "policies/p.yaml": "name: p\nresource_ref: core.echo\n"
+                + CONC
+                + "parameters: {threshold: 1}\n",
+                "policies/q.yaml": "name: q\nresource_ref: core.echo\n"
+                + CONC
+                + "parameters: {threshold: 2}\n",
+            },
+            "policies/q.yaml:2: resource_ref: 'core.echo' already has the concurrency"
+            " policy 'shop.p'",
         ),
     ],
 )

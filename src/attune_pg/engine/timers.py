@@ -77,9 +77,7 @@ def zone(params: Mapping[str, Any]) -> ZoneInfo:
 def cron_expression(params: Mapping[str, Any]) -> str:
     expr = params.get("expression")
     if not isinstance(expr, str) or len(expr.split()) not in (5, 6):
-        raise TimerError(
-            "expression", f"needs 5 fields, or 6 with seconds first; got {expr!r}"
-        )
+        raise TimerError("expression", f"needs 5 fields, or 6 with seconds first; got {expr!r}")
     try:
         CronSim(expr, datetime(2000, 1, 1, tzinfo=UTC))
     except CronSimError as exc:

@@ -123,9 +123,7 @@ def check_policy(
 ) -> PolicySpec:
     action = actions.get(policy.resource_ref)
     if action is None:
-        raise doc.error(
-            f"unknown workflow or action {policy.resource_ref!r}", ("resource_ref",)
-        )
+        raise doc.error(f"unknown workflow or action {policy.resource_ref!r}", ("resource_ref",))
     props = action.parameters.get("properties") or {}
     for i, name in enumerate(policy.attributes):
         if name not in props:

@@ -269,6 +269,10 @@ def insert_enforcements(
     )
 
 
+def cancel_refused(conn: psycopg.Connection, execution_id: int) -> None:
+    conn.execute(Q.execution_cancel_refused, {"id": execution_id})
+
+
 # ----------------------------------------------------------------- timers
 
 

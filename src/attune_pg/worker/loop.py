@@ -271,6 +271,7 @@ class Worker:
             park = parks_as(actions.get(task.action_ref))
             if task.refused is not None:
                 # Over a `cancel` concurrency policy's threshold: ends canceled, never runs.
+                automation.cancel_refused(conn, task.workflow_execution_id)
                 self._pending.append(work.Finished(task, "canceled", None, task.refused))
                 self._wake.set()
             elif park:

@@ -217,3 +217,10 @@ SELECT rule_ref, kind, params, enabled, next_fire_at, last_fired_at, fire_count
 -- name: policy_usage
 SELECT policy_ref, resource_ref, policy_type, threshold, on_limit, key, used, waiting
   FROM attune.concurrency_usage ORDER BY policy_ref, key
+
+-- name: execution_cancel_refused
+-- A task a `cancel` concurrency policy refused ends its execution (as StackStorm ends a
+-- workflow whose action execution was canceled): the task is canceled, unrun.
+SELECT attune.cancel_execution(e.id, 'allow_finish')
+  FROM attune.workflow_execution e
+ WHERE e.id = %(id)s AND e.status IN ('running', 'pausing', 'paused')
