@@ -564,6 +564,8 @@ ALTER FUNCTION attune.policy_repair()
 
 REVOKE EXECUTE ON FUNCTION
     attune.emit_event(text, jsonb),
+    attune.action_definition(attune.action),
+    attune.policy_key(text[], jsonb, jsonb),
     attune.policy_repair(),
     attune.policy_acquire(text, text),
     attune.policy_release(text, text)

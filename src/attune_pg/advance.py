@@ -85,11 +85,15 @@ class _Batch:
 
 
 def start_requested(
-    conn: psycopg.Connection, actions: Mapping[str, ActionSpec], limit: int
+    conn: psycopg.Connection,
+    actions: Mapping[str, ActionSpec],
+    limit: int,
+    *,
+    policies: bool = True,
 ) -> AdvanceStats:
     stats = AdvanceStats()
     with conn.transaction():
-        executions, now = work.lock_executions(conn, requested=limit)
+        executions, now = work.lock_executions(conn, requested=limit, policies=policies)
         if not executions:
             return stats
         batch = _Batch(conn, stats)

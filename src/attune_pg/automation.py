@@ -182,11 +182,13 @@ def fire_timers(conn: psycopg.Connection, limit: int = 100) -> TimerStats:
 def cancel_refused(conn: psycopg.Connection, execution_id: int) -> None:
     """A `cancel` policy refused a task of this execution: cancel the execution (its
     other tasks finish; the refused one ends canceled, never run, its error says why)."""
-    try:
-        with conn.transaction():
-            store.cancel_refused(conn, execution_id)
-    except psycopg.errors.ObjectNotInPrerequisiteState:
-        pass  # it ended or is being canceled meanwhile: nothing to do
+    with conn.transaction():
+        store.cancel_refused(conn, execution_id)  # no-op if it ended or is canceling
+
+
+def schema_present(conn: psycopg.Connection) -> bool:
+    """Does the schema have events, timers and policies (migration 0009)?"""
+    return store.schema_present(conn)
 
 
 def timer_due_in(conn: psycopg.Connection) -> float | None:

@@ -27,13 +27,17 @@ def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
                 if workflow.source_file:
                     sources[workflow.ref] = Path(workflow.source_file).read_text(encoding="utf-8")
         # Triggers, rules and policies (spec/automation.py): checked against every action
-        # known after this registration, written in the same transaction.
-        rules = load_automation(
-            packs,
-            {**known, **all_actions(packs)},
-            automation.registered_triggers(conn),
-            automation.registered_policies(conn),
-        )
+        # known after this registration, written in the same transaction. (A schema older
+        # than 0009 has no place for them: registered again after `attune-pg init`.)
+        rules = None
+        if automation.schema_present(conn):
+            rules = load_automation(
+                packs,
+                {**known, **all_actions(packs)},
+                automation.registered_triggers(conn),
+                automation.registered_policies(conn),
+            )
         catalog.register_packs(conn, packs, sources)
-        automation.register(conn, rules)
+        if rules is not None:
+            automation.register(conn, rules)
     return packs

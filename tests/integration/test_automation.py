@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -390,3 +391,36 @@ def test_a_broken_rule_file_registers_nothing_of_its_pack(
         packs.register(conn, pack)
     for table in ("pack", "trigger", "rule", "workflow_definition"):
         assert _count(conn, f"SELECT count(*) FROM attune.{table} WHERE ref LIKE 'half%%'") == 0
+
+
+# ----------------------------------------------------------------- the examples
+
+
+def test_the_example_rules_trigger_and_policies(
+    conn: psycopg.Connection, register: Register, worker_thread: Callable[..., object]
+) -> None:
+    register("examples")
+    worker_thread()
+    _emit(conn, "examples.order_placed", {"order_id": 17, "customer": "ada", "total": 240,
+                                          "tags": ["vip"]})  # fmt: skip
+    _emit(conn, "examples.order_placed", {"order_id": 18, "customer": "bob", "total": 20})
+    _wait(lambda: _count(conn, "SELECT count(*) FROM attune.event WHERE status = 'pending'") == 0)
+    (enforcement,) = _rows(conn, "SELECT * FROM attune.enforcement")
+    assert enforcement["rule_ref"] == "examples.big_orders"
+    done = wait_done(conn, enforcement["workflow_execution_id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["output"] == {"order_id": 17, "shipped": "shipped order 17"}
+    assert done["policy_ref"] == "examples.fulfil_order.per_customer"
+    assert done["policy_key"] == '["ada"]'
+    # The nightly cron: 02:30 in Paris; made due now, it runs the report once.
+    (timer,) = _rows(conn, "SELECT * FROM attune.upcoming_timers")
+    local = timer["next_fire_at"].astimezone(ZoneInfo("Europe/Paris"))
+    assert (local.hour, local.minute, local.second) == (2, 30, 0)
+    conn.execute("UPDATE attune.timer SET next_fire_at = now()")
+    _wait(lambda: _count(conn, "SELECT count(*) FROM attune.enforcement") == 2)
+    (nightly,) = _rows(
+        conn, "SELECT * FROM attune.enforcement WHERE rule_ref = 'examples.nightly_report'"
+    )
+    done = wait_done(conn, nightly["workflow_execution_id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["output"]["message"].startswith("report for ")

@@ -34,6 +34,9 @@ VIEWS = (
     "stuck_tasks",
     "worker_status",
     "pending_inquiries",
+    "rule_activity",
+    "upcoming_timers",
+    "concurrency_usage",
 )
 
 CONTROL_FUNCTIONS = (
@@ -65,6 +68,15 @@ EXPECTED: dict[str, dict[str, str]] = {
     "worker": _EXECUTION_TABLE,
     "execution_event": {R: "", S: "S", W: "SI"},
     "kv": {R: "", S: "", W: "S"},
+    # Automation (0009): definitions read-only; workers append events and enforcements
+    # and update only the event status and the timer's schedule columns (column grants).
+    "trigger": {R: "", S: "S", W: "S"},
+    "rule": {R: "", S: "S", W: "S"},
+    "policy": {R: "", S: "S", W: "S"},
+    "concurrency_slot": {R: "", S: "S", W: "S"},
+    "event": {R: "", S: "S", W: "SI"},
+    "enforcement": {R: "", S: "S", W: "SI"},
+    "timer": {R: "", S: "S", W: "S"},
 }
 
 _PRIVILEGES = {

@@ -28,6 +28,11 @@ def _json(value: Json) -> Jsonb | None:
 # ----------------------------------------------------------------- registration
 
 
+def schema_present(conn: psycopg.Connection) -> bool:
+    row = conn.execute(Q.automation_schema_present).fetchone()
+    return bool(row and row[0])
+
+
 def registered_triggers(conn: psycopg.Connection) -> dict[str, TriggerSpec]:
     return {
         row[0]: TriggerSpec(

@@ -71,21 +71,34 @@ UPDATE attune.task_execution t
                  LIMIT %(n)s)
 RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index, t.attempt,
           t.action_ref, t.input, t.timeout,
-          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8,
-          CASE WHEN t.policy_ref IS NOT NULL AND NOT t.policy_slot THEN t.error END
+          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8
 """
+# A row a `cancel` concurrency policy refused carries the reason (schema 0009 on).
+_REFUSED = ", CASE WHEN t.policy_ref IS NOT NULL AND NOT t.policy_slot THEN t.error END"
 
 
-def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list[ClaimedTask]:
-    rows = conn.execute(_CLAIM, {"me": me, "n": n, "lease": lease}).fetchall()
+def claim_tasks(
+    conn: psycopg.Connection, me: str, n: int, lease: float, policies: bool = True
+) -> list[ClaimedTask]:
+    sql = _CLAIM + _REFUSED if policies else _CLAIM
+    rows = conn.execute(sql, {"me": me, "n": n, "lease": lease}).fetchall()
     return sorted((ClaimedTask(*row) for row in rows), key=lambda t: t.id)
 
 
-def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, float | None]:
+def next_due_in(
+    conn: psycopg.Connection, timers: bool = True
+) -> tuple[float | None, float | None, float | None]:
     """Seconds until the next scheduled task is due and until the next deadline (a
     workflow timeout, an inquiry expiry or a timer's tick), and that deadline as epoch
     seconds; None where there is none. Reads only the partial indexes of live rows.
     (Rows a concurrency policy delays wait at run_at = infinity: not a due time.)"""
+    # Timers exist from migration 0009 on; a worker may briefly run on an older schema
+    # (while the migration that adds them is being applied).
+    ticks = (
+        ", (SELECT min(next_fire_at) FROM attune.timer WHERE next_fire_at IS NOT NULL)"
+        if timers
+        else ""
+    )
     row = conn.execute(
         "SELECT extract(epoch FROM (SELECT min(run_at) FROM attune.task_execution"
         "                            WHERE status = 'scheduled' AND run_at < 'infinity')"
@@ -94,9 +107,9 @@ def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, f
         "   (SELECT min(timeout_at) FROM attune.workflow_execution"
         "     WHERE status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')"
         "       AND status IN ('running', 'pausing', 'paused')),"
-        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending'),"
-        "   (SELECT min(next_fire_at) FROM attune.timer WHERE next_fire_at IS NOT NULL))"
-        "   - now())::float8,"
+        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending')"
+        + ticks
+        + ")   - now())::float8,"
         " extract(epoch FROM now())::float8"
     ).fetchone()
     if row is None:
@@ -191,14 +204,21 @@ _SPECS: dict[str, WorkflowSpec] = {}
 
 
 def lock_executions(
-    conn: psycopg.Connection, ids: Sequence[int] = (), *, requested: int = 0
+    conn: psycopg.Connection,
+    ids: Sequence[int] = (),
+    *,
+    requested: int = 0,
+    policies: bool = True,
 ) -> tuple[list[Execution], float]:
     """Lock workflow rows in id order (the global lock order, DESIGN §8), or claim up
-    to `requested` executions waiting to start. Returns them and the DB clock."""
+    to `requested` executions waiting to start (not those a concurrency policy delays;
+    `policies=False` on a schema older than 0009, which has none). Returns them and the
+    DB clock."""
     if requested:
+        startable = " AND NOT delayed" if policies else ""
         rows = conn.execute(
             f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE status = 'requested'"
-            " AND NOT delayed ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
+            f"{startable} ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
             (requested,),
         ).fetchall()
     else:

@@ -132,6 +132,7 @@ class Worker:
                             conn, self.id, self._host, os.getpid(), self.config.concurrency
                         )
                         actions = ActionCatalog(conn)
+                        self._automation = automation.schema_present(conn)
                         if outage_since is not None:
                             log.warning(
                                 "database is back after %.1fs; worker %s resumes",
@@ -239,7 +240,7 @@ class Worker:
             if stats.started or stats.advanced:
                 self._work_hint.set()
                 self._control_hint.set()  # there may be more; the next pass finds none
-        if self._event_hint.is_set():
+        if self._event_hint.is_set() and self._automation:
             self._event_hint.clear()
             matched = automation.process_events(conn, self.config.start_batch)
             if matched.executions:
@@ -248,7 +249,9 @@ class Worker:
                 self._event_hint.set()  # there may be more
         if self._start_hint.is_set():
             self._start_hint.clear()
-            stats = advance.start_requested(conn, actions, self.config.start_batch)
+            stats = advance.start_requested(
+                conn, actions, self.config.start_batch, policies=self._automation
+            )
             if stats.started:
                 self._work_hint.set()
             if stats.started + stats.errors >= self.config.start_batch:
@@ -260,7 +263,9 @@ class Worker:
         if not self._work_hint.is_set():
             return  # keep what the last claim learnt (e.g. the next run_at to wait for)
         self._work_hint.clear()
-        claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
+        claimed = work.claim_tasks(
+            conn, self.id, free, self.config.lease_seconds, policies=self._automation
+        )
         for task in claimed:
             log.debug(
                 "claimed task %s (%s) of execution %s",
@@ -301,6 +306,9 @@ class Worker:
     _pending_deadline: float | None = None
     _acted_deadline: float | None = None
     _timer_at: float | None = None  # monotonic time of the next timer tick we know of
+    # Whether the schema has migration 0009 (events, timers, policies); False while a
+    # worker runs on an older schema, re-checked at every reap pass.
+    _automation = True
 
     def _cancel_requested(self, conn: psycopg.Connection) -> None:
         """Heartbeat now; kill the actions whose execution was canceled (cancel_running)."""
@@ -330,8 +338,9 @@ class Worker:
                 self._control_hint.set()
                 self._wake.set()
             self._last_reap = now
+            self._automation = automation.schema_present(conn)
             self._timer_at = now  # look at the timers now too
-        if self._timer_at is not None and now >= self._timer_at:
+        if self._automation and self._timer_at is not None and now >= self._timer_at:
             self._fire_timers(conn)
 
     def _fire_timers(self, conn: psycopg.Connection) -> None:
@@ -361,7 +370,7 @@ class Worker:
         if self._claimed_none:
             # Nothing claimable now: sleep until the next delayed task is due, or the
             # next workflow timeout or inquiry expiry (DB clock, like everything else).
-            due, deadline, at = work.next_due_in(conn)
+            due, deadline, at = work.next_due_in(conn, timers=self._automation)
             if due is not None:
                 # Due now but not claimed: another worker holds the row; look again shortly.
                 delay = min(delay, max(due, 0.01))

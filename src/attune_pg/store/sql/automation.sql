@@ -1,6 +1,10 @@
 -- name: clock_now
 SELECT now()
 
+-- name: automation_schema_present
+-- False on a schema older than 0009 (packs registered before migrating).
+SELECT to_regclass('attune.trigger') IS NOT NULL
+
 -- ------------------------------------------------------------ registration
 
 -- name: trigger_list
@@ -220,7 +224,11 @@ SELECT policy_ref, resource_ref, policy_type, threshold, on_limit, key, used, wa
 
 -- name: execution_cancel_refused
 -- A task a `cancel` concurrency policy refused ends its execution (as StackStorm ends a
--- workflow whose action execution was canceled): the task is canceled, unrun.
-SELECT attune.cancel_execution(e.id, 'allow_finish')
-  FROM attune.workflow_execution e
- WHERE e.id = %(id)s AND e.status IN ('running', 'pausing', 'paused')
+-- workflow whose action execution was canceled): canceling, carried out by the control
+-- pass like attune.cancel_execution(id, 'allow_finish'); the task ends canceled, unrun.
+WITH moved AS (
+    UPDATE attune.workflow_execution
+       SET status = 'canceling', cancel_policy = 'allow_finish', control_requested_at = now()
+     WHERE id = %(id)s AND status IN ('running', 'pausing', 'paused')
+    RETURNING id)
+SELECT pg_notify('attune_control', '') FROM moved
