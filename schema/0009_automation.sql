@@ -368,8 +368,9 @@ CREATE TRIGGER workflow_execution_25_policy BEFORE UPDATE OF status ON attune.wo
     FOR EACH ROW WHEN (OLD.policy_ref IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION attune.policy_track_workflow_execution();
 
--- Tasks of an action with a policy: a slot is held while the row is scheduled or
--- running (a requeue after a lost lease keeps it). Without a free slot, `delay` keeps
+-- Tasks of an action with a policy (the INSERT names it in policy_ref): a slot is held
+-- while the row is scheduled or running (a requeue after a lost lease keeps it).
+-- Without a free slot, `delay` keeps
 -- the row scheduled at run_at = infinity (unclaimable) until a slot is handed to it;
 -- `cancel` leaves it claimable with the reason in `error`, and the worker that claims
 -- it ends it canceled without running it.
@@ -379,8 +380,11 @@ DECLARE
     pol attune.policy;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        SELECT * INTO pol FROM attune.policy p WHERE p.resource_ref = NEW.action_ref AND p.enabled;
+        -- The inserter named the policy (store/apply.py joins attune.policy), so rows
+        -- without one never reach this function (the trigger's WHEN clause).
+        SELECT * INTO pol FROM attune.policy p WHERE p.ref = NEW.policy_ref AND p.enabled;
         IF NOT FOUND THEN
+            NEW.policy_ref := NULL;
             RETURN NEW;
         END IF;
         NEW.policy_ref := pol.ref;
@@ -428,7 +432,8 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER task_execution_25_policy_insert BEFORE INSERT ON attune.task_execution
-    FOR EACH ROW EXECUTE FUNCTION attune.policy_track_task_execution();
+    FOR EACH ROW WHEN (NEW.policy_ref IS NOT NULL)
+    EXECUTE FUNCTION attune.policy_track_task_execution();
 CREATE TRIGGER task_execution_25_policy BEFORE UPDATE OF status ON attune.task_execution
     FOR EACH ROW WHEN (OLD.policy_ref IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION attune.policy_track_task_execution();

@@ -85,15 +85,11 @@ class _Batch:
 
 
 def start_requested(
-    conn: psycopg.Connection,
-    actions: Mapping[str, ActionSpec],
-    limit: int,
-    *,
-    policies: bool = True,
+    conn: psycopg.Connection, actions: Mapping[str, ActionSpec], limit: int
 ) -> AdvanceStats:
     stats = AdvanceStats()
     with conn.transaction():
-        executions, now = work.lock_executions(conn, requested=limit, policies=policies)
+        executions, now = work.lock_executions(conn, requested=limit)
         if not executions:
             return stats
         batch = _Batch(conn, stats)

@@ -29,7 +29,7 @@ from attune_pg.engine.state import (
 )
 from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store import control
-from attune_pg.store.work import StaleWrite
+from attune_pg.store.work import StaleWrite, has_automation
 
 
 def apply_batch(
@@ -192,16 +192,30 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
                     released and c.held,
                 )
             )
+    # policy_ref: the action's enabled concurrency policy, if any (schema 0009 on), so
+    # the slot trigger runs only for those rows (its WHEN clause), not for every task.
+    policy = (
+        (", policy_ref", ", p.ref",
+         " LEFT JOIN attune.policy p ON p.resource_ref = v.action_ref AND p.enabled")
+        if has_automation(conn)
+        else ("", "", "")
+    )  # fmt: skip
     conn.execute(
         "INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,"
-        " item_index, attempt, action_ref, status, input, priority, run_at, timeout, held)"
-        " SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.status,"
-        "        v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout, v.held"
-        "   FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[], %s::text[],"
+        " item_index, attempt, action_ref, status, input, priority, run_at, timeout, held"
+        + policy[0]
+        + ") SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref,"
+        "        v.status, v.input, e.priority, now() + make_interval(secs => v.delay),"
+        "        v.timeout, v.held"
+        + policy[1]
+        + "   FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[], %s::text[],"
         "               %s::text[], %s::jsonb[], %s::float8[], %s::float8[], %s::bool[])"
-        "        AS v(e, task_name, iteration, item_index, attempt, action_ref, status, input,"
-        "             delay, timeout, held)"
-        "   JOIN attune.workflow_execution e ON e.id = v.e",
+        "        WITH ORDINALITY AS v(e, task_name, iteration, item_index, attempt, action_ref,"
+        "             status, input, delay, timeout, held, n)"
+        "   JOIN attune.workflow_execution e ON e.id = v.e"
+        + policy[2]
+        # In command order: rows (and concurrency slots) are taken in the order decided.
+        + " ORDER BY v.n",
         _columns(rows, 11),
     )
 

@@ -7,6 +7,7 @@ lease owner and attempt), so a stale actor changes nothing.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,23 @@ Json = Any
 
 class StaleWrite(Exception):
     """A guarded write matched no row: another actor got there first. Roll back."""
+
+
+# Connections of a worker running on a schema older than 0009 (no events, timers or
+# concurrency policies yet: during a rolling upgrade, until the migration is applied).
+# The worker re-checks at every reap pass (`mark_schema`).
+_PRE_AUTOMATION: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def mark_schema(conn: psycopg.Connection, automation: bool) -> None:
+    if automation:
+        _PRE_AUTOMATION.discard(conn)
+    else:
+        _PRE_AUTOMATION.add(conn)
+
+
+def has_automation(conn: psycopg.Connection) -> bool:
+    return conn not in _PRE_AUTOMATION
 
 
 @dataclass(frozen=True)
@@ -77,17 +95,13 @@ RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index,
 _REFUSED = ", CASE WHEN t.policy_ref IS NOT NULL AND NOT t.policy_slot THEN t.error END"
 
 
-def claim_tasks(
-    conn: psycopg.Connection, me: str, n: int, lease: float, policies: bool = True
-) -> list[ClaimedTask]:
-    sql = _CLAIM + _REFUSED if policies else _CLAIM
+def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list[ClaimedTask]:
+    sql = _CLAIM + _REFUSED if has_automation(conn) else _CLAIM
     rows = conn.execute(sql, {"me": me, "n": n, "lease": lease}).fetchall()
     return sorted((ClaimedTask(*row) for row in rows), key=lambda t: t.id)
 
 
-def next_due_in(
-    conn: psycopg.Connection, timers: bool = True
-) -> tuple[float | None, float | None, float | None]:
+def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, float | None]:
     """Seconds until the next scheduled task is due and until the next deadline (a
     workflow timeout, an inquiry expiry or a timer's tick), and that deadline as epoch
     seconds; None where there is none. Reads only the partial indexes of live rows.
@@ -96,7 +110,7 @@ def next_due_in(
     # (while the migration that adds them is being applied).
     ticks = (
         ", (SELECT min(next_fire_at) FROM attune.timer WHERE next_fire_at IS NOT NULL)"
-        if timers
+        if has_automation(conn)
         else ""
     )
     row = conn.execute(
@@ -208,14 +222,12 @@ def lock_executions(
     ids: Sequence[int] = (),
     *,
     requested: int = 0,
-    policies: bool = True,
 ) -> tuple[list[Execution], float]:
     """Lock workflow rows in id order (the global lock order, DESIGN §8), or claim up
-    to `requested` executions waiting to start (not those a concurrency policy delays;
-    `policies=False` on a schema older than 0009, which has none). Returns them and the
-    DB clock."""
+    to `requested` executions waiting to start (not those a concurrency policy delays).
+    Returns them and the DB clock."""
     if requested:
-        startable = " AND NOT delayed" if policies else ""
+        startable = " AND NOT delayed" if has_automation(conn) else ""
         rows = conn.execute(
             f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE status = 'requested'"
             f"{startable} ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",

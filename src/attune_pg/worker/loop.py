@@ -132,7 +132,7 @@ class Worker:
                             conn, self.id, self._host, os.getpid(), self.config.concurrency
                         )
                         actions = ActionCatalog(conn)
-                        self._automation = automation.schema_present(conn)
+                        self._check_schema(conn)
                         if outage_since is not None:
                             log.warning(
                                 "database is back after %.1fs; worker %s resumes",
@@ -249,9 +249,7 @@ class Worker:
                 self._event_hint.set()  # there may be more
         if self._start_hint.is_set():
             self._start_hint.clear()
-            stats = advance.start_requested(
-                conn, actions, self.config.start_batch, policies=self._automation
-            )
+            stats = advance.start_requested(conn, actions, self.config.start_batch)
             if stats.started:
                 self._work_hint.set()
             if stats.started + stats.errors >= self.config.start_batch:
@@ -263,9 +261,7 @@ class Worker:
         if not self._work_hint.is_set():
             return  # keep what the last claim learnt (e.g. the next run_at to wait for)
         self._work_hint.clear()
-        claimed = work.claim_tasks(
-            conn, self.id, free, self.config.lease_seconds, policies=self._automation
-        )
+        claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
         for task in claimed:
             log.debug(
                 "claimed task %s (%s) of execution %s",
@@ -338,10 +334,14 @@ class Worker:
                 self._control_hint.set()
                 self._wake.set()
             self._last_reap = now
-            self._automation = automation.schema_present(conn)
+            self._check_schema(conn)
             self._timer_at = now  # look at the timers now too
         if self._automation and self._timer_at is not None and now >= self._timer_at:
             self._fire_timers(conn)
+
+    def _check_schema(self, conn: psycopg.Connection) -> None:
+        self._automation = automation.schema_present(conn)
+        work.mark_schema(conn, self._automation)
 
     def _fire_timers(self, conn: psycopg.Connection) -> None:
         """Fire the due timers (any worker may; SKIP LOCKED makes each tick one
@@ -370,7 +370,7 @@ class Worker:
         if self._claimed_none:
             # Nothing claimable now: sleep until the next delayed task is due, or the
             # next workflow timeout or inquiry expiry (DB clock, like everything else).
-            due, deadline, at = work.next_due_in(conn, timers=self._automation)
+            due, deadline, at = work.next_due_in(conn)
             if due is not None:
                 # Due now but not claimed: another worker holds the row; look again shortly.
                 delay = min(delay, max(due, 0.01))
