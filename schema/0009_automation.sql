@@ -258,17 +258,18 @@ BEGIN
      WHERE policy_ref = p_ref AND key = p_key;
 END $$;
 
--- Refuses an INSERT with an unknown or disabled ref or non-object parameters, and
--- snapshots the definition and pack config the execution will run with. A ref that
--- names a plain action (not a workflow) runs it as a one-task execution. An enabled
--- concurrency policy on the workflow tags the row (the slot is taken AFTER INSERT, so
--- an ON CONFLICT DO NOTHING that skips the row takes none).
+-- The INSERT of an execution: 0006's checks (unknown or disabled ref, non-object
+-- parameters, JSON bounds, priority range) and snapshots, plus: a ref that names a plain
+-- action (not a workflow) runs it as a one-task execution, and an enabled concurrency
+-- policy on the workflow tags the row (the slot is taken AFTER INSERT, so an ON CONFLICT
+-- DO NOTHING that skips the row takes none).
 CREATE OR REPLACE FUNCTION attune.prepare_workflow_execution() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, attune, pg_temp AS $$
 DECLARE
     def record;
     act attune.action;
     config jsonb;
+    lim record;
 BEGIN
     IF NEW.workflow_ref IS NULL THEN
         RAISE EXCEPTION 'workflow_ref is required' USING ERRCODE = 'not_null_violation';
@@ -299,6 +300,20 @@ BEGIN
         RAISE EXCEPTION 'parameters of workflow % must be a JSON object, got %',
             quote_literal(NEW.workflow_ref), coalesce(jsonb_typeof(NEW.parameters), 'null')
             USING ERRCODE = 'check_violation';
+    END IF;
+    -- One read of the four settings this needs (0006).
+    SELECT max((value #>> '{}')::numeric) FILTER (WHERE name = 'json_max_depth') AS depth,
+           max((value #>> '{}')::numeric) FILTER (WHERE name = 'json_max_bytes') AS bytes,
+           max((value #>> '{}')::numeric) FILTER (WHERE name = 'priority_min') AS pmin,
+           max((value #>> '{}')::numeric) FILTER (WHERE name = 'priority_max') AS pmax
+      INTO lim FROM attune.setting
+     WHERE name IN ('json_max_depth', 'json_max_bytes', 'priority_min', 'priority_max');
+    PERFORM attune.json_check(NEW.parameters,
+        format('parameters of workflow %s', quote_literal(NEW.workflow_ref)),
+        lim.depth::bigint, lim.bytes::bigint);
+    IF NEW.priority < lim.pmin OR NEW.priority > lim.pmax THEN
+        RAISE EXCEPTION 'priority % is outside the allowed range % .. % (settings priority_min, priority_max)',
+            NEW.priority, lim.pmin, lim.pmax USING ERRCODE = 'check_violation';
     END IF;
     NEW.definition := def.definition;
     NEW.pack_config := def.config;

@@ -186,11 +186,6 @@ def cancel_refused(conn: psycopg.Connection, execution_id: int) -> None:
         store.cancel_refused(conn, execution_id)  # no-op if it ended or is canceling
 
 
-def schema_present(conn: psycopg.Connection) -> bool:
-    """Does the schema have events, timers and policies (migration 0009)?"""
-    return store.schema_present(conn)
-
-
 def timer_due_in(conn: psycopg.Connection) -> float | None:
     """Seconds until the next timer tick (negative: overdue), None without timers."""
     return store.timer_due_in(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import psycopg
@@ -9,7 +10,10 @@ import psycopg
 from attune_pg.spec.automation import load_automation
 from attune_pg.spec.model import PackSpec
 from attune_pg.spec.packfiles import all_actions, load_packs
+from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.store import automation, catalog
+
+log = logging.getLogger("attune_pg.packs")
 
 
 def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
@@ -40,4 +44,6 @@ def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
         catalog.register_packs(conn, packs, sources)
         if rules is not None:
             automation.register(conn, rules)
+    for warning in unbounded_self_calls(packs):
+        log.warning("%s", warning)
     return packs

@@ -132,5 +132,12 @@ def check_policy(
                 f" (parameters: {', '.join(props) or 'none'})",
                 ("parameters", "attributes", i),
             )
+        if isinstance(props[name], dict) and props[name].get("secret"):
+            # The values of the attributes are the slot keys, visible to every reader.
+            raise doc.error(
+                f"{name!r} is a secret parameter of {action.ref!r}: it cannot be a policy"
+                " attribute",
+                ("parameters", "attributes", i),
+            )
     kind = "workflow" if action.runner == "workflow" else "action"
     return PolicySpec(**{**policy.to_dict(), "resource_kind": kind})

@@ -29,8 +29,9 @@ import psycopg
 from attune_pg import advance, automation, db
 from attune_pg.actions import ActionOutcome
 from attune_pg.errors import ActionError, DatabaseUnavailable
-from attune_pg.secrets import resolve_secrets, token_keys
-from attune_pg.store import control, kv, work
+from attune_pg.secrets import Binding, resolve_secrets, token_keys
+from attune_pg.settings import REFRESH_SECONDS
+from attune_pg.store import control, decode, kv, work
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.worker.listener import Listener
 from attune_pg.worker.runner import Running, TaskRunner, parks_as
@@ -128,11 +129,13 @@ class Worker:
                 try:
                     if conn is None or conn.closed:
                         conn = db.connect(self.dsn, name="attune_worker")
+                        decode.install(conn)
+                        self._env = None  # re-read on every (re)connect
+                        self._load_env(conn)
                         work.register_worker(
                             conn, self.id, self._host, os.getpid(), self.config.concurrency
                         )
                         actions = ActionCatalog(conn)
-                        self._check_schema(conn)
                         if outage_since is not None:
                             log.warning(
                                 "database is back after %.1fs; worker %s resumes",
@@ -181,6 +184,18 @@ class Worker:
             listener.join(timeout=2)
             log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
+    _env: advance.Env | None = None
+    _env_at = 0.0
+
+    def _load_env(self, conn: psycopg.Connection) -> advance.Env:
+        """The owner's limits and the token key: read at connect, refreshed every
+        REFRESH_SECONDS (a changed setting reaches running workers without a restart)."""
+        if self._env is None or time.monotonic() - self._env_at > REFRESH_SECONDS:
+            self._env = advance.Env.load(conn)
+            self._env_at = time.monotonic()
+            self._runner.max_depth = self._env.settings.json_max_depth
+        return self._env
+
     def _may_leave(self) -> bool:
         """Stopping without a database: leave once nothing is left to report, or when
         the grace period is over (unreported results then re-run elsewhere when their
@@ -196,8 +211,9 @@ class Worker:
         if self._hand_back:
             work.hand_back(conn, self.id, self._hand_back)
             self._hand_back = []
+        env = self._load_env(conn)
         if self._pending:
-            stats = advance.complete(conn, self.id, self._pending, actions)
+            stats = advance.complete(conn, self.id, self._pending, actions, env)
             self.tasks_done += stats.advanced
             if stats.stale:
                 log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
@@ -212,7 +228,7 @@ class Worker:
                 self._runner.cancel_all(hand_back=True)
                 self._stop_deadline = None
         else:
-            self._claim(conn, actions)
+            self._claim(conn, actions, env)
         self._housekeeping(conn)
         if not self._wake.wait(self._sleep_for(conn, stopping)):
             # Poll timeout: the safety net for a missed notification.
@@ -232,15 +248,15 @@ class Worker:
             else:
                 self._pending.append(self._runner.finished(entry, outcome))
 
-    def _claim(self, conn: psycopg.Connection, actions: ActionCatalog) -> None:
+    def _claim(self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env) -> None:
         if self._control_hint.is_set():
             self._control_hint.clear()
             self._cancel_requested(conn)
-            stats = advance.control_pass(conn, actions)
+            stats = advance.control_pass(conn, actions, env=env)
             if stats.started or stats.advanced:
                 self._work_hint.set()
                 self._control_hint.set()  # there may be more; the next pass finds none
-        if self._event_hint.is_set() and self._automation:
+        if self._event_hint.is_set():
             self._event_hint.clear()
             matched = automation.process_events(conn, self.config.start_batch)
             if matched.executions:
@@ -249,7 +265,7 @@ class Worker:
                 self._event_hint.set()  # there may be more
         if self._start_hint.is_set():
             self._start_hint.clear()
-            stats = advance.start_requested(conn, actions, self.config.start_batch)
+            stats = advance.start_requested(conn, actions, self.config.start_batch, env)
             if stats.started:
                 self._work_hint.set()
             if stats.started + stats.errors >= self.config.start_batch:
@@ -275,6 +291,13 @@ class Worker:
                 automation.cancel_refused(conn, task.workflow_execution_id)
                 self._pending.append(work.Finished(task, "canceled", None, task.refused))
                 self._wake.set()
+                continue
+            reason = decode.problem(task.input)
+            if reason is not None:
+                # Quarantine the one row: its task fails, the rest of the batch runs.
+                error = {"type": "Quarantined", "message": f"task input: {reason}"}
+                self._pending.append(work.Finished(task, "failed", None, error))
+                self._wake.set()
             elif park:
                 # Inquiries and nested workflows wait in the database, not in a thread.
                 self._pending.append(work.Finished(task, "waiting", None, None, park))
@@ -282,7 +305,8 @@ class Worker:
             elif token_keys(task.input):
                 # Secrets travel as tokens; the real values exist only for the action.
                 try:
-                    resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn))
+                    binding = Binding(task.workflow_execution_id, task.task_name, env.signing_key)
+                    resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn), binding)
                 except ActionError as exc:
                     error = {"type": "ActionError", "message": str(exc)}
                     self._pending.append(work.Finished(task, "failed", None, error))
@@ -302,9 +326,6 @@ class Worker:
     _pending_deadline: float | None = None
     _acted_deadline: float | None = None
     _timer_at: float | None = None  # monotonic time of the next timer tick we know of
-    # Whether the schema has migration 0009 (events, timers, policies); False while a
-    # worker runs on an older schema, re-checked at every reap pass.
-    _automation = True
 
     def _cancel_requested(self, conn: psycopg.Connection) -> None:
         """Heartbeat now; kill the actions whose execution was canceled (cancel_running)."""
@@ -334,14 +355,9 @@ class Worker:
                 self._control_hint.set()
                 self._wake.set()
             self._last_reap = now
-            self._check_schema(conn)
             self._timer_at = now  # look at the timers now too
-        if self._automation and self._timer_at is not None and now >= self._timer_at:
+        if self._timer_at is not None and now >= self._timer_at:
             self._fire_timers(conn)
-
-    def _check_schema(self, conn: psycopg.Connection) -> None:
-        self._automation = automation.schema_present(conn)
-        work.mark_schema(conn, self._automation)
 
     def _fire_timers(self, conn: psycopg.Connection) -> None:
         """Fire the due timers (any worker may; SKIP LOCKED makes each tick one
