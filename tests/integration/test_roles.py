@@ -37,6 +37,10 @@ VIEWS = (
     "rule_activity",
     "upcoming_timers",
     "concurrency_usage",
+    # 0012: the web console's views
+    "execution_detail",
+    "execution_audit",
+    "workflow_catalog",
 )
 
 CONTROL_FUNCTIONS = (
