@@ -44,7 +44,7 @@ def system_view(execution: Execution, now: float, attempt: int) -> dict[str, Jso
         "started_at": execution.started_at,
         "depth": execution.depth,
         "attempt": attempt,
-        "identity": {"login": execution.requested_by},
+        "identity": {"login": execution.login},
     }
 
 
