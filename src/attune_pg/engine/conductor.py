@@ -86,6 +86,8 @@ class Conductor:
             self.add_state(state)
         self._dirty: list[tuple[str, int]] = []
         self._commands: list[Command] = []
+        # uuid() in templates: deterministic ids for this transaction (render.py).
+        self._uuids = render.uuid_source(execution.id, ctx.now)
         # The attempt number templates see as system.attempt: that of the attempt
         # whose end is being routed, or 1 for a task being dispatched.
         self._attempt = 1
@@ -297,6 +299,8 @@ class Conductor:
             current=current,
             item=item,
             index=index,
+            now=self.ctx.now,
+            uuids=self._uuids,
         )
 
     def _fail_workflow(self, error: dict[str, Json]) -> None:

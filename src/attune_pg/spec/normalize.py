@@ -76,7 +76,7 @@ def normalize_workflow(doc: Document, *, ref: str) -> tuple[WorkflowSpec, Source
         description=data.get("description", ""),
         parameters=parameters_schema(data.get("parameters")),
         output=output,
-        vars=dict(data.get("vars") or {}),
+        vars=_vars(data.get("vars")),
         output_map=data.get("output_map"),
         tags=tuple(data.get("tags") or ()),
         timeout=_seconds(data.get("timeout")),
@@ -86,6 +86,19 @@ def normalize_workflow(doc: Document, *, ref: str) -> tuple[WorkflowSpec, Source
         source_file=doc.file,
     )
     return spec, source
+
+
+def _vars(value: Any) -> dict[str, Any]:
+    """`vars` as a map, or as Attune's later files write it: a list of one-key maps."""
+    if not isinstance(value, list):
+        return dict(value or {})
+    out: dict[str, Any] = {}
+    for i, entry in enumerate(value):
+        ((key, item),) = entry.items()
+        if key in out:
+            raise Problem(("vars", i, key), f"variable {key!r} is given twice")
+        out[key] = item
+    return out
 
 
 def _check_schema(schema: dict[str, Any], path: Path) -> None:
