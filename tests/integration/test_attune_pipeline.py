@@ -183,20 +183,34 @@ def test_production_approval_granted_by_a_member_of_the_group(
     inquiry, assigned_to, prompt = inquiry_of(conn, execution_id)
     assert assigned_to == GROUP
     assert "Regions: us-east-1, eu-west-1" in prompt
-    # A login outside the group is refused, and nothing changes.
-    with (
-        psycopg.connect(approvers(False), autocommit=True) as other,
-        pytest.raises(psycopg.errors.InsufficientPrivilege) as info,
-    ):
-        other.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,))
-    assert f"is assigned to {GROUP}" in str(info.value)
-    assert f"is not a member of {GROUP}" in str(info.value)
+    member_dsn = approvers(True)
+    member_name = str(conninfo.conninfo_to_dict(member_dsn)["user"])
+    # A login outside the group is refused, and nothing changes; naming a member as
+    # `who` does not help (membership is the login's).
+    with psycopg.connect(approvers(False), autocommit=True) as other:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            other.execute(
+                "SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,)
+            )
+        assert f"is assigned to {GROUP}" in str(info.value)
+        assert f"is not a member of {GROUP}" in str(info.value)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not answer as"):
+            other.execute(
+                "SELECT attune.respond_inquiry(%s, '{\"approved\": true}', %s)",
+                (inquiry, member_name),
+            )
+    # `who` that is no role at all cannot be a member either.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is not a PostgreSQL role"):
+        conn.execute(
+            "SELECT attune.respond_inquiry(%s, '{\"approved\": true}', 'nobody-at-all')",
+            (inquiry,),
+        )
+    conn.rollback()
     (status,) = conn.execute(
         "SELECT status FROM attune.inquiry WHERE id = %s", (inquiry,)
     ).fetchone()  # type: ignore[misc]
     assert status == "pending"
     # Any member answers.
-    member_dsn = approvers(True)
     with psycopg.connect(member_dsn, autocommit=True) as member:
         member.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,))
         (member_login,) = member.execute("SELECT session_user").fetchone()  # type: ignore[misc]
