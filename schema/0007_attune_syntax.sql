@@ -22,18 +22,23 @@ ALTER TABLE attune.task_state
 
 ALTER TABLE attune.workflow_execution ADD COLUMN started_by text;
 
+-- A definer, like every trigger function (0005): reading the parent's row needs no
+-- privilege of the inserting role.
 CREATE FUNCTION attune.set_started_by() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, attune, pg_temp AS $$
+DECLARE
+    parent_login text;
 BEGIN
+    -- Whatever the INSERT says is replaced: the column is the database's word.
     IF NEW.parent_task_id IS NOT NULL THEN
-        SELECT coalesce(p.started_by, p.requested_by) INTO NEW.started_by
+        SELECT coalesce(p.started_by, p.requested_by) INTO parent_login
           FROM attune.task_execution t
           JOIN attune.workflow_execution p ON p.id = t.workflow_execution_id
          WHERE t.id = NEW.parent_task_id;
     END IF;
     -- Inside SECURITY DEFINER functions (start_execution) session_user is still the
     -- caller's login; current_user would be the owner.
-    NEW.started_by := coalesce(NEW.started_by, session_user);
+    NEW.started_by := coalesce(parent_login, session_user);
     RETURN NEW;
 END $$;
 
@@ -41,8 +46,12 @@ END $$;
 CREATE TRIGGER workflow_execution_05_started_by BEFORE INSERT ON attune.workflow_execution
     FOR EACH ROW EXECUTE FUNCTION attune.set_started_by();
 
--- Unchanged but for the assigned_to check (and the attributes 0005 gave it, which a
--- CREATE OR REPLACE would otherwise reset).
+-- respond_inquiry as migration 0006 (branch issue7, "no poison pills") defines it (`who`
+-- may not be NULL or empty, the response bounded by attune.json_check), plus the group
+-- check. 0007 runs after 0006 on every database, so this definition must carry 0006's
+-- changes; json_check is called only where 0006 created it, so 0007 is also right on a
+-- database without 0006. The attributes 0005 gave the function are restated (a CREATE
+-- OR REPLACE would otherwise reset them).
 CREATE OR REPLACE FUNCTION attune.respond_inquiry(inquiry_id bigint, response jsonb,
                                                   who text DEFAULT current_user)
 RETURNS text
@@ -54,6 +63,14 @@ DECLARE
     assignees text[];
     groups text[];
 BEGIN
+    IF who IS NULL OR who = '' THEN
+        RAISE EXCEPTION 'inquiry %: who must name the person or application answering', inquiry_id
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF to_regprocedure('attune.json_check(jsonb, text)') IS NOT NULL THEN
+        EXECUTE 'SELECT attune.json_check($1, $2)'
+            USING response, format('inquiry %s response', inquiry_id);
+    END IF;
     SELECT i.workflow_execution_id INTO execution_id FROM attune.inquiry i WHERE i.id = inquiry_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inquiry % does not exist', inquiry_id USING ERRCODE = 'no_data_found';
@@ -115,6 +132,3 @@ BEGIN
     RETURN 'responded';
 END $$;
 
--- The trigger function runs as the inserting role (worker or submitter), which may
--- read the rows it needs; nobody calls it directly.
-REVOKE EXECUTE ON FUNCTION attune.set_started_by() FROM PUBLIC;

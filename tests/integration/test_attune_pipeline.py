@@ -206,6 +206,10 @@ def test_production_approval_granted_by_a_member_of_the_group(
             (inquiry,),
         )
     conn.rollback()
+    # A NULL `who` does not skip the check (as migration 0006 has it).
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="who must name"):
+        conn.execute("SELECT attune.respond_inquiry(%s, '{}', NULL)", (inquiry,))
+    conn.rollback()
     (status,) = conn.execute(
         "SELECT status FROM attune.inquiry WHERE id = %s", (inquiry,)
     ).fetchone()  # type: ignore[misc]
@@ -305,3 +309,32 @@ def test_simple_workflow_as_attune_wrote_it(pipeline: psycopg.Connection) -> Non
         "processed": "HI",
         "final": "Workflow complete. Result: HI",
     }
+
+
+def test_identity_login_is_the_inserting_login_and_children_inherit_it(
+    pipeline: psycopg.Connection,
+) -> None:
+    conn = pipeline
+    (login,) = conn.execute("SELECT session_user").fetchone()  # type: ignore[misc]
+    row = conn.execute(
+        "INSERT INTO attune.workflow_execution (workflow_ref, parameters, requested_by)"
+        " VALUES ('examples.nested', '{}', 'someone-else') RETURNING id, started_by"
+    ).fetchone()
+    assert row is not None
+    parent, started_by = row
+    assert started_by == login  # requested_by is what the caller says; started_by is not
+    conn.commit()
+    # Even a caller allowed to write the column cannot claim another login.
+    claimed = conn.execute(
+        "INSERT INTO attune.workflow_execution (workflow_ref, parameters, started_by)"
+        " VALUES ('examples.child', '{\"name\": \"x\"}', 'mallory') RETURNING id, started_by"
+    ).fetchone()
+    assert claimed is not None and claimed[1] == login
+    conn.commit()
+    assert wait_done(conn, claimed[0], timeout=60)["status"] == "succeeded"
+    assert wait_done(conn, parent, timeout=60)["status"] == "succeeded"
+    children = conn.execute(
+        "SELECT started_by FROM attune.workflow_execution WHERE root_id = %s AND id <> %s",
+        (parent, parent),
+    ).fetchall()
+    assert children and all(c == (login,) for c in children)
