@@ -46,12 +46,10 @@ END $$;
 CREATE TRIGGER workflow_execution_05_started_by BEFORE INSERT ON attune.workflow_execution
     FOR EACH ROW EXECUTE FUNCTION attune.set_started_by();
 
--- respond_inquiry as migration 0006 (branch issue7, "no poison pills") defines it (`who`
--- may not be NULL or empty, the response bounded by attune.json_check), plus the group
--- check. 0007 runs after 0006 on every database, so this definition must carry 0006's
--- changes; json_check is called only where 0006 created it, so 0007 is also right on a
--- database without 0006. The attributes 0005 gave the function are restated (a CREATE
--- OR REPLACE would otherwise reset them).
+-- respond_inquiry exactly as 0006 defines it (`who` may not be NULL or empty, the
+-- response bounded by attune.json_check), plus the group check. SECURITY DEFINER and the
+-- search_path are restated (a CREATE OR REPLACE would otherwise reset them); the grants
+-- are kept.
 CREATE OR REPLACE FUNCTION attune.respond_inquiry(inquiry_id bigint, response jsonb,
                                                   who text DEFAULT current_user)
 RETURNS text
@@ -67,10 +65,7 @@ BEGIN
         RAISE EXCEPTION 'inquiry %: who must name the person or application answering', inquiry_id
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF to_regprocedure('attune.json_check(jsonb, text)') IS NOT NULL THEN
-        EXECUTE 'SELECT attune.json_check($1, $2)'
-            USING response, format('inquiry %s response', inquiry_id);
-    END IF;
+    PERFORM attune.json_check(response, format('inquiry %s response', inquiry_id));
     SELECT i.workflow_execution_id INTO execution_id FROM attune.inquiry i WHERE i.id = inquiry_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'inquiry % does not exist', inquiry_id USING ERRCODE = 'no_data_found';
