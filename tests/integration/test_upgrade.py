@@ -96,20 +96,17 @@ def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
         assert not thread.is_alive()
 
 
-def test_upgrade_keeps_requested_executions_and_old_rows(old_dsn: str) -> None:
-    """The latest migration applied to a database of the previous version holding
-    requested executions; then a worker of this code finishes them all.
-
-    Runs whatever REQUIRED_SCHEMA is (the test above needs a worker on the previous
-    schema): rows written before the migration, by the INSERT the previous schema knows,
-    are finished by a worker of this code afterwards."""
+def test_rows_from_before_0007_read_with_its_defaults(old_dsn: str) -> None:
+    """Executions requested on schema 6 (before task_state.route/join_from and
+    workflow_execution.started_by existed) are finished after the upgrade by a worker of
+    this code: no started_by reads as requested_by, every old row is in the root route."""
     import threading
 
     from attune_pg.worker.loop import Worker, WorkerConfig
 
     with db.connect(old_dsn) as conn:
-        migrate.migrate(conn, target=PREVIOUS)
-        assert migrate.current_version(conn) == PREVIOUS
+        migrate.migrate(conn, target=6)
+        assert migrate.current_version(conn) == 6
         packs.register(conn, PACKS / "core")
         packs.register(conn, PACKS / "examples")
         joined = start(conn, "examples.hello_join")
@@ -117,8 +114,7 @@ def test_upgrade_keeps_requested_executions_and_old_rows(old_dsn: str) -> None:
         child = start(conn, "examples.child", {"name": "later"})
 
         applied = migrate.migrate(conn)
-        assert [m.version for m in applied] == [LATEST]
-        # A row written the old way (no route, no join_from) reads with the defaults.
+        assert 7 in [m.version for m in applied]
         old = conn.execute(
             "SELECT started_by, requested_by FROM attune.workflow_execution WHERE id = %s",
             (joined,),
