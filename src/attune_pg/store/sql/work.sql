@@ -2,7 +2,7 @@
 -- Lock workflow rows in id order (the global lock order), with what the conductor needs,
 -- the root's status (a canceled root stops its whole tree) and the tree's budget so far.
 SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
+       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
        coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
@@ -18,7 +18,7 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
 -- Up to `n` executions waiting to start, locked (SKIP LOCKED: workers never collide);
 -- not those a concurrency policy delays (schema 0009).
 SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
+       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
        coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
@@ -39,7 +39,7 @@ SELECT id FROM attune.workflow_execution WHERE status = 'requested' AND NOT dela
 -- name: execution_claim_one
 -- One execution waiting to start, locked, if no other worker holds it.
 SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
+       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
        coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
