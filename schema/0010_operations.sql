@@ -63,11 +63,12 @@ CREATE INDEX kv_execution_secret ON attune.kv ((split_part(key, '/', 2)))
     WHERE key LIKE 'execution/%';
 
 -- Delete one batch of finished top-level executions whose finished_at is older than
--- `older_than`, with everything that belongs to them; returns how many top-level
--- executions it deleted (0: nothing left). Call it until it returns less than `batch`
--- (or CALL attune.prune_all, below): each call is one short transaction, so workers
--- keep running meanwhile. A family with any execution still live is left alone; rows
--- another session holds locked are skipped (the next call gets them).
+-- `older_than`, with everything that belongs to them, and up to `batch` events (schema
+-- 0009) older than that which no remaining execution came from; returns how many
+-- executions and events it deleted (0: nothing left). Call it until it returns 0 (or
+-- CALL attune.prune_all, below): each call is one short transaction, so workers keep
+-- running meanwhile. A family with any execution still live is left alone; rows another
+-- session holds locked are skipped (the next call gets them).
 CREATE FUNCTION attune.prune(
     older_than interval DEFAULT interval '30 days',
     batch int DEFAULT 1000,
@@ -80,6 +81,7 @@ DECLARE
     bad text;
     doomed bigint[];
     family bigint[];
+    events integer := 0;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'prune: older_than must be a positive interval, got %', coalesce(older_than::text, 'NULL')
@@ -110,19 +112,32 @@ BEGIN
 
     -- Workers that have not heartbeated for that long are gone for good.
     DELETE FROM attune.worker WHERE heartbeat_at < now() - older_than;
-    IF doomed IS NULL THEN
-        RETURN 0;
+    IF doomed IS NOT NULL THEN
+        family := doomed || ARRAY(SELECT id FROM attune.workflow_execution
+                                   WHERE root_id = ANY(doomed));
+        -- What belongs to an execution without a cascading foreign key: a line per table.
+        DELETE FROM attune.execution_event WHERE workflow_execution_id = ANY(family);
+        DELETE FROM attune.kv
+         WHERE key LIKE 'execution/%' AND split_part(key, '/', 2) = ANY(family::text[]);
+        DELETE FROM attune.enforcement WHERE workflow_execution_id = ANY(family);
+        -- task_state, task_execution, inquiry and the child executions (and theirs) go
+        -- with the root by ON DELETE CASCADE.
+        DELETE FROM attune.workflow_execution WHERE id = ANY(doomed);
     END IF;
-    family := doomed || ARRAY(SELECT id FROM attune.workflow_execution WHERE root_id = ANY(doomed));
-
-    -- What belongs to an execution without a foreign key: one line per table.
-    DELETE FROM attune.execution_event WHERE workflow_execution_id = ANY(family);
-    DELETE FROM attune.kv WHERE key LIKE 'execution/%' AND split_part(key, '/', 2) = ANY(family::text[]);
-
-    -- task_state, task_execution, inquiry and the child executions (and theirs) go with
-    -- the root by ON DELETE CASCADE.
-    DELETE FROM attune.workflow_execution WHERE id = ANY(doomed);
-    RETURN cardinality(doomed);
+    -- Old events that started no execution still kept (their other enforcements go with
+    -- them by cascade); a pending one is still to be matched.
+    IF statuses IS NULL THEN
+        DELETE FROM attune.event WHERE id IN (
+            SELECT v.id FROM attune.event v
+             WHERE v.created_at < now() - older_than AND v.status <> 'pending'
+               AND NOT EXISTS (SELECT 1 FROM attune.enforcement f
+                                WHERE f.event_id = v.id AND f.workflow_execution_id IS NOT NULL)
+             ORDER BY v.created_at
+             LIMIT batch
+               FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS events = ROW_COUNT;
+    END IF;
+    RETURN coalesce(cardinality(doomed), 0) + events;
 END $$;
 
 -- All batches, each committed on its own (for pg_cron: CALL attune.prune_all('30 days')).

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg.types.json import Jsonb
 
 from attune_pg import db
 from attune_pg.cli.main import cli
@@ -152,7 +153,7 @@ def test_prune_deletes_old_families_whole_and_keeps_everything_else(
         cli, ["prune", "--older-than", "30d", "--batch", "2", "--dsn", conn.info.dsn]
     )
     assert done.exit_code == 0, done.output
-    assert done.output.startswith("pruned 5 executions in ")
+    assert done.output.startswith("pruned 5 executions and events in ")
     assert done.stderr_bytes in (None, b"")  # no progress unless asked or a terminal
     for name, execution_id in old.items():
         assert set(_footprint(conn, execution_id).values()) == {0}, name
@@ -272,3 +273,50 @@ def test_prune_while_workers_run(
     assert (
         _count(conn, "SELECT count(*) FROM attune.workflow_execution WHERE id = ANY(%s)", old) == 0
     )
+
+
+def test_prune_takes_old_events_and_enforcements_with_their_executions(
+    conn: psycopg.Connection, register, worker_thread
+) -> None:  # type: ignore[no-untyped-def]
+    register("shop")
+    worker_thread()
+    matched = _count(conn, "SELECT attune.emit_event('shop.order_placed', %s)", Jsonb(_VIP_ORDER))
+    unmatched = _count(
+        conn, "SELECT attune.emit_event('shop.order_placed', '{\"id\": 2, \"total\": 5}')"
+    )
+    deadline = time.monotonic() + 30
+    while _count(
+        conn,
+        "SELECT count(*) FROM attune.enforcement f JOIN attune.workflow_execution e"
+        " ON e.id = f.workflow_execution_id WHERE f.event_id = %s AND e.status = 'succeeded'",
+        matched,
+    ) < 1 or _count(conn, "SELECT count(*) FROM attune.event WHERE status = 'pending'"):
+        assert time.monotonic() < deadline, "the event did not run its rule"
+        time.sleep(0.05)
+    (execution,) = conn.execute(
+        "SELECT workflow_execution_id FROM attune.enforcement WHERE event_id = %s", (matched,)
+    ).fetchone()  # type: ignore[misc]
+    recent = _count(
+        conn, "SELECT attune.emit_event('shop.order_placed', '{\"id\": 3, \"total\": 7}')"
+    )
+    _age(conn, [execution])
+    conn.execute(
+        "UPDATE attune.event SET created_at = now() - interval '40 days' WHERE id = ANY(%s)",
+        ([matched, unmatched],),
+    )
+    # --status keeps events: only a prune of every status may decide an event is unneeded.
+    assert _count(conn, "SELECT attune.prune('30 days', 10, ARRAY['failed'])") == 0
+    assert _count(conn, "SELECT attune.prune('30 days', 10)") == 3  # 1 execution, 2 events
+    assert _count(conn, "SELECT attune.prune('30 days', 10)") == 0
+    assert (
+        _count(conn, "SELECT count(*) FROM attune.event WHERE id = ANY(%s)", [matched, unmatched])
+        == 0
+    )
+    assert _count(conn, "SELECT count(*) FROM attune.enforcement WHERE event_id = %s", matched) == 0
+    assert (
+        _count(conn, "SELECT count(*) FROM attune.workflow_execution WHERE id = %s", execution) == 0
+    )
+    assert _count(conn, "SELECT count(*) FROM attune.event WHERE id = %s", recent) == 1
+
+
+_VIP_ORDER = {"id": 1, "total": 500, "tags": ["vip"]}

@@ -205,7 +205,7 @@ def run(
     idempotency_key: str | None,
     dsn: str | None,
 ) -> None:
-    """Start workflow REF."""
+    """Start workflow REF (or plain action REF, as a one-task execution)."""
     params = _parse_params(pairs, params_json)
     with connection(dsn) as conn:
         execution_id = read.start_execution(
@@ -417,8 +417,9 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, doctor, graph, kv, prune, tools, ui, watch
+    from attune_pg.cli import automation, control, doctor, graph, kv, prune, tools, ui, watch
 
+    automation.register(cli)
     doctor.register(cli)
     prune.register(cli)
     watch.register(cli)

@@ -73,9 +73,10 @@ def prune(
     progress: bool | None,
     dsn: str | None,
 ) -> None:
-    """Delete finished top-level executions with their tasks, audit rows, inquiries, secrets
-    and child executions. Each batch is one short transaction (attune.prune), so it is safe
-    with workers running; executions with anything still live in their family are kept."""
+    """Delete finished top-level executions with their tasks, audit rows, inquiries,
+    secrets, enforcements and child executions, and old events no kept execution came
+    from. Each batch is one short transaction (attune.prune), so it is safe with workers
+    running; executions with anything still live in their family are kept."""
     from attune_pg.store import retention
 
     seconds = parse_age(older_than)
@@ -86,7 +87,8 @@ def prune(
             oldest = f", oldest finished {p['oldest']:%Y-%m-%d %H:%M}" if p["oldest"] else ""
             click.echo(
                 f"would prune {p['executions']:,} executions ({p['children']:,} child"
-                f" executions, {p['tasks']:,} task rows, {p['events']:,} audit rows){oldest}"
+                f" executions, {p['tasks']:,} task rows, {p['events']:,} audit rows){oldest};"
+                f" {p['trigger_events']:,} events"
             )
             return
         bar = Progress("pruning", enabled=progress)
@@ -101,7 +103,7 @@ def prune(
         deleted = retention.prune_all(conn, seconds, batch, chosen, duty=duty, on_batch=shown)
         bar.done(deleted)
     took = time.monotonic() - started
-    click.echo(f"pruned {deleted:,} executions in {took:.1f}s")
+    click.echo(f"pruned {deleted:,} executions and events in {took:.1f}s")
 
 
 def register(group: click.Group) -> None:

@@ -18,8 +18,10 @@ from attune_pg.store.queries import Q
 
 # The oldest schema this code runs on: workers of a version start after its migrations
 # are applied (docs/roles.md, "Upgrades"). 0006 added what the worker reads at start
-# (attune.setting, attune.signing_key) and what every advance writes; 0010 the trace id
-# every claim and lock reads.
+# (attune.setting, attune.signing_key) and what every advance writes; 0007 the join
+# rounds per branch (task_state.route, join_from) and workflow_execution.started_by;
+# 0009 what every claim reads and every task insert writes (concurrency policies) and the
+# timers; 0010 the trace id every claim and lock reads.
 REQUIRED_SCHEMA = 10
 
 # Any fixed 64-bit number works; this one spells "attune" in hex-ish.

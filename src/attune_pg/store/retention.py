@@ -19,7 +19,7 @@ def prune_batch(
     statuses: Sequence[str] | None = None,
 ) -> int:
     """Delete one batch (its own transaction when `conn` is in autocommit); return how
-    many top-level executions went."""
+    many top-level executions and events went."""
     row = conn.execute(
         Q.prune_batch,
         {"seconds": older_than, "batch": batch, "statuses": list(statuses) if statuses else None},

@@ -142,6 +142,13 @@ class Observer:
         if task_ids and self.metrics is not None:
             self.metrics.handed_back.inc(len(task_ids))
 
+    def timers(self, rules: Sequence[str], triggers: Sequence[str]) -> None:
+        """Timer ticks this worker fired (by rule) and the events they emitted."""
+        for rule in rules:
+            self.timer_fired(rule)
+        for trigger in triggers:
+            self.event_emitted(trigger)
+
     def timer_fired(self, timer: str, ticks: int = 1) -> None:
         """The automation's hook: this worker fired `ticks` ticks of timer `timer`."""
         if self.metrics is not None:

@@ -1,5 +1,5 @@
 -- name: prune_batch
--- One batch of attune.prune (schema/0010): the number of top-level executions deleted.
+-- One batch of attune.prune (schema/0010): the top-level executions and events deleted.
 SELECT attune.prune(make_interval(secs => %(seconds)s::float8), %(batch)s::int,
                     %(statuses)s::text[])
 
@@ -27,4 +27,12 @@ SELECT (SELECT count(*) FROM doomed)::bigint AS executions,
        (SELECT count(*) FROM attune.execution_event
          WHERE workflow_execution_id IN (SELECT id FROM family))::bigint AS events,
        (SELECT min(finished_at) FROM attune.workflow_execution
-         WHERE id IN (SELECT id FROM doomed)) AS oldest
+         WHERE id IN (SELECT id FROM doomed)) AS oldest,
+       CASE WHEN %(statuses)s::text[] IS NULL THEN
+         (SELECT count(*) FROM attune.event v
+           WHERE v.created_at < now() - make_interval(secs => %(seconds)s::float8)
+             AND v.status <> 'pending'
+             AND NOT EXISTS (SELECT 1 FROM attune.enforcement f
+                              WHERE f.event_id = v.id AND f.workflow_execution_id IS NOT NULL
+                                AND f.workflow_execution_id NOT IN (SELECT id FROM family)))
+       ELSE 0 END::bigint AS trigger_events
