@@ -156,3 +156,52 @@ def test_opentelemetry_spans_per_attempt_in_the_execution_trace(
     assert len(failed) == 1 and failed[0].status.status_code.name == "ERROR"
     assert failed[0].attributes["attune.execution.id"] == bad["id"]
     exporter.clear()
+
+
+def test_timer_ticks_and_their_events_are_counted_by_the_worker_that_fires_them(
+    conn: psycopg.Connection, worker_thread, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from attune_pg import packs
+
+    pack = tmp_path / "clock"
+    (pack / "rules").mkdir(parents=True)
+    (pack / "pack.yaml").write_text('ref: clock\nlabel: Clock\nversion: "1.0.0"\n')
+    (pack / "rules" / "tick.yaml").write_text(
+        "trigger_ref: core.intervaltimer\n"
+        "trigger_params: {unit: seconds, interval: 1}\n"
+        "action_ref: core.noop\n"
+    )
+    packs.register(conn, pack)
+    worker = worker_thread(metrics_port=0, metrics_host="127.0.0.1")
+    deadline = time.monotonic() + 30
+    while True:
+        (fired,) = conn.execute(
+            "SELECT count(*) FROM attune.event WHERE rule_ref = 'clock.tick'"
+        ).fetchone()  # type: ignore[misc]
+        if fired >= 2:
+            break
+        assert time.monotonic() < deadline, "the timer did not fire"
+        time.sleep(0.1)
+    conn.execute("UPDATE attune.timer SET next_fire_at = NULL")  # no more ticks
+    time.sleep(1.5)
+    (fired,) = conn.execute(
+        "SELECT count(*) FROM attune.event WHERE rule_ref = 'clock.tick'"
+    ).fetchone()  # type: ignore[misc]
+    while worker.observe.metrics_port is None:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{worker.observe.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("attune_timers_fired_total", (("timer", "clock.tick"),))] == fired
+    assert (
+        samples[("attune_events_emitted_total", (("trigger", "core.intervaltimer"),))] == fired
+    )
