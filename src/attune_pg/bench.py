@@ -22,8 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from attune_pg import db, packs
-from attune_pg.demo import packs_dir
+from attune_pg import db, packs, shipped
 from attune_pg.store import migrate
 from attune_pg.workerproc import start_worker, stop_worker
 
@@ -156,7 +155,7 @@ def run_bench(
     resolved = db.resolve_dsn(dsn)
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
         migrate.migrate(conn)
-        packs.register(conn, packs_dir() / "core")
+        packs.register(conn, shipped.pack_dir("core"))
         packs.register(conn, _bench_pack(Path(tmp), tasks))
         settings = _settings(conn)
         since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
@@ -224,7 +223,7 @@ def run_items_bench(dsn: str | None, *, items: int, workers: int, concurrency: i
     seconds: dict[tuple[int, str], float] = {}
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
         migrate.migrate(conn)
-        packs.register(conn, packs_dir() / "core")
+        packs.register(conn, shipped.pack_dir("core"))
         packs.register(conn, _bench_pack(Path(tmp), 1))
         settings = _settings(conn)
         since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]

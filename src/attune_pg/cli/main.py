@@ -7,12 +7,11 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from attune_pg import db, embedded, packs
+from attune_pg import db, embedded, packs, shipped
 from attune_pg.cli.common import (
     connection,
     dsn_option,
@@ -23,7 +22,6 @@ from attune_pg.cli.common import (
 )
 from attune_pg.cli.follow import follow
 from attune_pg.errors import ParameterError
-from attune_pg.spec.loader import load_workflow_file
 from attune_pg.store import migrate, read
 
 
@@ -40,13 +38,18 @@ def cli() -> None:
 @dsn_option
 @errors_to_exit
 def init(dsn: str | None) -> None:
-    """Apply the schema migrations (idempotent, safe with workers running)."""
+    """Apply the schema migrations and register the shipped core pack (idempotent, safe
+    with workers running)."""
     with connection(dsn, init=False) as conn:
         applied = migrate.migrate(conn)
         version = migrate.current_version(conn)
+        # The core pack ships in the package: registered, or upgraded when it changed.
+        core = packs.register(conn, shipped.pack_dir("core"))
     if applied:
         click.echo(f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)}")
     click.echo(f"schema at version {version}")
+    for report in core.packs:
+        click.echo(report.summary() if report.changed else f"pack {report.ref} up to date")
 
 
 @cli.group(name="db")
@@ -84,65 +87,6 @@ def db_status() -> None:
 def db_stop() -> None:
     """Stop the embedded server."""
     click.echo("stopped" if embedded.stop() else "not running")
-
-
-# ----------------------------------------------------------------- packs and workflows
-
-
-@cli.group(name="packs")
-def packs_group() -> None:
-    """Register packs of workflows and actions."""
-
-
-@packs_group.command("register")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@dsn_option
-@errors_to_exit
-def packs_register(path: Path, dsn: str | None) -> None:
-    """Validate and register the pack at PATH (or every pack under PATH): all or nothing."""
-    with connection(dsn) as conn:
-        registered = packs.register(conn, path)
-    for pack in registered:
-        click.echo(
-            f"registered pack {pack.ref} {pack.version}: {len(pack.actions)} actions,"
-            f" {len(pack.workflows)} workflows"
-        )
-
-
-@cli.group(name="workflows")
-def workflows_group() -> None:
-    """List, show and validate workflow definitions."""
-
-
-@workflows_group.command("list")
-@dsn_option
-@errors_to_exit
-def workflows_list(dsn: str | None) -> None:
-    with connection(dsn) as conn:
-        table(read.workflows(conn), ["ref", "version", "enabled", "label"])
-
-
-@workflows_group.command("show")
-@click.argument("ref")
-@dsn_option
-@errors_to_exit
-def workflows_show(ref: str, dsn: str | None) -> None:
-    """Print a registered workflow's source."""
-    with connection(dsn) as conn:
-        row = read.workflow(conn, ref)
-    click.echo(f"# {row['ref']} {row['version']} ({row['source_file']})")
-    click.echo(row["source"].rstrip())
-
-
-@workflows_group.command("validate")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@errors_to_exit
-def workflows_validate(file: Path) -> None:
-    """Check a workflow file offline (no database): syntax, schema and semantics."""
-    resolved = file.resolve()
-    pack = resolved.parent.parent.name if resolved.parent.name == "workflows" else None
-    spec = load_workflow_file(file, pack=pack)
-    click.echo(f"{file}: ok ({spec.ref}, {len(spec.all_tasks())} tasks)")
 
 
 # ----------------------------------------------------------------- running
@@ -377,8 +321,9 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, graph, kv, tools
+    from attune_pg.cli import catalog, control, graph, kv, tools
 
+    catalog.register(cli)
     tools.register(cli)
     control.register(cli)
     graph.register(cli)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,7 +30,7 @@ from attune_pg.spec.loader import load_workflow_source, read_source, validate_do
 from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
 from attune_pg.spec.params import parameters_schema, validate_parameters
-from attune_pg.spec.yaml_lines import Document, Problem, load_yaml, one_line
+from attune_pg.spec.yaml_lines import MAX_BYTES, Document, Problem, load_yaml, one_line
 
 _NAME = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 _ENTRY_RE = re.compile(r"^([^:]+\.py):([A-Za-z_][A-Za-z0-9_]*)$")
@@ -100,8 +101,37 @@ def load_packs(
     return [pack for pack, _ in loaded]
 
 
-def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
-    doc = _load_doc(root / "pack.yaml")
+@dataclass(frozen=True)
+class PackLayout:
+    """The files of one pack directory, by kind (not read yet).
+
+    The kinds a pack holds are listed here and in `scan_pack`; a new kind (triggers/,
+    rules/, policies/) adds a field, a line in `scan_pack`, a loader below and a writer
+    in `attune_pg.packs`.
+    """
+
+    root: Path
+    pack_file: Path
+    actions: tuple[Path, ...]
+    workflows: tuple[Path, ...]
+
+
+def scan_pack(root: Path) -> PackLayout:
+    """List a pack's files; refuses two files defining the same name (a.yaml and a.yml)."""
+    return PackLayout(
+        root=root,
+        pack_file=root / "pack.yaml",
+        actions=tuple(_yaml_files(root / "actions")),
+        workflows=tuple(_yaml_files(root / "workflows")),
+    )
+
+
+def load_pack_meta(
+    root: Path, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
+) -> PackSpec:
+    """pack.yaml alone: ref (= directory name), version, label, config. No actions yet."""
+    file = root / "pack.yaml"
+    doc = _load_doc(file, text, max_bytes)
     validate_document(doc, _PACK_VALIDATOR)
     data: dict[str, Any] = doc.data
     ref: str = data["ref"]
@@ -109,20 +139,62 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
     if ref != dirname:
         raise doc.error(f"pack ref {ref!r} must equal its directory name {dirname!r}", ("ref",))
     config_schema, config = _config(doc)
-    pack_path = str(root.resolve())
+    return PackSpec(
+        ref=ref,
+        label=data.get("label", ref),
+        version=data["version"],
+        path=str(root.resolve()),
+        description=data.get("description", ""),
+        config_schema=config_schema,
+        config=config,
+    )
+
+
+def load_action(
+    file: Path,
+    pack: str,
+    pack_path: str,
+    text: str | bytes | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> tuple[ActionSpec, int | None]:
+    """The action of one metadata file, and the line of its name (for duplicate errors)."""
+    return _load_action(file, pack, pack_path, text, max_bytes)
+
+
+def load_pack_workflow(
+    file: Path, pack: str, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
+) -> tuple[WorkflowSpec, Source]:
+    """One workflow file of a pack (ref `<pack>.<file stem>`), checked on its own."""
+    if text is None:
+        text = read_source(file, max_bytes)
+    return load_workflow_source(text, file=str(file), pack=pack, max_bytes=max_bytes)
+
+
+def check_references(
+    wf: WorkflowSpec, source: Source | None, known: Set[str], actions: Mapping[str, ActionSpec]
+) -> None:
+    """The actions a workflow calls exist (`known`) and its inputs fit them (`actions`)."""
+    check_actions(wf, known, source)
+    check_inputs(wf, actions, source)
+
+
+def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
+    layout = scan_pack(root)
+    meta = load_pack_meta(root)
+    ref, pack_path = meta.ref, meta.path
 
     actions: dict[str, ActionSpec] = {}
-    for file in _yaml_files(root / "actions"):
+    for file in layout.actions:
         action, line = _load_action(file, ref, pack_path)
         _refuse_duplicate(actions, action.ref, file, line)
         actions[action.ref] = action
 
     workflows: list[WorkflowSpec] = []
     sources: dict[str, Source] = {}
-    for file in _yaml_files(root / "workflows"):
+    for file in layout.workflows:
         wf, source = load_workflow_source(read_source(file), file=str(file), pack=ref)
         _refuse_duplicate(actions, wf.ref, file)
-        actions[wf.ref] = _workflow_action(wf, pack_path)
+        actions[wf.ref] = workflow_action(wf, pack_path)
         workflows.append(wf)
         sources[wf.ref] = source
 
@@ -132,22 +204,14 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
         check_actions(wf, set(actions) | foreign, sources[wf.ref])
         check_inputs(wf, actions, sources[wf.ref])
 
-    pack = PackSpec(
-        ref=ref,
-        label=data.get("label", ref),
-        version=data["version"],
-        path=pack_path,
-        description=data.get("description", ""),
-        config_schema=config_schema,
-        config=config,
-        actions=tuple(actions.values()),
-        workflows=tuple(workflows),
-    )
+    pack = replace(meta, actions=tuple(actions.values()), workflows=tuple(workflows))
     return pack, sources
 
 
-def _load_doc(file: Path) -> Document:
-    doc = load_yaml(read_source(file), file=str(file))
+def _load_doc(file: Path, text: str | bytes | None = None, max_bytes: int = MAX_BYTES) -> Document:
+    if text is None:
+        text = read_source(file, max_bytes)
+    doc = load_yaml(text, file=str(file), max_bytes=max_bytes)
     if not isinstance(doc.data, dict):
         raise doc.error(f"{file.name} must be a mapping")
     return doc
@@ -194,9 +258,14 @@ def _refuse_duplicate(
         )
 
 
-def _load_action(file: Path, pack: str, pack_path: str) -> tuple[ActionSpec, int | None]:
-    """The action of one metadata file, and the line of its name (for duplicate errors)."""
-    doc = _load_doc(file)
+def _load_action(
+    file: Path,
+    pack: str,
+    pack_path: str,
+    text: str | bytes | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> tuple[ActionSpec, int | None]:
+    doc = _load_doc(file, text, max_bytes)
     validate_document(doc, _ACTION_VALIDATOR)
     data: dict[str, Any] = doc.data
     entry_point: str | None = data.get("entry_point")
@@ -247,7 +316,8 @@ def _check_python_entry(doc: Document, actions_dir: Path, entry: str | None) -> 
         )
 
 
-def _workflow_action(wf: WorkflowSpec, pack_path: str) -> ActionSpec:
+def workflow_action(wf: WorkflowSpec, pack_path: str) -> ActionSpec:
+    """A workflow as an action: how other workflows nest it."""
     return ActionSpec(
         ref=wf.ref,
         runner="workflow",

@@ -210,14 +210,26 @@ def _tag(resolver: _Resolver, kind: type[Node], tag: str | None, value: Any, imp
     return tag
 
 
-def decode(source: str | bytes) -> str:
+def size_limit_error(max_bytes: int) -> SpecError:
+    return SpecError(f"file is larger than {human_size(max_bytes)}")
+
+
+def human_size(n: int) -> str:
+    """1048576 -> '1 MB', 1536 -> '1.5 KB' (the limit as a person wrote it)."""
+    for unit, size in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
+
+
+def decode(source: str | bytes, max_bytes: int = MAX_BYTES) -> str:
     """The text of `source`, refusing oversized files and non-UTF-8 bytes (naming the line)."""
     if isinstance(source, str):
-        if len(source) > MAX_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-            raise SpecError("file is larger than 1 MB")
+        if len(source) > max_bytes or len(source.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise size_limit_error(max_bytes)
         return source
-    if len(source) > MAX_BYTES:
-        raise SpecError("file is larger than 1 MB")
+    if len(source) > max_bytes:
+        raise size_limit_error(max_bytes)
     try:
         return source.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -226,10 +238,10 @@ def decode(source: str | bytes) -> str:
         raise SpecError(f"invalid UTF-8 byte 0x{byte:02x}", line=line) from None
 
 
-def load_yaml(source: str | bytes, *, file: str) -> Document:
+def load_yaml(source: str | bytes, *, file: str, max_bytes: int = MAX_BYTES) -> Document:
     """Parse one YAML document into a `Document`; every failure is a one-line SpecError."""
     try:
-        text = decode(source)
+        text = decode(source, max_bytes)
     except SpecError as exc:
         raise exc.located(file) from None
     try:

@@ -17,8 +17,9 @@ from attune_pg import db
 log = logging.getLogger("attune_pg.worker")
 
 # attune_work: a task became claimable; attune_start: an execution was requested;
-# attune_control: a control request, an inquiry answer, a child finished, a cancel.
-CHANNELS = ("attune_work", "attune_start", "attune_control")
+# attune_control: a control request, an inquiry answer, a child finished, a cancel;
+# attune_catalog: a registration changed packs, actions or workflows (reload the catalogue).
+CHANNELS = ("attune_work", "attune_start", "attune_control", "attune_catalog")
 
 
 class Listener(threading.Thread):
