@@ -35,6 +35,14 @@ def demo(name: str, dsn: str | None) -> None:
     help="Instead: one with-items task over this many items (and a tenth of it),"
     " to show the cost per item does not grow with the count.",
 )
+@click.option(
+    "--register",
+    "register_n",
+    type=int,
+    default=None,
+    help="Instead: generate this many workflows (100 per pack) and time `packs register`"
+    " on them, new and unchanged, against parsing them with yaml.CSafeLoader.",
+)
 @dsn_option
 @errors_to_exit
 def bench(
@@ -44,11 +52,17 @@ def bench(
     concurrency: int,
     idle_samples: int,
     items: int | None,
+    register_n: int | None,
     dsn: str | None,
 ) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
     from attune_pg.bench import run_bench, run_items_bench
 
+    if register_n:
+        from attune_pg.bench_register import run_register_bench
+
+        click.echo(run_register_bench(dsn, register_n).report())
+        return
     if items:
         report = run_items_bench(dsn, items=items, workers=workers, concurrency=concurrency)
         click.echo(report.report())

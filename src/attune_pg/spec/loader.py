@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from attune_pg.errors import SpecError
+from attune_pg.spec import fastschema
 from attune_pg.spec.checks import check_workflow
 from attune_pg.spec.model import WorkflowSpec
 from attune_pg.spec.normalize import TRANSITION_KEYS, Source, normalize_workflow
@@ -110,6 +111,8 @@ def _workflow_ref(doc: Document, pack: str | None) -> str:
 
 def validate_document(doc: Document, validator: Draft202012Validator) -> None:
     """Raise the first schema error of `doc` (earliest line; the most telling one there)."""
+    if isinstance(validator.schema, dict) and fastschema.document_valid(validator.schema, doc.data):
+        return
     errors = list(validator.iter_errors(doc.data))
     if not errors:
         return

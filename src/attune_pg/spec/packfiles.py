@@ -25,6 +25,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from attune_pg.errors import ParameterError, SpecError
+from attune_pg.spec import fastschema
 from attune_pg.spec.checks import check_actions, check_inputs
 from attune_pg.spec.loader import load_workflow_source, read_source, validate_document
 from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
@@ -274,7 +275,7 @@ def _load_action(
     output_schema = data.get("output_schema")
     try:
         parameters = parameters_schema(data.get("parameters"), ("parameters",))
-        if output_schema is not None:
+        if output_schema is not None and not fastschema.schema_valid(output_schema):
             Draft202012Validator.check_schema(output_schema)
     except Problem as problem:
         raise doc.problem(problem) from None
