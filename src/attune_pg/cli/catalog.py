@@ -124,6 +124,34 @@ def packs_sync(path: Path, skip_invalid: bool, max_file_size: int, dsn: str | No
     _report(result)
 
 
+@packs_group.command("watch")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between scans.")
+@click.option(
+    "--max-file-size", "max_file_size", type=_Size(), default=MAX_BYTES, show_default="1MB"
+)
+@dsn_option
+@errors_to_exit
+def packs_watch(path: Path, interval: float, max_file_size: int, dsn: str | None) -> None:
+    """Hot reload: keep the packs under PATH registered as their files change (`packs sync
+    --skip-invalid` on every change), until SIGTERM or Ctrl-C."""
+    import logging
+    import signal
+    import threading
+
+    from attune_pg import db
+    from attune_pg.packwatch import PackWatcher
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    resolved = db.resolve_dsn(dsn)
+    with connection(resolved):
+        pass  # the schema is applied (and the core pack registered) before watching
+    PackWatcher(resolved, path, interval=interval, max_file_bytes=max_file_size).run(stopping)
+
+
 @packs_group.command("unregister")
 @click.argument("ref")
 @click.option("--force", is_flag=True, help="Even if workflows of other packs call it.")

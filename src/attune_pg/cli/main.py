@@ -275,6 +275,20 @@ def _worker_options(func: Any) -> Any:
                 show_default=True,
                 type=click.Choice(["debug", "info", "warning", "error"]),
             ),
+            click.option(
+                "--watch-packs",
+                "watch_packs",
+                multiple=True,
+                type=click.Path(exists=True, file_okay=False),
+                help="Hot reload: register the packs under DIR now and whenever their files"
+                " change (repeatable; needs a role that may register packs).",
+            ),
+            click.option(
+                "--watch-interval",
+                default=0.5,
+                show_default=True,
+                help="How often --watch-packs looks for changes (seconds).",
+            ),
             dsn_option,
         ]
     ):
@@ -288,8 +302,12 @@ def _run_worker(
     poll_seconds: float,
     grace_seconds: float,
     log_level: str,
+    watch_packs: tuple[str, ...],
+    watch_interval: float,
     dsn: str | None,
 ) -> None:
+    import threading
+
     from attune_pg.worker.loop import Worker, WorkerConfig
 
     logging.basicConfig(
@@ -300,8 +318,20 @@ def _run_worker(
     worker = Worker(resolved, WorkerConfig(concurrency, lease_seconds, poll_seconds, grace_seconds))
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
-    if worker.wait_for_database(migrate.migrate):
+    if not worker.wait_for_database(migrate.migrate):
+        return
+    watching = threading.Event()
+    watchers = []
+    if watch_packs:
+        from attune_pg.packwatch import watch_in_thread
+
+        watchers = watch_in_thread(resolved, list(watch_packs), watching, watch_interval)
+    try:
         worker.run()
+    finally:
+        watching.set()
+        for thread in watchers:
+            thread.join(timeout=10)
 
 
 @cli.command("worker")
