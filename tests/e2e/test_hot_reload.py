@@ -93,7 +93,7 @@ def test_worker_watch_packs_reloads_changes(
 
     (pack / "workflows" / "other.yaml").unlink()
     _until("deleted file unregistered", lambda: _source(conn, "hot.other") is None)
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="unknown workflow 'hot.other'"):
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'hot\.other'"):
         start(conn, "hot.other")
     conn.rollback()
 

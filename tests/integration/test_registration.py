@@ -108,7 +108,7 @@ def test_a_deleted_file_is_unregistered_and_new_starts_are_refused(
     (pack / "workflows" / "b.yaml").unlink()
     report = packs.register(conn, pack).packs[0]
     assert report.removed == ["demo.b"] and report.workflows == 1
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="unknown workflow 'demo.b'"):
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'demo\.b'"):
         start(conn, "demo.b")
 
 
@@ -154,7 +154,8 @@ def test_all_or_nothing_by_default_and_skip_invalid_registers_the_rest(
     assert code == 3, out + err
     assert "registered pack demo 1.0.0: 0 actions, 3 workflows (1 new, 1 updated" in out
     lines = err.strip().splitlines()
-    assert lines[0].startswith("invalid: ") and "good.yaml:6: tasks[0] (say).action:" in lines[0], err
+    assert lines[0].startswith("invalid: "), err
+    assert "good.yaml:6: tasks[0] (say).action:" in lines[0], err
     assert "unknown action 'core.nope'" in lines[0]
     assert lines[-1].startswith("error: 1 invalid file skipped")
     now = definitions(conn, "demo")
@@ -173,7 +174,7 @@ def test_no_update_only_adds(dsn: str, conn: psycopg.Connection, tmp_path: Path)
     (pack / "workflows" / "a.yaml").write_text(echo("one"))
     (pack / "workflows" / "gone.yaml").unlink()
     (pack / "workflows" / "b.yaml").write_text(echo("two"))
-    code, out, err = invoke(dsn, "packs", "register", str(pack), "--no-update")
+    code, _, err = invoke(dsn, "packs", "register", str(pack), "--no-update")
     assert code == 0, err
     assert set(definitions(conn, "demo")) == {"demo.a", "demo.b", "demo.gone"}
 
@@ -187,7 +188,7 @@ def test_max_file_size(dsn: str, conn: psycopg.Connection, tmp_path: Path) -> No
     big = make_pack(tmp_path / "big", a=echo("y" * 1_100_000))
     code, _, err = invoke(dsn, "packs", "register", str(big))
     assert code == 3 and "file is larger than 1 MB" in err
-    code, out, err = invoke(dsn, "packs", "register", str(big), "--max-file-size", "2MB")
+    code, _, err = invoke(dsn, "packs", "register", str(big), "--max-file-size", "2MB")
     assert code == 0, err
     assert "demo.a" in definitions(conn, "demo")
 
@@ -225,7 +226,7 @@ def test_unregistering_a_pack_refuses_new_starts_while_running_executions_finish
     conn.commit()
     code, out, err = invoke(dsn, "packs", "unregister", "demo")
     assert code == 0 and "unregistered pack demo (1 workflows)" in out, err
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="unknown workflow 'demo.slow'"):
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'demo\.slow'"):
         start(conn, "demo.slow")
     conn.rollback()
     row = wait_done(conn, running)
@@ -284,7 +285,7 @@ def test_enable_disable_and_disabled_survives_registration(
     conn.commit()
     code, out, _ = invoke(dsn, "workflows", "disable", "demo.a")
     assert code == 0 and "disabled demo.a" in out
-    with pytest.raises(psycopg.errors.CheckViolation, match="workflow 'demo.a' is disabled"):
+    with pytest.raises(psycopg.errors.CheckViolation, match=r"workflow 'demo\.a' is disabled"):
         start(conn, "demo.a")
     conn.rollback()
     (pack / "workflows" / "a.yaml").write_text(echo("changed"))
