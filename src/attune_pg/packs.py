@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,7 +41,7 @@ import psycopg
 from attune_pg import __version__
 from attune_pg.errors import InUseError, NotFoundError, SpecError
 from attune_pg.spec.loader import read_source
-from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
+from attune_pg.spec.model import ActionSpec, PackSpec, TaskSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
 from attune_pg.spec.packfiles import (
     check_references,
@@ -51,8 +52,11 @@ from attune_pg.spec.packfiles import (
     scan_pack,
     workflow_action,
 )
+from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.spec.yaml_lines import MAX_BYTES
 from attune_pg.store import catalog
+
+log = logging.getLogger("attune_pg.packs")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Registration:
     packs: list[PackReport] = field(default_factory=list)
     invalid: list[SpecError] = field(default_factory=list)  # skipped files (skip_invalid)
     unregistered: list[str] = field(default_factory=list)  # packs gone from PATH (sync)
+    warnings: list[str] = field(default_factory=list)  # e.g. unbounded self-calls
 
     @property
     def changed(self) -> bool:
@@ -116,6 +121,9 @@ def register(
         run.register(dirs)
         if opts.sync:
             run.unregister_missing(root)
+    run.result.warnings = unbounded_self_calls([run.calls()])
+    for warning in run.result.warnings:
+        log.warning("%s", warning)
     return run.result
 
 
@@ -207,6 +215,9 @@ class _Run:
         self.gone: set[str] = set()  # refs this registration removes
         self.pending: set[str] = set()  # workflow refs still to load (forward references)
         self.deferred: list[tuple[_PackWork, WorkflowSpec, Source, str, str]] = []
+        # Registered workflows that call workflows of this registration, reduced to those
+        # tasks: enough to warn about unbounded self-calls without holding every spec.
+        self.callers: list[WorkflowSpec] = []
 
     # ------------------------------------------------------------ errors
 
@@ -384,6 +395,7 @@ class _Run:
                 continue
             if self._check(wf, source):
                 valid.append((wf, text, h))
+                self._keep_calls(wf)
         self._write(work, valid)
 
     def _fetch_registered(self, workflows: Iterable[WorkflowSpec]) -> None:
@@ -413,6 +425,22 @@ class _Run:
             return False
         return True
 
+    def _keep_calls(self, wf: WorkflowSpec) -> None:
+        ours = {ref for work in self.works for ref in work.workflow_files}
+        calls = tuple(
+            TaskSpec(t.name, action=t.action, with_items=t.with_items, concurrency=t.concurrency)
+            for t in wf.all_tasks()
+            if t.action in ours
+        )
+        if calls:
+            self.callers.append(
+                WorkflowSpec(wf.ref, wf.label, wf.version, calls, source_file=wf.source_file)
+            )
+
+    def calls(self) -> PackSpec:
+        """The workflows registered now that call each other (`spec.recursion` reads it)."""
+        return PackSpec(ref="", label="", version="", path="", workflows=tuple(self.callers))
+
     def _finish_deferred(self) -> None:
         deferred, self.deferred = self.deferred, []
         self.pending.clear()
@@ -422,6 +450,7 @@ class _Run:
         for work, wf, source, text, h in deferred:
             if self._check(wf, source):
                 by_work.setdefault(work.meta.ref, []).append((wf, text, h))
+                self._keep_calls(wf)
                 works[work.meta.ref] = work
         for ref, valid in by_work.items():
             self._write(works[ref], valid, pack_written=True)

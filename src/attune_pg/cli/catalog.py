@@ -68,6 +68,8 @@ def _report(result: packs.Registration) -> None:
         click.echo(pack.summary())
     for ref in result.unregistered:
         click.echo(f"unregistered pack {ref} (its directory is gone)")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for error in result.invalid:
         click.echo(f"invalid: {error}", err=True)
     if result.invalid:

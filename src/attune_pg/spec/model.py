@@ -22,6 +22,7 @@ RESERVED_TASK_NAMES = frozenset(
     {"parameters", "vars", "task", "tasks", "system", "kv", "pack", "item", "index"}
 )
 
+
 def _plain(value: Any) -> Any:
     """A model value as `dataclasses.asdict` gives it (tuples stay tuples), but sharing the
     JSON leaves (the dicts and lists read from YAML hold no dataclasses) instead of deep-

@@ -118,7 +118,9 @@ class PackLayout:
 
 
 def scan_pack(root: Path) -> PackLayout:
-    """List a pack's files; refuses two files defining the same name (a.yaml and a.yml)."""
+    """List a pack's files; refuses two files defining the same name (a.yaml and a.yml)
+    and symlinks that point outside the pack."""
+    _refuse_links_out(root)
     return PackLayout(
         root=root,
         pack_file=root / "pack.yaml",
@@ -207,6 +209,21 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
 
     pack = replace(meta, actions=tuple(actions.values()), workflows=tuple(workflows))
     return pack, sources
+
+
+def _refuse_links_out(root: Path) -> None:
+    """A symlink in a pack must point inside the pack: a pack's files are what it runs,
+    and registration must not read (or a worker run) a file from elsewhere."""
+    inside = root.resolve()
+    for path in sorted(root.rglob("*")):  # symlinked folders are listed, not entered
+        if path.is_symlink():
+            target = path.resolve()
+            if target != inside and inside not in target.parents:
+                raise SpecError(
+                    f"symlink points outside the pack (to {target}): packs may only"
+                    " link to their own files",
+                    file=str(path),
+                )
 
 
 def _load_doc(file: Path, text: str | bytes | None = None, max_bytes: int = MAX_BYTES) -> Document:
