@@ -34,6 +34,10 @@ VIEWS = (
     "stuck_tasks",
     "worker_status",
     "pending_inquiries",
+    # 0012: the web console's views
+    "execution_detail",
+    "execution_audit",
+    "workflow_catalog",
 )
 
 CONTROL_FUNCTIONS = (

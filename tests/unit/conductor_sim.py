@@ -304,6 +304,15 @@ class Sim:
 
     def finish_many(self, finished: Sequence[tuple[int, Outcome | str]]) -> None:
         """Several attempts of this execution finished; one advance, like `advance._complete`."""
+        self._conduct(self._finished(finished), requested=False)
+
+    def control_pass_with(self, finished: Sequence[tuple[int, Outcome | str]]) -> None:
+        """A control pass that also ends waiting tasks (an answer, a child that ended), as
+        `advance._control` does: their outcomes first, then the pending request."""
+        self.execution.control_requested = False  # control.take_requests
+        self._conduct(self._finished(finished), requested=True)
+
+    def _finished(self, finished: Sequence[tuple[int, Outcome | str]]) -> list[Attempt]:
         attempts: list[Attempt] = []
         for row_id, outcome in finished:
             row = self.rows[row_id]
@@ -331,7 +340,7 @@ class Sim:
         attempts.sort(key=lambda a: a.task_execution_id)
         if len(attempts) > 1:
             self.stats["batched advance"] += 1
-        self._conduct(attempts, requested=False)
+        return attempts
 
     # ------------------------------------------------------------ control (SQL functions)
 

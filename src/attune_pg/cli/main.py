@@ -351,13 +351,14 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import catalog, control, graph, kv, tools
+    from attune_pg.cli import catalog, control, graph, kv, tools, ui
 
     catalog.register(cli)
     tools.register(cli)
     control.register(cli)
     graph.register(cli)
     kv.register(cli)
+    ui.register(cli)
 
 
 _register_extra()

@@ -19,6 +19,7 @@ from typing import Any
 from attune_pg import template
 from attune_pg.engine import control, fanout, render
 from attune_pg.engine.state import (
+    AggregateItems,
     Attempt,
     Command,
     Context,
@@ -189,6 +190,11 @@ class Conductor:
 
     def task_done(self, state: TaskState, status: str, result: Json, error: Json) -> None:
         self._task_done(state, status, result, error)
+
+    def aggregating(self, state: TaskState) -> bool:
+        """Its items are all done and their aggregation is among this run's commands: the
+        aggregation ends the task, nothing else may."""
+        return AggregateItems(state.name, state.iteration) in self._commands
 
     def unhandled_states(self) -> list[TaskState]:
         return [s for s in self._states.values() if s.unhandled]

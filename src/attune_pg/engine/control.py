@@ -26,11 +26,14 @@ def cancel(conductor: Conductor, live: Mapping[tuple[str, int], LiveRows]) -> No
             continue
         if conductor.spec.task(state.name).kind == "parallel":
             continue  # a block ends when its sub-tasks do
+        if conductor.aggregating(state):
+            continue  # this pass ended its last item: its items' results end it
         rows = live.get(state.key, LiveRows())
         if state.items_total is not None:
             # Released items that were only scheduled are canceled now and will never
-            # report: the window closes on what is really running.
-            state = replace(state, items_released=state.items_done + rows.running)
+            # report: the window closes on what still will, the items running and those
+            # waiting on a child execution (the child is canceled and reports back).
+            state = replace(state, items_released=state.items_done + rows.total)
             conductor.put(state)
         if rows.total == 0:
             conductor.task_done(state, "canceled", state.result, None)
