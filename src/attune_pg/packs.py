@@ -18,8 +18,9 @@ The pipeline, one pack at a time so memory stays flat with thousands of workflow
 All or nothing by default: the first invalid file raises a located SpecError and the
 transaction rolls back. `skip_invalid` registers the valid files instead and reports each
 invalid one; an invalid file keeps its registered version (a half-saved edit never removes
-a working workflow). New kinds of pack files (triggers, rules, policies) plug in where
-`_PackWork` loads actions and `_write` writes them.
+a working workflow). The kinds of files: actions and workflows (hashed, `_scan` to
+`_write`), then triggers, rules and policies (`_register_automation`, spec/automation.py),
+which name them; a new kind plugs in beside the latter.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -40,6 +41,7 @@ import psycopg
 
 from attune_pg import __version__
 from attune_pg.errors import InUseError, NotFoundError, SpecError
+from attune_pg.spec.automation import PackAutomation, load_automation
 from attune_pg.spec.loader import read_source
 from attune_pg.spec.model import ActionSpec, PackSpec, TaskSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
@@ -54,7 +56,7 @@ from attune_pg.spec.packfiles import (
 )
 from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.spec.yaml_lines import MAX_BYTES
-from attune_pg.store import catalog
+from attune_pg.store import automation, catalog
 
 log = logging.getLogger("attune_pg.packs")
 
@@ -242,6 +244,32 @@ class _Run:
         for work in self.works:
             self._load_and_write(work)
         self._finish_deferred()
+        self._register_automation()
+
+    def _register_automation(self) -> None:
+        """Triggers, rules and policies (few files: always loaded, not hashed), checked
+        against the actions and workflows as registered now, written last."""
+        if not self.works or not automation.schema_present(self.conn):
+            return  # no packs, or a schema older than 0009: nowhere to put them
+        packs = [w.meta for w in self.works]
+        actions = _ActionView(self.local, self.fetched, self.gone, self._fetch_one)
+        triggers = automation.registered_triggers(self.conn)
+        policies = automation.registered_policies(self.conn)
+        if not self.options.skip_invalid:
+            automation.register(self.conn, load_automation(packs, actions, triggers, policies))
+            return
+        loaded: list[PackAutomation] = []
+        for pack in packs:  # one pack at a time, so one invalid file skips only its pack's
+            known = {**triggers, **{t.ref: t for done in loaded for t in done.triggers}}
+            try:
+                loaded.extend(load_automation([pack], actions, known, policies))
+            except SpecError as exc:
+                self.invalid(exc)
+        automation.register(self.conn, loaded)
+
+    def _fetch_one(self, ref: str) -> None:
+        if ref not in self.fetched and ref not in self.gone:
+            self.fetched.update(catalog.action_specs(self.conn, [ref]))
 
     def _read(self, file: Path) -> bytes:
         return read_source(file, self.options.max_file_bytes)
@@ -534,18 +562,25 @@ def _pack_ref_of(error: SpecError) -> str:
 
 
 class _ActionView(Mapping[str, ActionSpec]):
-    """This registration's actions over the registered ones, minus what it removes."""
+    """This registration's actions over the registered ones, minus what it removes; with
+    `fetch`, a registered action not fetched yet is fetched when asked for."""
 
     def __init__(
-        self, local: Mapping[str, ActionSpec], fetched: Mapping[str, ActionSpec], gone: set[str]
+        self,
+        local: Mapping[str, ActionSpec],
+        fetched: Mapping[str, ActionSpec],
+        gone: set[str],
+        fetch: Callable[[str], None] | None = None,
     ) -> None:
-        self._local, self._fetched, self._gone = local, fetched, gone
+        self._local, self._fetched, self._gone, self._fetch = local, fetched, gone, fetch
 
     def __getitem__(self, ref: str) -> ActionSpec:
         if ref in self._local:
             return self._local[ref]
         if ref in self._gone:
             raise KeyError(ref)
+        if ref not in self._fetched and self._fetch is not None:
+            self._fetch(ref)
         return self._fetched[ref]
 
     def __iter__(self) -> Iterator[str]:
@@ -578,6 +613,8 @@ def unregister_pack(conn: psycopg.Connection, ref: str, *, force: bool = False) 
     if users and not force:
         raise _in_use(f"pack {ref!r}", users)
     workflows = catalog.retire_pack(conn, ref)
+    if automation.schema_present(conn):
+        automation.register(conn, [PackAutomation(pack=ref)])  # its triggers, rules, policies
     catalog.notify_changed(conn, ref)
     return workflows
 

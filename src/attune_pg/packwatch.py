@@ -27,7 +27,8 @@ from pathlib import Path
 import psycopg
 
 from attune_pg import db, packs
-from attune_pg.errors import AttuneError
+from attune_pg.errors import AttuneError, SpecError
+from attune_pg.spec.packfiles import find_pack_dirs
 
 log = logging.getLogger("attune_pg.packs")
 
@@ -38,10 +39,14 @@ def signature(root: Path) -> Signature:
     """(mtime, size, inode) of every pack's YAML files under `root` (or in the pack `root`)."""
     out: Signature = {}
     try:
-        pack_dirs = [root] if (root / "pack.yaml").exists() else _subdirs(root)
-    except OSError:
+        # The packs registration would find (bundled ones included), and any directory that
+        # may become one (its pack.yaml appears, or it was a pack and lost it).
+        pack_dirs = set(find_pack_dirs(root))
+        if not (root / "pack.yaml").exists():
+            pack_dirs |= set(_subdirs(root))
+    except (OSError, SpecError):
         return out
-    for pack in pack_dirs:
+    for pack in sorted(pack_dirs):
         _add_yaml(out, pack)
         for sub in _subdirs(pack):
             _add_yaml(out, sub)

@@ -13,8 +13,8 @@ and checks, on every write, what SQL's guards and triggers would check:
 - at most one write per task_state row per flush.
 
 Each event builds a fresh `Conductor` from the current rows, exactly as
-`advance.py` does: the latest iteration of each task, plus `add_state` for an
-older iteration an attempt belongs to. `AggregateItems` is answered like
+`advance.py` does: the latest iteration of each task in each route (branch), plus
+`add_state` for an older iteration an attempt belongs to. `AggregateItems` is answered like
 `work.item_results` + `_Batch.write` (final attempt of each item, in item order,
 canceled items as null), which may cascade into more flushes.
 
@@ -157,7 +157,7 @@ class ExecutionRow:
             active_tasks=self.active_tasks,
             error=self.error,
             output=self.output,
-            requested_by="tester",
+            login="tester",
             started_at=self.started_at,
             cancel_policy=self.cancel_policy,
             running_rows=running_rows,
@@ -271,6 +271,16 @@ class Sim:
             if state.name not in out or out[state.name].iteration < state.iteration:
                 out[state.name] = state
         return out
+
+    def route_latest(self) -> list[TaskState]:
+        """What `work.latest_states_many` loads: the latest iteration of each task in
+        each route."""
+        out: dict[tuple[str, str], TaskState] = {}
+        for state in self.states.values():
+            key = (state.name, state.route)
+            if key not in out or out[key].iteration < state.iteration:
+                out[key] = state
+        return sorted(out.values(), key=lambda s: (s.name, s.route))
 
     def state(self, name: str, iteration: int | None = None) -> TaskState:
         if iteration is None:
@@ -423,12 +433,12 @@ class Sim:
         """`advance._conduct` for one execution: attempts first, then a control request."""
         ex = self.execution
         running_rows = len(self.running()) if ex.status == "pausing" else None
-        latest = self.latest()
+        loaded = self.route_latest()
+        keys = {s.key for s in loaded}
         snapshot = ex.snapshot(running_rows)
-        conductor = Conductor(snapshot, dict(latest), self._ctx(), **self._cap())
+        conductor = Conductor(snapshot, loaded, self._ctx(), **self._cap())
         for attempt in attempts:
-            current = latest.get(attempt.task_name)
-            if current is None or current.iteration != attempt.iteration:
+            if (attempt.task_name, attempt.iteration) not in keys:
                 conductor.add_state(self.states[(attempt.task_name, attempt.iteration)])
                 self.stats["older iteration finished"] += 1
         for attempt in attempts:

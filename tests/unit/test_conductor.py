@@ -292,7 +292,8 @@ def test_join_that_can_never_fire_fails_the_workflow() -> None:
     assert error is not None
     assert error["type"] == "JoinNeverFired"
     assert error["task"] == "j"
-    assert "waits for 2 inbound transitions but only 1 arrived" in error["message"]
+    expected = "waits for 2 of its inbound tasks (a, b) but only 1 arrived (a; missing b)"
+    assert expected in error["message"]
     assert sim.state("j").status == "canceled"
     assert not sim.rows_where(task="j")
 

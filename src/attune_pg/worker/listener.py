@@ -43,7 +43,8 @@ class Listener(threading.Thread):
         while not self._stopping.is_set():
             try:
                 with db.connect(self._dsn, name="attune_worker_listen") as conn:
-                    for channel in CHANNELS:
+                    # The standard channels and any other the owner gave a hint for.
+                    for channel in dict.fromkeys((*CHANNELS, *self._hints)):
                         conn.execute(f"LISTEN {channel}")
                     self.connected.set()
                     if down:
