@@ -7,7 +7,8 @@
 --
 -- unregistered_at: packs and actions are retired rather than deleted, so a task of an
 -- execution that is already running still finds the action it calls (executions keep
--- their definition snapshot; actions are looked up by ref). Retired rows are invisible to
+-- their definition snapshot; actions are looked up by ref). Retired actions are also
+-- disabled (enabled = false), so nothing new starts them; they are invisible to
 -- registration checks and listings; registering the pack again revives them. Workflow
 -- definitions themselves are deleted: a new start of an unregistered ref is refused by the
 -- prepare trigger ("unknown workflow 'x'"), and running executions need only their snapshot.

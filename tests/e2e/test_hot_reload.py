@@ -58,7 +58,9 @@ def _source(conn: psycopg.Connection, ref: str) -> str | None:
 
 
 def test_worker_watch_packs_reloads_changes(
-    conn: psycopg.Connection, worker_procs, tmp_path: Path  # type: ignore[no-untyped-def]
+    conn: psycopg.Connection,
+    worker_procs,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     root = tmp_path / "packs"
     pack = root / "hot"
@@ -93,7 +95,9 @@ def test_worker_watch_packs_reloads_changes(
 
     (pack / "workflows" / "other.yaml").unlink()
     _until("deleted file unregistered", lambda: _source(conn, "hot.other") is None)
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'hot\.other'"):
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation, match=r"unknown workflow (or action )?'hot\.other'"
+    ):
         start(conn, "hot.other")
     conn.rollback()
 

@@ -108,7 +108,9 @@ def test_a_deleted_file_is_unregistered_and_new_starts_are_refused(
     (pack / "workflows" / "b.yaml").unlink()
     report = packs.register(conn, pack).packs[0]
     assert report.removed == ["demo.b"] and report.workflows == 1
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'demo\.b'"):
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation, match=r"unknown workflow (or action )?'demo\.b'"
+    ):
         start(conn, "demo.b")
 
 
@@ -129,9 +131,7 @@ def test_an_unchanged_workflow_is_checked_again_when_an_action_it_calls_changes(
     )
     with pytest.raises(SpecError, match=r"uses\.yaml:\d+: .*unknown input 'message'"):
         packs.register(conn, pack)
-    params = conn.execute(
-        "SELECT parameters FROM attune.action WHERE ref = 'demo.say'"
-    ).fetchone()
+    params = conn.execute("SELECT parameters FROM attune.action WHERE ref = 'demo.say'").fetchone()
     assert params is not None and "message" in params[0]["properties"]  # nothing changed
 
 
@@ -194,7 +194,11 @@ def test_max_file_size(dsn: str, conn: psycopg.Connection, tmp_path: Path) -> No
 
 
 def test_unregistering_a_pack_refuses_new_starts_while_running_executions_finish(
-    dsn: str, conn: psycopg.Connection, register, worker_thread, tmp_path: Path  # type: ignore[no-untyped-def]
+    dsn: str,
+    conn: psycopg.Connection,
+    register,
+    worker_thread,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     pack = make_pack(
         tmp_path,
@@ -226,8 +230,13 @@ def test_unregistering_a_pack_refuses_new_starts_while_running_executions_finish
     conn.commit()
     code, out, err = invoke(dsn, "packs", "unregister", "demo")
     assert code == 0 and "unregistered pack demo (1 workflows)" in out, err
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'demo\.slow'"):
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation, match=r"unknown workflow (or action )?'demo\.slow'"
+    ):
         start(conn, "demo.slow")
+    conn.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation, match=r"'demo\.say' is disabled"):
+        start(conn, "demo.say")  # its plain action cannot be started on its own either
     conn.rollback()
     row = wait_done(conn, running)
     assert row["status"] == "succeeded" and row["output"] == {"said": "done"}
@@ -244,7 +253,9 @@ def test_unregistering_a_pack_refuses_new_starts_while_running_executions_finish
 
 
 def test_unregister_refuses_what_other_workflows_call_unless_forced(
-    dsn: str, conn: psycopg.Connection, register  # type: ignore[no-untyped-def]
+    dsn: str,
+    conn: psycopg.Connection,
+    register,  # type: ignore[no-untyped-def]
 ) -> None:
     register("examples")
     conn.commit()

@@ -145,8 +145,8 @@ def test_rows_from_before_0007_read_with_its_defaults(old_dsn: str) -> None:
     with db.connect(old_dsn) as conn:
         migrate.migrate(conn, target=6)
         assert migrate.current_version(conn) == 6
-        packs.register(conn, PACKS / "core")
-        packs.register(conn, PACKS / "examples")
+        _register_as_before(conn, PACKS / "core")
+        _register_as_before(conn, PACKS / "examples")
         joined = start(conn, "examples.hello_join")
         waiting = start(conn, "examples.approval")
         child = start(conn, "examples.child", {"name": "later"})

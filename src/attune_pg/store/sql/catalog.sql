@@ -60,9 +60,10 @@ SELECT spec FROM attune.action WHERE ref = ANY(%(refs)s::text[]) AND unregistere
 SELECT ref FROM attune.action WHERE unregistered_at IS NULL
 
 -- name: action_catalog
--- A worker's catalogue: retired actions included, so tasks of executions that were
--- already running when their pack was unregistered still find what they call.
-SELECT spec FROM attune.action WHERE enabled
+-- A worker's catalogue: retired actions included (they are disabled, so nothing new starts
+-- them), so tasks of executions that were already running when their pack was
+-- unregistered still find what they call.
+SELECT spec FROM attune.action WHERE enabled OR unregistered_at IS NOT NULL
 
 -- name: action_upsert
 INSERT INTO attune.action (ref, pack_ref, name, description, runner, entry_point,
@@ -75,14 +76,18 @@ ON CONFLICT (ref) DO UPDATE
        entry_point = EXCLUDED.entry_point, parameters = EXCLUDED.parameters,
        output_schema = EXCLUDED.output_schema, timeout = EXCLUDED.timeout,
        spec = EXCLUDED.spec, content_hash = EXCLUDED.content_hash,
+       -- a retired action comes back enabled; a registered one keeps its flag
+       enabled = attune.action.enabled OR attune.action.unregistered_at IS NOT NULL,
        unregistered_at = NULL, updated_at = now()
 
 -- name: action_retire
-UPDATE attune.action SET unregistered_at = now(), updated_at = now()
+-- Retired actions are disabled too: a new one-task execution of one (or a rule's) is
+-- refused ("workflow 'x' is disabled"), as the prepare trigger refuses disabled actions.
+UPDATE attune.action SET unregistered_at = now(), enabled = false, updated_at = now()
  WHERE ref = ANY(%(refs)s::text[]) AND unregistered_at IS NULL
 
 -- name: action_retire_pack
-UPDATE attune.action SET unregistered_at = now(), updated_at = now()
+UPDATE attune.action SET unregistered_at = now(), enabled = false, updated_at = now()
  WHERE pack_ref = %(pack)s AND unregistered_at IS NULL
 
 -- name: workflow_state
