@@ -10,7 +10,7 @@ from attune_pg import db
 from attune_pg.cli.common import connection, dsn_option, errors_to_exit, fail
 from attune_pg.store import migrate
 
-CONSOLE_MIGRATION = 12  # schema/0012_console.sql: the views the console reads
+CONSOLE_MIGRATION = 13  # schema/0012_console.sql, 0013: the views the console reads
 
 
 @click.command("ui")

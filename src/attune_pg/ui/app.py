@@ -246,6 +246,59 @@ class Console:
 
         return self.render(request, "workers.html", **self.read(load))
 
+    def automation(self, request: Request) -> Response:
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            return {
+                "rules": store.rules(conn),
+                "triggers": store.triggers(conn),
+                "timers": store.timers(conn),
+                "policies": store.policies(conn),
+            }
+
+        return self.render(request, "automation.html", **self.read(load))
+
+    def rule(self, request: Request) -> Response:
+        ref = str(request.path_params["ref"])
+
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            found = store.rule(conn, ref)
+            return {"r": found, "enforcements": store.enforcements(conn, rule_ref=ref)}
+
+        try:
+            return self.render(request, "rule.html", **self.read(load))
+        except AttuneError as exc:
+            return self.failure(request, exc)
+
+    def events(self, request: Request) -> Response:
+        try:
+            before = _int_param(request.query_params, "before")
+        except ParameterError as exc:
+            return self.failure(request, exc)
+        trigger = request.query_params.get("trigger") or None
+
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            rows, older = store.event_page(conn, trigger=trigger, before=before)
+            triggers = [t["ref"] for t in store.triggers(conn)]
+            return {"events": rows, "older": older, "triggers": triggers}
+
+        part = request.query_params.get("part")
+        template = "events_rows.html" if part == "rows" else "events.html"
+        return self.render(request, template, trigger=trigger or "", **self.read(load))
+
+    def event(self, request: Request) -> Response:
+        event_id = int(request.path_params["id"])
+
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            return {
+                "ev": store.event(conn, event_id),
+                "enforcements": store.enforcements(conn, event_id=event_id),
+            }
+
+        try:
+            return self.render(request, "event.html", **self.read(load))
+        except AttuneError as exc:
+            return self.failure(request, exc)
+
     # ------------------------------------------------------------ control (POST)
 
     async def control(self, request: Request) -> Response:
@@ -358,6 +411,10 @@ class Console:
             Route("/workflows", self.workflows),
             Route("/workflows/{ref:str}", self.workflow),
             Route("/workers", self.workers),
+            Route("/automation", self.automation),
+            Route("/rules/{ref:str}", self.rule),
+            Route("/events", self.events),
+            Route("/events/{id:int}", self.event),
             Route("/live", self.stream),
             Mount("/static", StaticFiles(packages=[("attune_pg.ui", "static")]), name="static"),
         ]
