@@ -14,6 +14,8 @@ Shared by the python and shell runners so the hard parts live in one place:
   too: an action's processes never outlive it. Exit is detected without reaping (pidfd or
   `waitid(WNOWAIT)`), so the group id cannot be recycled before that sweep.
 - The cancel event is checked at least every `POLL_INTERVAL` seconds.
+- The group is registered with the worker's `guardian`, which kills it should the worker
+  die (even by SIGKILL) while it runs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from attune_pg.actions import guardian
 from attune_pg.actions.outcome import ActionContext
 
 EndedBy = Literal["exit", "timeout", "cancel"]
@@ -143,11 +146,13 @@ def run_process(
         raise
     if result_channel:
         os.close(result_w)
+    guardian.default().watch(proc.pid)
     try:
         session = _Session(proc, stdout, stderr, result, result_r, stdin)
     except BaseException:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        guardian.default().release(proc.pid)
         proc.wait()
         if result_channel:
             os.close(result_r)
@@ -207,6 +212,7 @@ class _Session:
     def __exit__(self, *exc: object) -> None:
         if self.proc.returncode is None:  # an exception escaped: leave nothing behind
             self._killpg(signal.SIGKILL)
+            guardian.default().release(self.proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
         self.sel.close()
@@ -316,6 +322,7 @@ class _Session:
         end = time.monotonic() + DRAIN_GRACE
         while self.readers and time.monotonic() < end:
             self._pump(min(0.01, max(0.0, end - time.monotonic())))
+        guardian.default().release(self.proc.pid)  # before the reap frees the group id
         try:
             return self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -344,22 +351,44 @@ def action_env(context: ActionContext, extra: Mapping[str, str] | None = None) -
     row of its own, and so gets a key of its own. `ATTUNE_ATTEMPT` tells the attempts apart.
     """
     env = dict(os.environ)
-    env["ATTUNE_IDEMPOTENCY_KEY"] = context.idempotency_key
-    env["ATTUNE_EXECUTION_ID"] = str(context.execution_id)
-    env["ATTUNE_TASK_EXECUTION_ID"] = str(context.task_execution_id)
-    env["ATTUNE_TASK_NAME"] = context.task_name
-    env["ATTUNE_ATTEMPT"] = str(context.attempt)
+    env.update(attempt_env(context))
     if extra:
         env.update(extra)
     return env
+
+
+def attempt_env(context: ActionContext) -> dict[str, str]:
+    """The variables that identify the attempt (added to the worker's environment)."""
+    return {
+        "ATTUNE_IDEMPOTENCY_KEY": context.idempotency_key,
+        "ATTUNE_EXECUTION_ID": str(context.execution_id),
+        "ATTUNE_TASK_EXECUTION_ID": str(context.task_execution_id),
+        "ATTUNE_TASK_NAME": context.task_name,
+        "ATTUNE_ATTEMPT": str(context.attempt),
+    }
 
 
 def pack_file(pack_path: str | None, relative: str, ref: str) -> str:
     """The absolute path of `relative` inside the pack's `actions/` directory.
 
     Raises ValueError (naming the action `ref`) if the pack is unknown or the path is
-    absolute or escapes `actions/`.
+    absolute or escapes `actions/`. Answers are remembered (resolving symlinks costs a
+    system call per path component, on every call of an action otherwise).
     """
+    key = (pack_path, relative)
+    path = _PACK_FILES.get(key)
+    if path is None:
+        path = _pack_file(pack_path, relative, ref)
+        if len(_PACK_FILES) >= 4096:
+            _PACK_FILES.clear()
+        _PACK_FILES[key] = path
+    return path
+
+
+_PACK_FILES: dict[tuple[str | None, str], str] = {}
+
+
+def _pack_file(pack_path: str | None, relative: str, ref: str) -> str:
     if not pack_path:
         raise ValueError(f"action {ref} has no pack directory to find {relative!r} in")
     if os.path.isabs(relative):

@@ -1,0 +1,406 @@
+"""Warm python hosts: the worker's side of `python_host`, one call per host at a time.
+
+Each worker process keeps a pool of host processes, keyed by the directory of the action's
+file (so two packs' helper modules never meet in one interpreter). A call takes an idle
+host of its key, or starts one; sends the request; pumps the host's stdout, stderr and
+answer until the answer is complete, the host exits, the timeout passes or `cancel` is set;
+and gives the host back. A host is killed with its whole process group, never reused,
+after a timeout or cancel, a crash, an answer marked `retire` (the call left something
+running that the host cannot put back), a garbled answer, `max_calls` calls, or
+`idle_seconds` without a call. Hosts are started lazily, so a worker that never runs a
+python action has none.
+
+Settings (environment of the worker): `ATTUNE_PYTHON_MAX_CALLS` (default 1000; 1 means a
+fresh interpreter for every call) and `ATTUNE_PYTHON_IDLE_SECONDS` (default 60).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from attune_pg.actions import guardian
+from attune_pg.actions.outcome import MAX_RESULT_BYTES
+from attune_pg.actions.process import DRAIN_GRACE, POLL_INTERVAL, TERM_GRACE, Capture, EndedBy
+
+HOST_MODULE = "attune_pg.actions.python_host"
+MAX_CALLS_ENV = "ATTUNE_PYTHON_MAX_CALLS"
+IDLE_ENV = "ATTUNE_PYTHON_IDLE_SECONDS"
+DEFAULT_MAX_CALLS = 1000
+DEFAULT_IDLE_SECONDS = 60.0
+#: How much of the action's stdout and stderr (each, last bytes) a call keeps.
+OUTPUT_TAIL_BYTES = 64 * 1024
+#: The largest answer frame a host may write (the host itself refuses results over the
+#: limit, so anything larger means the action wrote into the answer pipe).
+ANSWER_LIMIT = MAX_RESULT_BYTES + 256 * 1024
+_HEADER = 4
+_READ_SIZE = 65536
+_IN = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """How one call on a host ended."""
+
+    ended_by: EndedBy  # "exit": answered, or the host died without answering
+    answer: bytes | None  # the answer frame; None when the host died or garbled it
+    garbled: bool  # the answer pipe carried something that is not one frame
+    return_code: int | None  # the host's, when it is gone
+    stdout: Capture
+    stderr: Capture
+
+
+class HostGone(Exception):
+    """The host exited before it could take the request: the call never started."""
+
+
+class Host:
+    """One `python_host` process and the pipes to it."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.calls = 0
+        self.last_used = time.monotonic()
+        self.dead = False
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-u", "-P", "-m", HOST_MODULE, str(req_r), str(res_w)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(req_r, res_w),
+                start_new_session=True,  # its own process group: a kill takes what it started
+            )
+        except BaseException:
+            for fd in (req_r, req_w, res_r, res_w):
+                os.close(fd)
+            raise
+        os.close(req_r)
+        os.close(res_w)
+        guardian.default().watch(self.proc.pid)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.req_fd, self.res_fd = req_w, res_r
+        self.out_fd, self.err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
+        self.poller = select.poll()
+        for fd in (res_r, self.out_fd, self.err_fd):
+            os.set_blocking(fd, False)
+            self.poller.register(fd, _IN)
+        self.pidfd = -1  # readable once the host exits (Linux >= 5.3); else we poll waitid
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self.pidfd = os.pidfd_open(self.proc.pid)
+                self.poller.register(self.pidfd, select.POLLIN)
+        self._open = {res_r, self.out_fd, self.err_fd}
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # -- one call -----------------------------------------------------------------------
+
+    def call(self, request: bytes, cancel: threading.Event, timeout: float | None) -> CallResult:
+        """Send `request`, wait for the answer. Raises HostGone if the host was dead."""
+        self.calls += 1
+        stdout = Capture(OUTPUT_TAIL_BYTES, "tail")
+        stderr = Capture(OUTPUT_TAIL_BYTES, "tail")
+        try:
+            _write_all(self.req_fd, len(request).to_bytes(_HEADER, "big") + request)
+        except BrokenPipeError:
+            self.kill()
+            raise HostGone from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answer = bytearray()
+        exited = False
+        while True:
+            if cancel.is_set():
+                return self._stop("cancel", stdout, stderr)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return self._stop("timeout", stdout, stderr)
+            wait = POLL_INTERVAL if deadline is None else min(POLL_INTERVAL, deadline - now)
+            for fd, _ in self.poller.poll(max(0.0, wait) * 1000):
+                if fd == self.pidfd:
+                    exited = True
+                elif fd == self.res_fd:
+                    if not self._read(fd, answer):
+                        exited = True  # nobody holds the answer pipe: the host is gone
+                else:
+                    self._read(fd, stdout if fd == self.out_fd else stderr)
+            if self.pidfd < 0 and not exited:
+                exited = self._exited()
+            size = _frame_size(answer)
+            if size is not None and (size > ANSWER_LIMIT or len(answer) > _HEADER + size):
+                self.kill()
+                return CallResult("exit", None, True, None, stdout, stderr)
+            if size is not None and len(answer) == _HEADER + size:
+                self._drain(stdout, stderr)
+                self.last_used = time.monotonic()
+                return CallResult("exit", bytes(answer[_HEADER:]), False, None, stdout, stderr)
+            if exited:
+                return CallResult("exit", None, False, self._end(stdout, stderr), stdout, stderr)
+
+    def _read(self, fd: int, into: Capture | bytearray) -> bool:
+        """Read what `fd` has; False at EOF (then it is unregistered)."""
+        while True:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                if fd in self._open:
+                    self._open.discard(fd)
+                    self.poller.unregister(fd)
+                return False
+            if isinstance(into, bytearray):
+                into += data
+                if len(into) > ANSWER_LIMIT + _HEADER:
+                    return True  # the caller sees the oversized frame
+            else:
+                into.add(data)
+            if len(data) < _READ_SIZE:
+                return True
+
+    def _drain(self, stdout: Capture, stderr: Capture) -> None:
+        """Take what the call printed: it is in the pipes before its answer was written."""
+        for fd, _ in self.poller.poll(0):
+            if fd in (self.out_fd, self.err_fd):
+                self._read(fd, stdout if fd == self.out_fd else stderr)
+
+    def _exited(self) -> bool:
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def _stop(self, ended_by: EndedBy, stdout: Capture, stderr: Capture) -> CallResult:
+        """Timeout or cancel: SIGTERM the group, SIGKILL it after the grace period."""
+        self._killpg(signal.SIGTERM)
+        end = time.monotonic() + TERM_GRACE
+        scratch = bytearray()
+        while time.monotonic() < end:
+            exited = False
+            for fd, _ in self.poller.poll(10):
+                if fd == self.pidfd:
+                    exited = True
+                elif fd == self.res_fd:
+                    self._read(fd, scratch)  # a late answer does not count
+                    scratch.clear()
+                else:
+                    self._read(fd, stdout if fd == self.out_fd else stderr)
+            if exited or (self.pidfd < 0 and self._exited()):
+                break
+        return CallResult(ended_by, None, False, self._end(stdout, stderr), stdout, stderr)
+
+    def _end(self, stdout: Capture, stderr: Capture) -> int | None:
+        """The host is gone or going: kill its group, keep its last output, reap it."""
+        self._killpg(signal.SIGKILL)
+        end = time.monotonic() + DRAIN_GRACE
+        while self._open - {self.res_fd} and time.monotonic() < end:
+            for fd, _ in self.poller.poll(10):
+                if fd in (self.out_fd, self.err_fd):
+                    self._read(fd, stdout if fd == self.out_fd else stderr)
+        return self._reap()
+
+    # -- the end ------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return not self.dead and not self._exited()
+
+    def kill(self) -> int | None:
+        """Kill the host and everything in its group, and reap it."""
+        if self.dead:
+            return self.proc.returncode
+        self._killpg(signal.SIGKILL)
+        return self._reap()
+
+    def _reap(self) -> int | None:
+        self.dead = True
+        guardian.default().release(self.pid)  # before the reap frees the group id
+        for fd in (self.req_fd, self.res_fd, self.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._open.clear()
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _killpg(self, sig: signal.Signals) -> None:
+        if not self.dead:  # until reaped, the group id cannot have been reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+
+
+class HostPool:
+    """Idle hosts by key; see the module docstring."""
+
+    def __init__(self, max_calls: int, idle_seconds: float) -> None:
+        self.max_calls = max_calls
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[Host]] = {}
+        self._busy: set[Host] = set()
+        self._trimmer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.started = 0  # hosts started so far (for tests and the benchmark)
+
+    def call(
+        self, key: str, request: bytes, cancel: threading.Event, timeout: float | None
+    ) -> CallResult:
+        """Run one request on a host for `key`. Raises OSError if no host can be started."""
+        for _ in range(3):  # a dead idle host or a stale one: the call never ran; go again
+            host = self._take(key)
+            try:
+                result = host.call(request, cancel, timeout)
+            except HostGone:
+                self._give_back(host, retire=True)
+                continue
+            except BaseException:
+                host.kill()
+                self._give_back(host, retire=True)
+                raise
+            if result.answer == b'{"stale": true}':
+                self._give_back(host, retire=True)
+                continue
+            retire = result.answer is None or result.answer.startswith(b'{"retire"')
+            self._give_back(host, retire=retire)
+            return result
+        raise OSError("python hosts keep exiting before they take a request")
+
+    def hosts(self) -> int:
+        """How many hosts are alive (idle or busy)."""
+        with self._lock:
+            return len(self._busy) + sum(len(v) for v in self._idle.values())
+
+    def shutdown(self) -> None:
+        """Kill every idle host now; busy ones are killed when their call ends."""
+        with self._lock:
+            idle = [h for hosts in self._idle.values() for h in hosts]
+            self._idle.clear()
+            self._stop.set()
+            trimmer, self._trimmer = self._trimmer, None
+        for host in idle:
+            host.kill()
+        if trimmer is not None and trimmer is not threading.current_thread():
+            trimmer.join(timeout=5)
+        self._stop.clear()
+
+    def _take(self, key: str) -> Host:
+        while True:
+            with self._lock:
+                stack = self._idle.get(key)
+                host = stack.pop() if stack else None
+                if host is not None:
+                    self._busy.add(host)
+            if host is None:
+                break
+            if host.alive():
+                return host
+            host.kill()
+            with self._lock:
+                self._busy.discard(host)
+        host = Host(key)  # outside the lock: starting a process takes a while
+        with self._lock:
+            self.started += 1
+            self._busy.add(host)
+        return host
+
+    def _give_back(self, host: Host, *, retire: bool) -> None:
+        if retire or host.dead or host.calls >= self.max_calls:
+            host.kill()
+            with self._lock:
+                self._busy.discard(host)
+            return
+        with self._lock:
+            self._busy.discard(host)
+            self._idle.setdefault(host.key, []).append(host)
+            if self._trimmer is None:
+                self._trimmer = threading.Thread(
+                    target=self._trim_loop, name="attune-python-hosts", daemon=True
+                )
+                self._trimmer.start()
+
+    def _trim_loop(self) -> None:
+        interval = min(max(self.idle_seconds / 4, 0.05), 15.0)
+        while not self._stop.wait(interval):
+            cutoff = time.monotonic() - self.idle_seconds
+            with self._lock:
+                old = [h for hosts in self._idle.values() for h in hosts if h.last_used < cutoff]
+                for key in list(self._idle):
+                    self._idle[key] = [h for h in self._idle[key] if h.last_used >= cutoff]
+                    if not self._idle[key]:
+                        del self._idle[key]
+                if not self._idle and not old:
+                    self._trimmer = None  # nothing left to watch; the next give-back restarts
+                    return
+            for host in old:
+                host.kill()
+
+
+def _frame_size(buf: bytearray) -> int | None:
+    if len(buf) < _HEADER:
+        return None
+    return int.from_bytes(buf[:_HEADER], "big")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def settings_from_env() -> tuple[int, float]:
+    """(max_calls, idle_seconds) from the environment. Raises ValueError naming the variable."""
+    raw = os.environ.get(MAX_CALLS_ENV, "").strip()
+    try:
+        max_calls = int(raw) if raw else DEFAULT_MAX_CALLS
+    except ValueError:
+        max_calls = 0
+    if max_calls < 1:
+        raise ValueError(f"{MAX_CALLS_ENV} must be a positive integer, got {raw!r}")
+    raw = os.environ.get(IDLE_ENV, "").strip()
+    try:
+        idle = float(raw) if raw else DEFAULT_IDLE_SECONDS
+    except ValueError:
+        idle = -1.0
+    if not idle > 0 or idle == float("inf"):
+        raise ValueError(f"{IDLE_ENV} must be a positive number of seconds, got {raw!r}")
+    return max_calls, idle
+
+
+_POOL: HostPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def default_pool() -> HostPool:
+    """This process's pool (created on first use). Raises ValueError for bad settings."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = HostPool(*settings_from_env())
+            atexit.register(_POOL.shutdown)
+        return _POOL
+
+
+def shutdown() -> None:
+    """Kill this process's idle hosts (the worker calls it when it stops)."""
+    if _POOL is not None:
+        _POOL.shutdown()
