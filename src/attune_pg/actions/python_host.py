@@ -20,8 +20,10 @@ Between calls the host puts back what a call may have changed and a later call w
 otherwise see: `os.environ` (the start environment plus the call's `env`), the working
 directory, the umask, `sys.argv`, `sys.path`, `sys.stdin/stdout/stderr` and the handlers
 of the common signals (see `_RESET_SIGNALS`). What it cannot put back ends the host
-(`retire`): a thread or a child process still running, fds 0-2 replaced, a MemoryError, a
-module that failed to import. Imported modules (and so their globals) are kept: that is
+(`retire`): a thread still running, fds 0-2 replaced or closed, a MemoryError, a module
+that failed to import. Processes the call left running are killed (the host is a child
+subreaper, so that includes orphans and processes that started a session of their own)
+before it answers. Imported modules (and so their globals) are kept: that is
 what makes the host warm. docs/actions.md lists these rules for action authors.
 
 Keep this module's imports small: they are the start-up cost of every host.
@@ -133,7 +135,7 @@ class Host:
             if _signal.getsignal(sig) != handler and handler is not None:
                 _signal.signal(sig, handler)
         self._note_sources(directory)
-        if _children_left():
+        if _children_left() and not _sweep_children():
             return "the action left a process running"
         if _thread_count() > self.threads:
             return "the action left a thread running"
@@ -294,6 +296,38 @@ def _children_left() -> bool:
                 return True
     except ChildProcessError:
         return False
+
+
+def _sweep_children(within: float = 2.0) -> bool:
+    """SIGKILL every process the action left behind, and reap them; False if some remain.
+
+    As a subreaper the host inherits the orphans of the processes it kills, so the loop
+    reaches the whole tree, even the parts that started a session of their own."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not _children_left():
+            return True
+        pids = _child_pids()
+        if pids is None:
+            return False  # no /proc: the worker's kill of our group has to do
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)
+    return not _children_left()
+
+
+def _child_pids() -> list[int] | None:
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return pids
 
 
 def _thread_count() -> int:

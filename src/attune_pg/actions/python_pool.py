@@ -1,14 +1,17 @@
 """Warm python hosts: the worker's side of `python_host`, one call per host at a time.
 
 Each worker process keeps a pool of host processes, keyed by the directory of the action's
-file (so two packs' helper modules never meet in one interpreter). A call takes an idle
-host of its key, or starts one; sends the request; pumps the host's stdout, stderr and
-answer until the answer is complete, the host exits, the timeout passes or `cancel` is set;
-and gives the host back. A host is killed with its whole process group, never reused,
-after a timeout or cancel, a crash, an answer marked `retire` (the call left something
-running that the host cannot put back), a garbled answer, `max_calls` calls, or
-`idle_seconds` without a call. Hosts are started lazily, so a worker that never runs a
-python action has none.
+file (so two packs' helper modules never meet in one interpreter). A call takes the idle
+host of its key used last, or starts one. There are never more hosts than the most calls
+that ever ran at once (so at most the worker's slots) or `MIN_HOSTS`, whichever is more:
+the longest-idle host of another key makes room for a new one.
+
+The call sends the request, then pumps the host's stdout, stderr and answer until the
+answer is complete, the host exits, the timeout passes or `cancel` is set, and gives the
+host back. A host is killed with its whole process group, never reused, after a timeout
+or cancel, a crash, an answer marked `retire` (the call left something the host cannot
+put back), a garbled answer, `max_calls` calls, or `idle_seconds` without a call. Hosts
+start lazily: a worker that never runs a python action has none.
 
 Settings (environment of the worker): `ATTUNE_PYTHON_MAX_CALLS` (default 1000; 1 means a
 fresh interpreter for every call) and `ATTUNE_PYTHON_IDLE_SECONDS` (default 60).
@@ -36,6 +39,9 @@ MAX_CALLS_ENV = "ATTUNE_PYTHON_MAX_CALLS"
 IDLE_ENV = "ATTUNE_PYTHON_IDLE_SECONDS"
 DEFAULT_MAX_CALLS = 1000
 DEFAULT_IDLE_SECONDS = 60.0
+#: Hosts a pool may keep even when fewer calls ever ran at once (so that sequential calls
+#: of actions in a few directories do not start a host each time).
+MIN_HOSTS = 4
 #: How much of the action's stdout and stderr (each, last bytes) a call keeps.
 OUTPUT_TAIL_BYTES = 64 * 1024
 #: The largest answer frame a host may write (the host itself refuses results over the
@@ -258,6 +264,7 @@ class HostPool:
         self._lock = threading.Lock()
         self._idle: dict[str, list[Host]] = {}
         self._busy: set[Host] = set()
+        self._peak = 0  # the most calls that ever ran at once
         self._trimmer: threading.Thread | None = None
         self._stop = threading.Event()
         self.started = 0  # hosts started so far (for tests and the benchmark)
@@ -288,7 +295,7 @@ class HostPool:
     def hosts(self) -> int:
         """How many hosts are alive (idle or busy)."""
         with self._lock:
-            return len(self._busy) + sum(len(v) for v in self._idle.values())
+            return self._count()
 
     def shutdown(self) -> None:
         """Kill every idle host now; busy ones are killed when their call ends."""
@@ -317,10 +324,32 @@ class HostPool:
             host.kill()
             with self._lock:
                 self._busy.discard(host)
+        with self._lock:
+            # Never more hosts than calls ever ran at once (at most the worker's slots), or
+            # MIN_HOSTS: a new host for this key replaces the longest-idle one of another.
+            self._peak = max(self._peak, len(self._busy) + 1)
+            cap = max(self._peak, MIN_HOSTS)
+            evict = self._oldest_idle() if self._count() + 1 > cap else None
+        if evict is not None:
+            evict.kill()
         host = Host(key)  # outside the lock: starting a process takes a while
         with self._lock:
             self.started += 1
             self._busy.add(host)
+        return host
+
+    def _count(self) -> int:
+        return len(self._busy) + sum(len(v) for v in self._idle.values())
+
+    def _oldest_idle(self) -> Host | None:
+        """Remove and return the idle host unused the longest (lock held)."""
+        candidates = [(hosts[0].last_used, key) for key, hosts in self._idle.items() if hosts]
+        if not candidates:
+            return None
+        _, key = min(candidates)
+        host = self._idle[key].pop(0)
+        if not self._idle[key]:
+            del self._idle[key]
         return host
 
     def _give_back(self, host: Host, *, retire: bool) -> None:
