@@ -215,6 +215,21 @@ def test_an_edited_action_file_is_picked_up(pool: HostPool, tmp_path: Path) -> N
     assert _call(pack, "act.py:f") == "rewritten"
 
 
+def test_an_edit_retires_every_warm_host_of_the_directory(pool: HostPool, tmp_path: Path) -> None:
+    pack = _pack(
+        tmp_path / "many", {"act.py": "import time\ndef f(s=0):\n    time.sleep(s)\n    return 1\n"}
+    )
+    threads = [threading.Thread(target=_run, args=(pack, "act.py:f", {"s": 0.3})) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert pool.hosts() == 5
+    (pack / "actions" / "act.py").write_text("def f(s=0):\n    return 'new'\n")
+    assert _call(pack, "act.py:f") == "new"
+    assert pool.hosts() == 1 and pool.started == 6
+
+
 def test_directories_never_share_a_host(pool: HostPool, tmp_path: Path) -> None:
     a = _pack(
         tmp_path / "a",

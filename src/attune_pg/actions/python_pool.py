@@ -266,7 +266,7 @@ class HostPool:
         self._busy: set[Host] = set()
         self._peak = 0  # the most calls that ever ran at once
         self._trimmer: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._trim_stop = threading.Event()
         self.started = 0  # hosts started so far (for tests and the benchmark)
 
     def call(
@@ -285,7 +285,9 @@ class HostPool:
                 self._give_back(host, retire=True)
                 raise
             if result.answer == b'{"stale": true}':
+                # Its siblings imported the same files: none of them may serve this key.
                 self._give_back(host, retire=True)
+                self._drop_idle(key)
                 continue
             retire = result.answer is None or result.answer.startswith(b'{"retire"')
             self._give_back(host, retire=retire)
@@ -298,17 +300,23 @@ class HostPool:
             return self._count()
 
     def shutdown(self) -> None:
-        """Kill every idle host now; busy ones are killed when their call ends."""
+        """Kill every idle host now; busy ones go back to the pool when their call ends."""
         with self._lock:
             idle = [h for hosts in self._idle.values() for h in hosts]
             self._idle.clear()
-            self._stop.set()
             trimmer, self._trimmer = self._trimmer, None
+            self._trim_stop.set()
+            self._trim_stop = threading.Event()  # for the next trimmer
         for host in idle:
             host.kill()
         if trimmer is not None and trimmer is not threading.current_thread():
             trimmer.join(timeout=5)
-        self._stop.clear()
+
+    def _drop_idle(self, key: str) -> None:
+        with self._lock:
+            idle = self._idle.pop(key, [])
+        for host in idle:
+            host.kill()
 
     def _take(self, key: str) -> Host:
         while True:
@@ -363,13 +371,16 @@ class HostPool:
             self._idle.setdefault(host.key, []).append(host)
             if self._trimmer is None:
                 self._trimmer = threading.Thread(
-                    target=self._trim_loop, name="attune-python-hosts", daemon=True
+                    target=self._trim_loop,
+                    args=(self._trim_stop,),
+                    name="attune-python-hosts",
+                    daemon=True,
                 )
                 self._trimmer.start()
 
-    def _trim_loop(self) -> None:
+    def _trim_loop(self, stop: threading.Event) -> None:
         interval = min(max(self.idle_seconds / 4, 0.05), 15.0)
-        while not self._stop.wait(interval):
+        while not stop.wait(interval):
             cutoff = time.monotonic() - self.idle_seconds
             with self._lock:
                 old = [h for hosts in self._idle.values() for h in hosts if h.last_used < cutoff]
@@ -378,7 +389,8 @@ class HostPool:
                     if not self._idle[key]:
                         del self._idle[key]
                 if not self._idle and not old:
-                    self._trimmer = None  # nothing left to watch; the next give-back restarts
+                    if self._trimmer is threading.current_thread():
+                        self._trimmer = None  # nothing left to watch; a give-back restarts one
                     return
             for host in old:
                 host.kill()
