@@ -364,3 +364,19 @@ def _call(pack: Path, entry: str) -> Any:
     outcome = _run(pack, entry)
     assert outcome.status == "succeeded", outcome
     return outcome.result
+
+
+def test_unread_request_bytes_are_seen_from_the_write_end() -> None:
+    # How a call tells "the host died before taking my request" (safe to run elsewhere)
+    # from "it died running it": the bytes still in the pipe, asked of our end.
+    from attune_pg.actions.python_pool import _pending
+
+    read, write = os.pipe()
+    try:
+        os.write(write, b"request")
+        assert _pending(write) == 7
+        os.read(read, 7)
+        assert _pending(write) == 0
+    finally:
+        os.close(read)
+        os.close(write)

@@ -331,7 +331,12 @@ def _child_pids() -> list[int] | None:
 
 
 def _thread_count() -> int:
+    """Threads of this process, native ones included (procfs: the task directory's link
+    count is two plus the threads; a stat costs a fifth of a listdir)."""
     try:
+        links = os.stat("/proc/self/task").st_nlink
+        if links > 2:
+            return links - 2
         return len(os.listdir("/proc/self/task"))
     except OSError:
         import threading

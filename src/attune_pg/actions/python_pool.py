@@ -153,6 +153,9 @@ class Host:
                 self.last_used = time.monotonic()
                 return CallResult("exit", bytes(answer[_HEADER:]), False, None, stdout, stderr)
             if exited:
+                if self._unread():  # it died before taking the request (killed while idle)
+                    self.kill()
+                    raise HostGone
                 return CallResult("exit", None, False, self._end(stdout, stderr), stdout, stderr)
 
     def _read(self, fd: int, into: Capture | bytearray) -> bool:
@@ -222,8 +225,12 @@ class Host:
 
     # -- the end ------------------------------------------------------------------------
 
-    def alive(self) -> bool:
-        return not self.dead and not self._exited()
+    def _unread(self) -> bool:
+        """Whether request bytes are still in the pipe (the host never read all of it)."""
+        try:
+            return _pending(self.req_fd) > 0
+        except OSError:
+            return False
 
     def kill(self) -> int | None:
         """Kill the host and everything in its group, and reap it."""
@@ -327,9 +334,8 @@ class HostPool:
                     self._busy.add(host)
             if host is None:
                 break
-            if host.alive():
-                return host
-            host.kill()
+            if not host.dead:
+                return host  # if it died while idle, its call finds out and goes again
             with self._lock:
                 self._busy.discard(host)
         with self._lock:
@@ -400,6 +406,17 @@ def _frame_size(buf: bytearray) -> int | None:
     if len(buf) < _HEADER:
         return None
     return int.from_bytes(buf[:_HEADER], "big")
+
+
+def _pending(fd: int) -> int:
+    """Bytes waiting in the pipe `fd` belongs to (Linux answers FIONREAD on either end)."""
+    import array
+    import fcntl
+    import termios
+
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    return buf[0]
 
 
 def _write_all(fd: int, data: bytes) -> None:
