@@ -128,6 +128,20 @@ def test_timeout_replaces_the_host(pool: HostPool) -> None:
     assert pid_of(run("behave.py:host_pid")) != before
 
 
+def test_without_pidfd_exits_are_still_seen(
+    pool: HostPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "pidfd_open", raising=False)  # the waitid(WNOWAIT) fallback
+    before = pid_of(run("behave.py:host_pid"))
+    err = error(run("behave.py:hard_exit"))
+    assert err["message"] == "action process exited with code 5 without a result"
+    start = time.monotonic()
+    assert run("behave.py:sleep", {"seconds": 30}, timeout=0.5).status == "timed_out"
+    assert time.monotonic() - start < 3
+    assert pid_of(run("behave.py:host_pid")) not in (before, 0)
+    assert pool.started == 3
+
+
 def test_a_leaked_thread_retires_the_host(pool: HostPool) -> None:
     before = pid_of(run("behave.py:host_pid"))
     assert run("behave.py:leak_thread") == ActionOutcome("succeeded", "returned", None)

@@ -1,14 +1,12 @@
 """Run one action process: spawn, feed, capture, time out, cancel, kill, reap.
 
-Shared by the python and shell runners so the hard parts live in one place:
+The shell runner's engine (python actions run in warm hosts, `python_pool`, which shares
+this module's constants and `Capture`):
 
 - The process starts in a new session (`start_new_session=True`), so it leads its own
   process group and everything it spawns (short of another `setsid`) is in that group.
 - stdout and stderr are drained concurrently with feeding stdin (one `selectors` loop in
   the calling thread, no helper threads), each kept within a byte bound.
-- The optional *result channel* is a pipe passed to the child (`pass_fds`); the child
-  learns its fd number from the last argv entry. Callers use it for data that must not mix
-  with what the action prints.
 - On timeout or cancel the whole group gets SIGTERM, then SIGKILL after `TERM_GRACE`
   seconds. When the leader exits by itself, whatever it left behind in its group is killed
   too: an action's processes never outlive it. Exit is detected without reaping (pidfd or
@@ -84,7 +82,6 @@ class ProcessRun:
     return_code: int | None  # negative: killed by that signal; None: could not be reaped
     stdout: Capture
     stderr: Capture
-    result: Capture | None  # the result channel, when one was asked for
 
 
 def signal_name(return_code: int) -> str:
@@ -107,60 +104,36 @@ def run_process(
     stdin: bytes | None = None,
     output_limit: int = 65536,
     keep: Literal["head", "tail"] = "head",
-    result_channel: bool = False,
-    result_limit: int = 0,
 ) -> ProcessRun:
     """Run `argv` (no shell) to its end, its timeout or `cancel`, whichever comes first.
 
-    With `result_channel`, a pipe's write end is passed to the child and its fd number is
-    appended to argv; what the child writes there comes back in `ProcessRun.result`
-    (at most `result_limit` bytes kept). Raises OSError if the process cannot be started
-    (missing executable, permission, bad cwd).
+    Raises OSError if the process cannot be started (missing executable, permission, bad
+    cwd).
     """
     stdout = Capture(output_limit, keep)
     stderr = Capture(output_limit, keep)
-    result = Capture(result_limit, "head") if result_channel else None
-
-    args = list(argv)
-    pass_fds: tuple[int, ...] = ()
-    result_r = result_w = -1
-    if result_channel:
-        result_r, result_w = os.pipe()
-        args.append(str(result_w))
-        pass_fds = (result_w,)
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            start_new_session=True,
-        )
-    except BaseException:
-        if result_channel:
-            os.close(result_r)
-            os.close(result_w)
-        raise
-    if result_channel:
-        os.close(result_w)
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
     guardian.default().watch(proc.pid)
     try:
-        session = _Session(proc, stdout, stderr, result, result_r, stdin)
+        session = _Session(proc, stdout, stderr, stdin)
     except BaseException:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         guardian.default().release(proc.pid)
         proc.wait()
-        if result_channel:
-            os.close(result_r)
         raise
     with session:
         ended_by = session.wait(cancel, timeout)
         return_code = session.finish(ended_by)
-    return ProcessRun(ended_by, return_code, stdout, stderr, result)
+    return ProcessRun(ended_by, return_code, stdout, stderr)
 
 
 class _Session:
@@ -171,8 +144,6 @@ class _Session:
         proc: subprocess.Popen[bytes],
         stdout: Capture,
         stderr: Capture,
-        result: Capture | None,
-        result_fd: int,
         stdin: bytes | None,
     ) -> None:
         self.proc = proc
@@ -182,15 +153,9 @@ class _Session:
         self.stdin_fd = -1
         self.exited = False
         assert proc.stdout is not None and proc.stderr is not None
-        self.result_fd = result_fd  # ours to close (stdout/stderr belong to `proc`)
-        for fd, capture in (
-            (proc.stdout.fileno(), stdout),
-            (proc.stderr.fileno(), stderr),
-            (result_fd, result),
-        ):
-            if capture is not None:
-                self.readers[fd] = capture
-                self.sel.register(fd, selectors.EVENT_READ)
+        for fd, capture in ((proc.stdout.fileno(), stdout), (proc.stderr.fileno(), stderr)):
+            self.readers[fd] = capture
+            self.sel.register(fd, selectors.EVENT_READ)
         if proc.stdin is not None:
             self.stdin_fd = proc.stdin.fileno()
             os.set_blocking(self.stdin_fd, False)
@@ -221,10 +186,9 @@ class _Session:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        for fd in (self.pidfd, self.result_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
 
     # -- the loop ---------------------------------------------------------------------
 
