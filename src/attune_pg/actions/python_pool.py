@@ -216,8 +216,13 @@ class Host:
     def _end(self, stdout: Capture, stderr: Capture) -> int | None:
         """The host is gone or going: kill its group, keep its last output, reap it."""
         self._killpg(signal.SIGKILL)
+        for fd in (self.pidfd, self.res_fd):  # readable for good now: no busy loop
+            if fd >= 0:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.poller.unregister(fd)
+        self._open.discard(self.res_fd)
         end = time.monotonic() + DRAIN_GRACE
-        while self._open - {self.res_fd} and time.monotonic() < end:
+        while self._open and time.monotonic() < end:
             for fd, _ in self.poller.poll(10):
                 if fd in (self.out_fd, self.err_fd):
                     self._read(fd, stdout if fd == self.out_fd else stderr)
