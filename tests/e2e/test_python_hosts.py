@@ -91,3 +91,18 @@ def test_a_sigkilled_worker_takes_its_action_processes_along(
     os.kill(worker.pid, signal.SIGKILL)  # type: ignore[attr-defined]
     worker.wait()  # type: ignore[attr-defined]
     assert wait_gone(host, child, within=5)
+
+
+def test_bench_compares_the_python_action_with_the_noop(dsn: str) -> None:
+    from tests.e2e.test_worker_lifecycle import _cli
+
+    done = _cli(
+        dsn, "bench", "-n", "20", "-k", "2", "-w", "1", "-c", "2", "--idle-samples", "0",
+        "--action", "noop,python", timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("succeeded: 20/20") == 2
+    assert "x 2 python tasks (bench.nop)" in done.stdout
+    assert "round 1: noop" in done.stdout and ", python " in done.stdout
+    bad = _cli(dsn, "bench", "-n", "1", "--action", "noop,perl")
+    assert bad.returncode != 0 and "perl" in bad.stderr and "--action" in bad.stderr
