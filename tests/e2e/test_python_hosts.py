@@ -103,6 +103,7 @@ def test_bench_compares_the_python_action_with_the_noop(dsn: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("succeeded: 20/20") == 2
     assert "x 2 python tasks (bench.nop)" in done.stdout
+    assert "results: every task returned {'seq': 7}" in done.stdout
     assert "round 1: noop" in done.stdout and ", python " in done.stdout
     bad = _cli(dsn, "bench", "-n", "1", "--action", "noop,perl")
     assert bad.returncode != 0 and "perl" in bad.stderr and "--action" in bad.stderr

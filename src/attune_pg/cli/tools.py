@@ -89,7 +89,7 @@ def bench(
     summary = compare(results, len(chosen))
     if summary:
         click.echo(summary)
-    if any(r.succeeded != r.workflows for r in results):
+    if not all(r.ok for r in results):
         sys.exit(1)
 
 
