@@ -164,6 +164,14 @@ def test_closing_stdout_retires_the_host(pool: HostPool) -> None:
     assert pid_of(run("behave.py:host_pid")) != before
 
 
+def test_a_forged_answer_never_passes_for_another_call(pool: HostPool) -> None:
+    before = pid_of(run("behave.py:host_pid"))  # call 1 of this host
+    err = error(run("behave.py:forge_answer", {"call": 7}))  # call 2, forging call 7's answer
+    assert err["message"] == "the python host wrote an unreadable result"
+    assert wait_gone(before)
+    assert pid_of(run("behave.py:host_pid")) != before
+
+
 def test_max_calls_replaces_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     small = HostPool(max_calls=2, idle_seconds=60)
     monkeypatch.setattr(python_pool, "_POOL", small)

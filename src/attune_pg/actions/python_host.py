@@ -3,7 +3,9 @@
 Started by `python_pool` as `python -u -P -m attune_pg.actions.python_host <req_fd> <res_fd>`
 in a session of its own, stdin on /dev/null, stdout and stderr on pipes the worker drains.
 
-Protocol: frames are a 4-byte big-endian length and that many bytes of UTF-8 JSON.
+Protocol: a frame is a 4-byte big-endian length, a 4-byte call number, then that many
+bytes of UTF-8 JSON. An answer carries its request's call number, so an answer that is not
+the host's own (an action writing into the pipe) cannot pass for the next call's.
 
 - The worker writes one request frame to `<req_fd>`: `{"file": <absolute .py path>,
   "function": <name>, "input": {...}, "env": {<per-call variables>}}`, and waits for the
@@ -46,7 +48,7 @@ from typing import Any
 from attune_pg.actions.outcome import make_error, text_problem
 
 _TRACEBACK_CHARS = 65536
-_HEADER = 4
+_HEADER = 8  # length, call number
 #: Handlers an action may change that the host restores after every call.
 _RESET_SIGNALS = tuple(
     getattr(signal, name)
@@ -194,16 +196,17 @@ def main() -> None:
     _become_subreaper()
     host = Host()
     while True:
-        frame = _read_frame(req_fd)
-        if frame is None:
+        got = _read_frame(req_fd)
+        if got is None:
             break
+        call, frame = got
         try:
             request = json.loads(frame)
             payload = host.serve(request)
         except (ValueError, KeyError, TypeError) as exc:
             error = make_error("ActionError", f"bad request to python host: {exc}")
             payload = b'{"retire": "bad request", ' + _failure(error)[1:]
-        _write_frame(res_fd, payload)
+        _write_frame(res_fd, call, payload)
         if payload.startswith(b'{"retire"'):
             break
     for stream in (sys.stdout, sys.stderr):
@@ -371,12 +374,14 @@ def _become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _read_frame(fd: int) -> bytes | None:
+def _read_frame(fd: int) -> tuple[int, bytes] | None:
     header = _read_exact(fd, _HEADER)
     if header is None:
         return None
-    body = _read_exact(fd, int.from_bytes(header, "big"))
-    return body
+    body = _read_exact(fd, int.from_bytes(header[:4], "big"))
+    if body is None:
+        return None
+    return int.from_bytes(header[4:], "big"), body
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -390,8 +395,8 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _write_frame(fd: int, payload: bytes) -> None:
-    view = memoryview(len(payload).to_bytes(_HEADER, "big") + payload)
+def _write_frame(fd: int, call: int, payload: bytes) -> None:
+    view = memoryview(len(payload).to_bytes(4, "big") + call.to_bytes(4, "big") + payload)
     while view:
         view = view[os.write(fd, view) :]
 

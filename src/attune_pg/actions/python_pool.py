@@ -47,7 +47,7 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 #: The largest answer frame a host may write (the host itself refuses results over the
 #: limit, so anything larger means the action wrote into the answer pipe).
 ANSWER_LIMIT = MAX_RESULT_BYTES + 256 * 1024
-_HEADER = 4
+_HEADER = 8  # length, call number (see python_host)
 _READ_SIZE = 65536
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
 
@@ -120,7 +120,8 @@ class Host:
         stdout = Capture(OUTPUT_TAIL_BYTES, "tail")
         stderr = Capture(OUTPUT_TAIL_BYTES, "tail")
         try:
-            _write_all(self.req_fd, len(request).to_bytes(_HEADER, "big") + request)
+            header = len(request).to_bytes(4, "big") + _number(self.calls)
+            _write_all(self.req_fd, header + request)
         except BrokenPipeError:
             self.kill()
             raise HostGone from None
@@ -145,8 +146,12 @@ class Host:
             if self.pidfd < 0 and not exited:
                 exited = self._exited()
             size = _frame_size(answer)
-            if size is not None and (size > ANSWER_LIMIT or len(answer) > _HEADER + size):
-                self.kill()
+            if size is not None and (
+                size > ANSWER_LIMIT
+                or len(answer) > _HEADER + size
+                or answer[4:_HEADER] != _number(self.calls)
+            ):
+                self.kill()  # not (only) the host's answer to this call
                 return CallResult("exit", None, True, None, stdout, stderr)
             if size is not None and len(answer) == _HEADER + size:
                 self._drain(stdout, stderr)
@@ -407,10 +412,14 @@ class HostPool:
                 host.kill()
 
 
+def _number(call: int) -> bytes:
+    return (call & 0xFFFFFFFF).to_bytes(4, "big")
+
+
 def _frame_size(buf: bytearray) -> int | None:
     if len(buf) < _HEADER:
         return None
-    return int.from_bytes(buf[:_HEADER], "big")
+    return int.from_bytes(buf[:4], "big")
 
 
 def _pending(fd: int) -> int:
