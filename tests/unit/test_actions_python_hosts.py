@@ -402,3 +402,29 @@ def test_unread_request_bytes_are_seen_from_the_write_end() -> None:
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_the_guardian_comes_back_and_kills_what_is_registered_when_its_pipe_closes() -> None:
+    from attune_pg.actions.guardian import Guardian
+
+    guardian = Guardian()
+    first = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    second = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    released = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        guardian.watch(first.pid)
+        old = guardian.pid
+        os.kill(old, signal.SIGKILL)  # the guardian dies: the next change starts a new one
+        assert wait_gone(old)
+        guardian.watch(second.pid)
+        guardian.watch(released.pid)
+        guardian.release(released.pid)
+        assert guardian.pid not in (old, -1)
+        guardian.close()  # what the kernel does for a worker that dies
+        for proc in (first, second):
+            assert proc.wait(5) == -signal.SIGKILL
+        assert released.poll() is None  # released: none of the guardian's business
+    finally:
+        for proc in (first, second, released):
+            proc.kill()
+            proc.wait()
