@@ -8,6 +8,7 @@ that hangs inside a transaction cannot hold workflow locks for long.
 from __future__ import annotations
 
 import os
+from typing import TypedDict
 
 import psycopg
 from psycopg.rows import dict_row
@@ -27,20 +28,29 @@ def resolve_dsn(dsn: str | None = None) -> str:
     return embedded.start()
 
 
+class SessionOptions(TypedDict):
+    application_name: str
+    options: str
+    connect_timeout: int
+
+
+def session_options(name: str = APPLICATION_NAME) -> SessionOptions:
+    """Connection settings every session uses (also for pools: the console's)."""
+    return {
+        "application_name": name,
+        "options": (
+            "-c idle_in_transaction_session_timeout=60000"
+            " -c default_transaction_isolation=read\\ committed"
+        ),
+        "connect_timeout": 10,
+    }
+
+
 def connect(
     dsn: str, *, autocommit: bool = True, name: str = APPLICATION_NAME
 ) -> psycopg.Connection:
     try:
-        conn = psycopg.connect(
-            dsn,
-            autocommit=autocommit,
-            application_name=name,
-            options=(
-                "-c idle_in_transaction_session_timeout=60000"
-                " -c default_transaction_isolation=read\\ committed"
-            ),
-            connect_timeout=10,
-        )
+        conn = psycopg.connect(dsn, autocommit=autocommit, **session_options(name))
     except psycopg.OperationalError as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {message}") from exc

@@ -16,7 +16,7 @@ from typing import Literal
 
 from attune_pg.spec.model import TaskSpec, WorkflowSpec
 
-GraphFormat = Literal["mermaid", "dot"]
+GraphFormat = Literal["mermaid", "dot", "svg"]
 Shape = Literal["task", "decision", "items", "missing"]
 
 EXPRESSION_LIMIT = 40
@@ -61,6 +61,7 @@ class _Node:
     lines: tuple[str, ...]
     shape: Shape = "task"
     status: str | None = None
+    name: str = ""  # the task's name (ids are sanitised)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class _Cluster:
     lines: tuple[str, ...]
     status: str | None
     members: list[_Node] = field(default_factory=list)
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,17 @@ def render_graph(
     fmt: GraphFormat,
     statuses: Mapping[str, str] | None = None,
 ) -> str:
-    """`spec` as Mermaid (`flowchart TD`) or Graphviz dot (`digraph`) source text."""
+    """`spec` as Mermaid (`flowchart TD`) or Graphviz dot (`digraph`) source text, or as a
+    self-contained SVG drawing (graph_svg.py: laid out here, nothing to install)."""
     graph = _build(spec, statuses or {})
     if fmt == "mermaid":
         return _mermaid(graph)
     if fmt == "dot":
         return _dot(graph)
+    if fmt == "svg":
+        from attune_pg.graph_svg import render_svg
+
+        return render_svg(graph, STATUS_COLOURS)
     raise ValueError(f"unknown graph format {fmt!r}")
 
 
@@ -130,16 +137,16 @@ def _build(spec: WorkflowSpec, statuses: Mapping[str, str]) -> _Graph:
     for task in spec.tasks:
         status = statuses.get(task.name)
         if task.kind == "parallel" and task.tasks:
-            cluster = _Cluster(ids[task.name], _task_lines(task, status), status)
+            cluster = _Cluster(ids[task.name], _task_lines(task, status), status, name=task.name)
             for sub in task.tasks:
                 sub_status = statuses.get(sub.name)
-                cluster.members.append(
-                    _Node(ids[sub.name], _task_lines(sub, sub_status), _shape(sub), sub_status)
-                )
+                lines = _task_lines(sub, sub_status)
+                member = _Node(ids[sub.name], lines, _shape(sub), sub_status, sub.name)
+                cluster.members.append(member)
             graph.items.append(cluster)
         else:
             lines = _task_lines(task, status)
-            graph.items.append(_Node(ids[task.name], lines, _shape(task), status))
+            graph.items.append(_Node(ids[task.name], lines, _shape(task), status, task.name))
     graph.starts = [ids[task.name] for task in spec.start_tasks()]
     for task in spec.all_tasks():
         for index, transition in enumerate(task.next, start=1):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import psycopg
 
 from attune_pg.spec.model import PackSpec
 from attune_pg.spec.packfiles import load_packs
+from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.store import catalog
+
+log = logging.getLogger("attune_pg.packs")
 
 
 def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
@@ -26,4 +30,6 @@ def register(conn: psycopg.Connection, path: str | Path) -> list[PackSpec]:
                 if workflow.source_file:
                     sources[workflow.ref] = Path(workflow.source_file).read_text(encoding="utf-8")
         catalog.register_packs(conn, packs, sources)
+    for warning in unbounded_self_calls(packs):
+        log.warning("%s", warning)
     return packs

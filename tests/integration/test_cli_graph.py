@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,12 +62,18 @@ def test_workflows_graph_draws_the_registered_definition(
     assert out.startswith('digraph "examples.hello_join 1.0.0" {\n') and out.endswith("}\n")
     assert '    t2_pick_style -> t4_whisper [label="default"];' in out.splitlines()
 
+    code, out, err = invoke(dsn, "workflows", "graph", "examples.hello_join", "--format", "svg")
+    assert code == 0, err
+    drawn = ET.fromstring(out)
+    names = {g.get("data-task") for g in drawn.iter("{http://www.w3.org/2000/svg}g")}
+    assert {"greet", "pick_style", "shout", "whisper", "summarize"} <= names
+
 
 def test_workflows_graph_unknown_ref_is_one_clear_line(dsn: str) -> None:
     code, _, err = invoke(dsn, "workflows", "graph", "nope.never")
     assert code == 4 and err.strip() == "error: workflow 'nope.never' is not registered"
-    code, _, err = invoke(dsn, "workflows", "graph", "nope.never", "--format", "svg")
-    assert code == 2 and "svg" in err
+    code, _, err = invoke(dsn, "workflows", "graph", "nope.never", "--format", "png")
+    assert code == 2 and "png" in err
 
 
 def test_executions_graph_colours_what_ran(

@@ -14,8 +14,14 @@ from attune_pg import template
 from attune_pg.cli import cli
 from attune_pg.cli.kv import register as register_kv
 from attune_pg.errors import ActionError, AttuneError, TemplateError
-from attune_pg.secrets import redact_secrets, resolve_secrets, secret_token
-from attune_pg.store import kv
+from attune_pg.secrets import (
+    Binding,
+    redact_secrets,
+    resolve_secrets,
+    secret_token,
+    signed_token,
+)
+from attune_pg.store import kv, work
 from attune_pg.store.catalog import DbKV
 from tests.helpers import start, tasks, wait_done
 
@@ -113,9 +119,15 @@ def _seed(conn: psycopg.Connection) -> None:
     kv.set_value(conn, "creds", {"user": "bob", "pw": "pa55"}, secret=True)
 
 
-def _render(conn: psycopg.Connection, value: Any) -> Any:
+def _render(conn: psycopg.Connection, value: Any, binding: Binding | None = None) -> Any:
     scope = template.build_scope(
-        parameters={}, vars={}, tasks={}, pack_config=None, system={}, kv=DbKV(conn)
+        parameters={},
+        vars={},
+        tasks={},
+        pack_config=None,
+        system={},
+        kv=DbKV(conn),
+        token=None if binding is None else (lambda key: signed_token(key, binding)),
     )
     return template.render(value, scope, where="task 't' input")
 
@@ -181,14 +193,20 @@ def test_templates_through_dbkv(conn: psycopg.Connection) -> None:
 
 def test_resolve_with_secret_lookup(conn: psycopg.Connection) -> None:
     _seed(conn)
-    rendered = _render(
-        conn,
-        {
-            "dsn": "postgres://app:{{ kv.get_secret('db_password') }}@db",
-            "c": "{{ kv.get_secret('creds') }}",
-        },
-    )
-    resolved, texts = resolve_secrets(rendered, kv.secret_lookup(conn))
+    binding = Binding(7, "t", work.signing_key(conn))
+    template_ = {
+        "dsn": "postgres://app:{{ kv.get_secret('db_password') }}@db",
+        "c": "{{ kv.get_secret('creds') }}",
+    }
+    rendered = _render(conn, template_, binding)
+    # Unsigned references (rendered outside a task's input) are never resolved.
+    with pytest.raises(ActionError, match="not a valid secret token for this task"):
+        resolve_secrets(_render(conn, template_), kv.secret_lookup(conn), binding)
+    # Nor are tokens of another task or execution.
+    for other in (Binding(7, "u", binding.signing_key), Binding(8, "t", binding.signing_key)):
+        with pytest.raises(ActionError, match="not a valid secret token"):
+            resolve_secrets(rendered, kv.secret_lookup(conn), other)
+    resolved, texts = resolve_secrets(rendered, kv.secret_lookup(conn), binding)
     assert resolved == {
         "dsn": f"postgres://app:{PASSWORD}@db",
         "c": {"user": "bob", "pw": "pa55"},
@@ -200,10 +218,10 @@ def test_resolve_with_secret_lookup(conn: psycopg.Connection) -> None:
     # deleted, or no longer secret, between dispatch and run: a clear error
     kv.set_value(conn, "creds", "now plain")
     with pytest.raises(ActionError, match="secret 'creds' is not set"):
-        resolve_secrets(rendered, kv.secret_lookup(conn))
+        resolve_secrets(rendered, kv.secret_lookup(conn), binding)
     kv.delete_value(conn, "db_password")
     with pytest.raises(ActionError, match="secret 'db_password' is not set"):
-        resolve_secrets(rendered["dsn"], kv.secret_lookup(conn))
+        resolve_secrets(rendered["dsn"], kv.secret_lookup(conn), binding)
 
 
 # ------------------------------------------------------------------ through the engine
@@ -267,7 +285,8 @@ def test_task_input_stores_a_token_not_the_secret(
     row = wait_done(conn, start(conn, "kvtest.secret"))
     assert row["status"] == "succeeded", row["error"]
     (task,) = tasks(conn, row["id"])
-    assert task["input"] == {"message": "Bearer ⟦secret:api_token⟧ for eu"}
+    token = signed_token("api_token", Binding(row["id"], "call", work.signing_key(conn)))
+    assert task["input"] == {"message": f"Bearer {token} for eu"}
     assert PASSWORD not in _everything_stored(conn)
 
     misuse = wait_done(conn, start(conn, "kvtest.misuse"))

@@ -34,6 +34,10 @@ VIEWS = (
     "stuck_tasks",
     "worker_status",
     "pending_inquiries",
+    # 0012: the web console's views
+    "execution_detail",
+    "execution_audit",
+    "workflow_catalog",
 )
 
 CONTROL_FUNCTIONS = (
@@ -46,10 +50,11 @@ CONTROL_FUNCTIONS = (
 )
 
 # The whole privilege matrix, per relation of schema attune: what each role may do.
-# ("I" marks INSERT on some columns only: the submitter's documented start columns.)
+# ("(I)"/"(U)" mark INSERT/UPDATE on some columns only: the submitter's documented start
+# columns; the engine's columns of executions, task rows and inquiries for the worker.)
 R, S, W = ROLES
 READ_ONLY = {R: "S", S: "S", W: "S"}
-_EXECUTION_TABLE = {R: "", S: "S", W: "SIU"}
+_EXECUTION_TABLE = {R: "", S: "S", W: "SI(U)"}
 EXPECTED: dict[str, dict[str, str]] = {
     **{view: READ_ONLY for view in VIEWS},
     "schema_migration": READ_ONLY,
@@ -58,13 +63,16 @@ EXPECTED: dict[str, dict[str, str]] = {
     "pack": {R: "", S: "S", W: "S"},
     "action": {R: "", S: "S", W: "S"},
     "workflow_definition": {R: "", S: "S", W: "S"},
-    "workflow_execution": {R: "", S: "S(I)", W: "SIU"},
+    "workflow_execution": {R: "", S: "S(I)", W: "SI(U)"},
     "task_execution": _EXECUTION_TABLE,
-    "task_state": _EXECUTION_TABLE,
+    "task_state": {R: "", S: "S", W: "SIU"},
     "inquiry": _EXECUTION_TABLE,
-    "worker": _EXECUTION_TABLE,
-    "execution_event": {R: "", S: "S", W: "SI"},
+    "worker": {R: "", S: "S", W: "SIU"},
+    "execution_event": {R: "", S: "S", W: "S"},
     "kv": {R: "", S: "", W: "S"},
+    "setting": READ_ONLY,
+    "execution_budget": {R: "", S: "S", W: "SIU"},
+    "signing_key": {R: "", S: "", W: "S"},
 }
 
 _PRIVILEGES = {
@@ -204,13 +212,13 @@ def test_privilege_matrix(conn: psycopg.Connection) -> None:
                 ).fetchone()
                 if ok and ok[0]:
                     letters += letter
-                elif letter == "I":
+                elif letter in ("I", "U"):
                     some = conn.execute(
-                        "SELECT has_any_column_privilege(%s, %s, 'INSERT')",
-                        (role, f"attune.{relation}"),
+                        "SELECT has_any_column_privilege(%s, %s, %s)",
+                        (role, f"attune.{relation}", privilege),
                     ).fetchone()
                     if some and some[0]:
-                        letters += "(I)"
+                        letters += f"({letter})"
             actual.setdefault(relation, {})[role] = letters
     assert actual == {relation: EXPECTED[relation] for relation in relations}
     # Sequences (identity columns): nobody needs them; INSERT draws ids without USAGE.
@@ -269,18 +277,20 @@ def test_migration_is_safe_to_rerun_and_runs_where_the_roles_exist(
         "   FROM pg_proc WHERE pronamespace = 'attune'::regnamespace),"
         " (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'attune\\_%%')"
     )
-    before = conn.execute(snapshot).fetchone()
-    with conn.transaction():
-        conn.execute(roles_sql.encode())
-    assert conn.execute(snapshot).fetchone() == before
-
     name = f"attune_roles_{secrets.token_hex(4)}"
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         with db.connect(conninfo.make_conninfo(server_dsn, dbname=name)) as fresh:
-            applied = [m.name for m in migrate.migrate(fresh)]
+            # Up to 0005 (later migrations narrow some of its grants, and are not
+            # re-runnable): applying 0005 again changes nothing.
+            applied = [m.name for m in migrate.migrate(fresh, target=5)]
             assert "roles" in applied
+            before = fresh.execute(snapshot).fetchone()
+            with fresh.transaction():
+                fresh.execute(roles_sql.encode())
+            assert fresh.execute(snapshot).fetchone() == before
+            assert migrate.migrate(fresh)
             assert fresh.execute(
                 "SELECT has_table_privilege('attune_reader', 'attune.queue_depth', 'SELECT')"
             ).fetchone() == (True,)
@@ -608,3 +618,98 @@ def test_worker_cannot_change_the_schema_the_catalog_or_history(
     assert conn.execute(
         "SELECT count(*) FROM attune.workflow_execution WHERE id = %s", (execution_id,)
     ).fetchone() == (1,)
+
+
+def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
+    conn: psycopg.Connection, register: Callable[[str], None], login: Callable[[str], str]
+) -> None:
+    """Issue 7, item 6: as attune_worker, `UPDATE ... SET definition` (or a task row's
+    action_ref/input) on a running execution made workers run an arbitrary command, and
+    audit rows could carry any actor. Column privileges, a trigger and a definer function
+    now allow only the engine's own writes."""
+    register("examples")
+    worker_dsn = login("attune_worker")
+    submitter_dsn = login("attune_submitter")
+    with _worker(worker_dsn), db.connect(submitter_dsn) as submitter:
+        approval = start(submitter, "examples.approval")
+        inquiry: tuple[int] = _wait_for(  # type: ignore[assignment]
+            lambda: submitter.execute(
+                "SELECT id FROM attune.pending_inquiries WHERE workflow_execution_id = %s",
+                (approval,),
+            ).fetchone()
+        )
+    task = conn.execute(
+        "SELECT id FROM attune.task_execution WHERE workflow_execution_id = %s", (approval,)
+    ).fetchone()
+    assert task is not None
+    args = (approval,)
+    with db.connect(worker_dsn) as worker:
+        for statement in (
+            "UPDATE attune.workflow_execution SET definition = '{}' WHERE id = %s",
+            "UPDATE attune.workflow_execution SET workflow_ref = 'examples.child' WHERE id = %s",
+            "UPDATE attune.workflow_execution SET pack_config = '{}' WHERE id = %s",
+            "UPDATE attune.workflow_execution SET requested_by = 'someone' WHERE id = %s",
+            "UPDATE attune.workflow_execution SET priority = -1000 WHERE id = %s",
+            "UPDATE attune.workflow_execution SET depth = 0, root_id = NULL WHERE id = %s",
+            "UPDATE attune.task_execution SET action_ref = 'core.local'"
+            " WHERE workflow_execution_id = %s",
+            "UPDATE attune.task_execution SET input = '{\"cmd\": [\"id\"]}'"
+            " WHERE workflow_execution_id = %s",
+            "UPDATE attune.task_execution SET task_name = 'apply', attempt = 9"
+            " WHERE workflow_execution_id = %s",
+            "UPDATE attune.inquiry SET response = '{\"approved\": true}'"
+            " WHERE workflow_execution_id = %s",
+            "UPDATE attune.inquiry SET responded_by = 'boss', schema = '{}'"
+            " WHERE workflow_execution_id = %s",
+            # A running execution's parameters are frozen (a trigger, for every role).
+            "UPDATE attune.workflow_execution SET parameters = '{\"change\": \"rm -rf\"}'"
+            " WHERE id = %s",
+            "INSERT INTO attune.execution_event (workflow_execution_id, kind) VALUES (%s, 'x')",
+            "INSERT INTO attune.execution_event (workflow_execution_id, kind, actor)"
+            " VALUES (%s, 'task_status', 'someone else')",
+            "UPDATE attune.setting SET value = '1000000000' WHERE name = 'max_descendants'"
+            " OR %s IS NULL",
+        ):
+            _refused(worker, statement, args)
+        # Nor can it mark an inquiry answered: answers exist only through respond_inquiry.
+        with pytest.raises(psycopg.errors.CheckViolation, match="inquiry_responded_has_answer"):
+            worker.execute(
+                "UPDATE attune.inquiry SET status = 'responded' WHERE id = %s", (inquiry[0],)
+            )
+        # What it may do: publish events through the definer function, actor = its login.
+        worker.execute(
+            "SELECT attune.record_publish(%s, %s, %s)",
+            ([approval], ["ask"], [Jsonb({"x": 1})]),
+        )
+        assert worker.execute(
+            "SELECT actor, kind FROM attune.execution_event WHERE workflow_execution_id = %s"
+            " AND kind = 'publish'",
+            args,
+        ).fetchall() == [(_user(worker_dsn), "publish")]
+        # It reads the token key; the settings too.
+        assert worker.execute("SELECT octet_length(key) FROM attune.signing_key").fetchone() == (
+            32,
+        )
+        assert worker.execute("SELECT attune.setting_int('max_descendants')").fetchone() == (
+            10000,
+        )
+    with db.connect(submitter_dsn) as submitter:
+        _refused(submitter, "SELECT key FROM attune.signing_key")
+        _refused(submitter, "UPDATE attune.setting SET value = '0' WHERE name = 'priority_min'")
+        _refused(submitter, "SELECT attune.record_publish('{1}', '{x}', '{}')")
+        # `who` may not be NULL (it used to skip the assignee check).
+        with pytest.raises(psycopg.errors.NullValueNotAllowed, match="who must name"):
+            submitter.execute(
+                "SELECT attune.respond_inquiry(%s, '{\"approved\": true}', NULL)", (inquiry[0],)
+            )
+    with db.connect(login("attune_reader")) as reader:
+        assert reader.execute("SELECT count(*) > 0 FROM attune.setting").fetchone() == (True,)
+        _refused(reader, "SELECT key FROM attune.signing_key")
+    row = conn.execute(
+        "SELECT t.action_ref, t.input, e.definition IS NOT NULL, i.status"
+        " FROM attune.task_execution t JOIN attune.workflow_execution e"
+        " ON e.id = t.workflow_execution_id JOIN attune.inquiry i ON i.task_execution_id = t.id"
+        " WHERE t.id = %s",
+        (task[0],),
+    ).fetchone()
+    assert row is not None and row[0] == "core.ask" and row[2] and row[3] == "pending"

@@ -251,8 +251,8 @@ def test_undefined_targets_are_drawn_dashed() -> None:
 
 
 def test_unknown_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="svg"):
-        render_graph(FULL, "svg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="png"):
+        render_graph(FULL, "png")  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- dot

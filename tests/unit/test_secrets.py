@@ -9,10 +9,12 @@ import pytest
 from attune_pg.errors import ActionError, TemplateError
 from attune_pg.secrets import (
     TOKEN_PREFIX,
+    Binding,
     redact_secrets,
     redact_text,
     resolve_secrets,
     secret_token,
+    signed_token,
     token_keys,
     valid_secret_key,
 )
@@ -53,9 +55,24 @@ class FlagKV:
         return SECRETS[key]
 
 
-def render_with(text: Any, kv: Any, sink: SecretSink | None = None) -> Any:
+# Tokens valid for task 't' of execution 1 only.
+B = Binding(1, "t", b"k" * 32)
+
+
+def tok(key: str) -> str:
+    return signed_token(key, B)
+
+
+def render_with(text: Any, kv: Any, sink: SecretSink | None = None, token: Any = None) -> Any:
     scope = build_scope(
-        parameters={}, vars={}, tasks={}, pack_config=None, system={}, kv=kv, secrets=sink
+        parameters={},
+        vars={},
+        tasks={},
+        pack_config=None,
+        system={},
+        kv=kv,
+        secrets=sink,
+        token=token,
     )
     return render(text, scope, where="task 't' input")
 
@@ -134,13 +151,13 @@ def test_a_key_with_delimiters_cannot_be_a_secret_token() -> None:
 
 def test_resolve_whole_tokens_keep_the_json_type() -> None:
     value = {
-        "s": secret_token("token"),
-        "n": secret_token("pin"),
-        "d": secret_token("creds"),
-        "l": [secret_token("hosts"), secret_token("flag"), secret_token("nothing")],
+        "s": tok("token"),
+        "n": tok("pin"),
+        "d": tok("creds"),
+        "l": [tok("hosts"), tok("flag"), tok("nothing")],
         "plain": ["x", 1, None, False, {"deep": 2.5}],
     }
-    resolved, texts = resolve_secrets(value, lookup)
+    resolved, texts = resolve_secrets(value, lookup, B)
     assert resolved == {
         "s": "s3cr3t",
         "n": 4711,
@@ -150,17 +167,17 @@ def test_resolve_whole_tokens_keep_the_json_type() -> None:
     }
     # booleans and null are never masked; numbers as their text; leaves of containers
     assert texts == {"s3cr3t", "4711", "bob", "pa55", "db1", "db2"}
-    assert value["s"] == secret_token("token")  # the input is not modified
+    assert value["s"] == tok("token")  # the input is not modified
 
 
 def test_resolve_tokens_inside_strings_and_keys() -> None:
     value = {
-        "auth": "Bearer " + secret_token("token"),
-        "url": f"https://{secret_token('token')}@h/{secret_token('pin')}?x={secret_token('flag')}",
-        "json": "creds=" + secret_token("creds") + " hosts=" + secret_token("hosts"),
-        "key " + secret_token("token"): ("t", secret_token("pin") + "!"),
+        "auth": "Bearer " + tok("token"),
+        "url": f"https://{tok('token')}@h/{tok('pin')}?x={tok('flag')}",
+        "json": "creds=" + tok("creds") + " hosts=" + tok("hosts"),
+        "key " + tok("token"): ("t", tok("pin") + "!"),
     }
-    resolved, texts = resolve_secrets(value, lookup)
+    resolved, texts = resolve_secrets(value, lookup, B)
     assert resolved == {
         "auth": "Bearer s3cr3t",
         "url": "https://s3cr3t@h/4711?x=True",
@@ -177,38 +194,34 @@ def test_resolve_looks_up_each_key_once_and_shares_nothing() -> None:
         calls.append(key)
         return SECRETS[key]
 
-    resolved, _ = resolve_secrets(
-        [secret_token("creds"), secret_token("creds"), "a" + secret_token("creds")], counting
-    )
+    resolved, _ = resolve_secrets([tok("creds"), tok("creds"), "a" + tok("creds")], counting, B)
     assert calls == ["creds"]
     assert resolved[0] == resolved[1] and resolved[0] is not resolved[1]
     assert resolved[0] is not SECRETS["creds"]
 
 
 def test_resolution_is_one_pass() -> None:
-    nested = {"outer": "x" + secret_token("inner"), "inner": "never"}
-    resolved, texts = resolve_secrets(secret_token("outer"), nested.__getitem__)
-    assert resolved == "x⟦secret:inner⟧"
-    assert texts == {"x⟦secret:inner⟧"}
+    nested = {"outer": "x" + tok("inner"), "inner": "never"}
+    resolved, texts = resolve_secrets(tok("outer"), nested.__getitem__, B)
+    assert resolved == f"x{tok('inner')}"
+    assert texts == {f"x{tok('inner')}"}
 
 
 def test_resolve_without_tokens_returns_the_value_and_no_texts() -> None:
     value = {"a": ["b", 1, {"c": None}], "fake": "⟦secret:⟧ and ⟦other:x⟧"}
-    assert resolve_secrets(value, lookup) == (value, set())
+    assert resolve_secrets(value, lookup, B) == (value, set())
 
 
 def test_missing_secret_is_a_clear_action_error() -> None:
     with pytest.raises(ActionError, match="secret 'gone' is not set"):
-        resolve_secrets({"x": ["ok", "pw=" + secret_token("gone")]}, lookup)
+        resolve_secrets({"x": ["ok", "pw=" + tok("gone")]}, lookup, B)
 
 
 # ------------------------------------------------------------------ redaction
 
 
 def test_redact_secrets_masks_every_occurrence_deeply() -> None:
-    _, texts = resolve_secrets(
-        [secret_token("token"), secret_token("pin"), secret_token("creds")], lookup
-    )
+    _, texts = resolve_secrets([tok("token"), tok("pin"), tok("creds")], lookup, B)
     result: dict[str, Any] = {
         "stdout": "login bob with pa55 and s3cr3t; pin 4711",
         "nested": [{"s3cr3t": ("s3cr3ts3cr3t", 4711, True)}],
@@ -236,10 +249,36 @@ def test_round_trip_stores_no_plaintext() -> None:
     stored_input = render_with(
         {"cmd": "psql -p {{ kv.get_secret('token') }}", "creds": "{{ kv.get_secret('creds') }}"},
         kv,
+        token=tok,
     )
     assert "s3cr3t" not in repr(stored_input) and "pa55" not in repr(stored_input)
-    action_input, texts = resolve_secrets(stored_input, lookup)
+    action_input, texts = resolve_secrets(stored_input, lookup, B)
     assert action_input == {"cmd": "psql -p s3cr3t", "creds": {"user": "bob", "pw": "pa55"}}
     result = {"echo": action_input}
     assert "s3cr3t" not in repr(redact_secrets(result, texts))
     assert "pa55" not in repr(redact_secrets(result, texts))
+
+
+def test_tokens_resolve_only_where_they_were_signed() -> None:
+    """No text a user can assemble resolves: unsigned, split and joined, a wrong
+    signature, another task's or execution's token, another key's signature."""
+    good = tok("token")
+    assert resolve_secrets(good, lookup, B) == ("s3cr3t", {"s3cr3t"})
+    body = good[len(TOKEN_PREFIX) : -1]
+    key, execution, task, signature = body.split("|")
+    forged = [
+        secret_token("token"),
+        f"{TOKEN_PREFIX}pin|{execution}|{task}|{signature}⟧",
+        f"{TOKEN_PREFIX}{key}|2|{task}|{signature}⟧",
+        f"{TOKEN_PREFIX}{key}|{execution}|u|{signature}⟧",
+        f"{TOKEN_PREFIX}{key}|{execution}|{task}|{'0' * 32}⟧",
+        signed_token("token", Binding(1, "t", b"x" * 32)),
+        "pre " + signed_token("token", Binding(2, "t", B.signing_key)),
+    ]
+    for text in forged:
+        with pytest.raises(ActionError, match="not a valid secret token for this task"):
+            resolve_secrets({"x": text}, lookup, B)
+    # The error names the key, never a value.
+    with pytest.raises(ActionError) as info:
+        resolve_secrets(secret_token("token"), lookup, B)
+    assert "s3cr3t" not in str(info.value) and "'t' of execution 1" in str(info.value)

@@ -93,7 +93,7 @@ def run(
     try:
         message = json.loads(payload)
         ok = bool(message["ok"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         return failed(
             "ActionError", f"the python host wrote an unreadable result: {exc}", **_logs(call)
         )

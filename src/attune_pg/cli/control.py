@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 import click
-import jsonschema
 
 from attune_pg.cli.common import connection, dsn_option, errors_to_exit, table, to_json
 from attune_pg.errors import ParameterError
+from attune_pg.spec.params import check_inquiry_response
 from attune_pg.store import inquiries as store
 
 
@@ -72,13 +72,7 @@ def inquiries_respond(
     response = _response(pairs, response_json)
     with connection(dsn) as conn:
         question = store.inquiry(conn, inquiry_id)
-        # The full JSON Schema here; SQL re-checks a subset for callers without Python.
-        problem = jsonschema.exceptions.best_match(
-            jsonschema.Draft202012Validator(question["schema"] or {}).iter_errors(response)
-        )
-        if problem is not None:
-            where = ".".join(str(p) for p in problem.absolute_path) or "response"
-            raise ParameterError(f"inquiry {inquiry_id}: {where}: {problem.message}")
+        check_inquiry_response(inquiry_id, question["schema"] or {}, response)
         store.respond(conn, inquiry_id, response, getpass.getuser())
     click.echo(f"inquiry {inquiry_id}: responded")
 

@@ -14,7 +14,7 @@ from attune_pg.store import read
 format_option = click.option(
     "--format",
     "fmt",
-    type=click.Choice(["mermaid", "dot"]),
+    type=click.Choice(["mermaid", "dot", "svg"]),
     default="mermaid",
     show_default=True,
     help="Mermaid flowchart (paste into Markdown) or Graphviz dot (pipe into `dot -Tsvg`).",

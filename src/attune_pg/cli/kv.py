@@ -31,6 +31,10 @@ def _parse(value: str, as_json: bool) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         raise ParameterError(f"VALUE is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ParameterError(
+            "VALUE is nested too deeply to be stored (setting json_max_depth)"
+        ) from None
 
 
 def _text(value: Any) -> str:

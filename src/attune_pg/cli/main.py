@@ -24,6 +24,7 @@ from attune_pg.cli.common import (
 from attune_pg.cli.follow import follow
 from attune_pg.errors import ParameterError
 from attune_pg.spec.loader import load_workflow_file
+from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.store import migrate, read
 
 
@@ -107,6 +108,8 @@ def packs_register(path: Path, dsn: str | None) -> None:
             f"registered pack {pack.ref} {pack.version}: {len(pack.actions)} actions,"
             f" {len(pack.workflows)} workflows"
         )
+    for warning in unbounded_self_calls(registered):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @cli.group(name="workflows")
@@ -377,12 +380,13 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, graph, kv, tools
+    from attune_pg.cli import control, graph, kv, tools, ui
 
     tools.register(cli)
     control.register(cli)
     graph.register(cli)
     kv.register(cli)
+    ui.register(cli)
 
 
 _register_extra()

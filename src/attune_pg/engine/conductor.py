@@ -33,7 +33,13 @@ from attune_pg.engine.state import (
 )
 from attune_pg.errors import ParameterError, TemplateError
 from attune_pg.redact import redact
-from attune_pg.secrets import secret_parameter_key, token_keys
+from attune_pg.secrets import (
+    Binding,
+    secret_parameter_key,
+    secret_token,
+    signed_token,
+    token_keys,
+)
 from attune_pg.spec.model import DEFAULT_ITERATION_CAP, TaskSpec
 from attune_pg.spec.params import secret_parameters, validate_parameters
 
@@ -265,10 +271,25 @@ class Conductor:
         *,
         item: Json = template.MISSING,
         index: Json = template.MISSING,
+        task: str | None = None,
     ) -> dict[str, Json]:
+        """The template scope; with `task`, the scope of that task's input (and items):
+        secrets render as tokens signed for that task only (secrets.py)."""
         attempt = self._attempt if current is not None else 1
+        parameters: Mapping[str, Json] = self.parameters
+        token = None
+        if task is not None:
+            binding = Binding(self.execution.id, task, self.ctx.signing_key)
+            token = lambda key: signed_token(key, binding)  # noqa: E731
+            secret = secret_parameters(self.spec.parameters)
+            if secret:
+                parameters = dict(parameters)
+                for name in secret:
+                    key = secret_parameter_key(self.execution.id, name)
+                    if parameters.get(name) == secret_token(key):
+                        parameters[name] = signed_token(key, binding)
         return template.build_scope(
-            parameters=self.parameters,
+            parameters=parameters,
             vars=self.vars,
             tasks=render.task_views(self.latest),
             pack_config=self.execution.pack_config,
@@ -277,6 +298,20 @@ class Conductor:
             current=current,
             item=item,
             index=index,
+            token=token,
+        )
+
+    def _spend(self, rows: int, task: str) -> dict[str, Json] | None:
+        """Take `rows` new task rows from the tree's budget; the error if it is spent."""
+        budget = self.execution.budget
+        descendant = self.execution.root_id not in (0, self.execution.id)
+        if budget is None or budget.take_rows(rows, descendant=descendant):
+            return None
+        return error_of(
+            "SpawnBudget",
+            f"task {task!r} needs {rows} more task rows, but the execution tree of root"
+            f" {budget.root_id} has used its budget (setting max_task_rows)",
+            task=task,
         )
 
     def _fail_workflow(self, error: dict[str, Json]) -> None:
@@ -301,6 +336,10 @@ class Conductor:
             except TemplateError as exc:
                 self._fail_workflow(error_of("TemplateError", str(exc), task=spec.name))
                 return False
+        problem = self._spend(1, spec.name)
+        if problem is not None:
+            self._fail_workflow(problem)
+            return False
         nxt = attempt.attempt + 1
         delay = policy.delay_before(nxt)
         if policy.jitter:
@@ -485,12 +524,22 @@ class Conductor:
                 error_of("UnknownAction", f"action {spec.action!r} is not registered"),
             )
             return
+
+        def scope_for(**names: Json) -> dict[str, Json]:
+            return self._scope(task=spec.name, **names)
+
         try:
-            items = render.items(spec, self._scope())
-            inputs = render.inputs(spec, items, action.parameters, self._scope)
+            items = render.items(spec, scope_for())
+            inputs = render.inputs(spec, items, action.parameters, scope_for)
         except (TemplateError, ParameterError) as exc:
             self._put(running)
             self._task_done(running, "failed", None, error_of(type(exc).__name__, str(exc)))
+            return
+        problem = self._spend(len(inputs), spec.name)
+        if problem is not None:
+            self._fail_workflow(problem)
+            self._put(running)
+            self._task_done(running, "failed", None, problem)
             return
         if items is None:
             self._put(running)

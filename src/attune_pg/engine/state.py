@@ -15,6 +15,43 @@ from attune_pg.spec.model import ActionSpec, WorkflowSpec
 Json = Any
 
 
+class Budget:
+    """What one root execution's tree may still create (setting max_task_rows and
+    max_descendants, minus what the tree created before this transaction).
+
+    Mutable on purpose: every execution of the tree advanced in one transaction takes
+    from the same object, and the store charges what was taken when the transaction
+    writes. Concurrent transactions of one tree may each take the last rows, so a tree
+    can overshoot by at most one transaction's creations per worker. The root's own rows
+    are counted on its own row (`workflow_execution.task_rows`, written with the rest of
+    the row, so a tree of one costs no extra write); `rows_taken` counts descendants'.
+    """
+
+    __slots__ = ("executions_left", "executions_taken", "root_id", "rows_left", "rows_taken")
+
+    def __init__(self, root_id: int, rows_left: int, executions_left: int) -> None:
+        self.root_id = root_id
+        self.rows_left = rows_left
+        self.executions_left = executions_left
+        self.rows_taken = 0
+        self.executions_taken = 0
+
+    def take_rows(self, count: int, *, descendant: bool = True) -> bool:
+        if count > self.rows_left:
+            return False
+        self.rows_left -= count
+        if descendant:
+            self.rows_taken += count
+        return True
+
+    def take_execution(self) -> bool:
+        if self.executions_left < 1:
+            return False
+        self.executions_left -= 1
+        self.executions_taken += 1
+        return True
+
+
 @dataclass(frozen=True)
 class Execution:
     """The locked `workflow_execution` row, as the conductor needs it."""
@@ -35,6 +72,9 @@ class Execution:
     cancel_policy: str | None = None
     # Rows of this execution still running (loaded only while it is pausing).
     running_rows: int | None = None
+    root_id: int = 0  # the top of its tree (its own id for a top-level execution)
+    # What its tree may still create; shared by the executions of one tree in a batch.
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +129,7 @@ class Context:
     now: float  # epoch seconds, from the database clock
     actions: Mapping[str, ActionSpec]
     kv: KVLookup | None = None
+    signing_key: bytes = b""  # signs secret tokens (attune.signing_key)
 
 
 # ----------------------------------------------------------------- commands

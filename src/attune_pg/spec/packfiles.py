@@ -110,6 +110,7 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
         raise doc.error(f"pack ref {ref!r} must equal its directory name {dirname!r}", ("ref",))
     config_schema, config = _config(doc)
     pack_path = str(root.resolve())
+    _refuse_links_out(root)
 
     actions: dict[str, ActionSpec] = {}
     for file in _yaml_files(root / "actions"):
@@ -144,6 +145,21 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
         workflows=tuple(workflows),
     )
     return pack, sources
+
+
+def _refuse_links_out(root: Path) -> None:
+    """A symlink in a pack must point inside the pack: a pack's files are what it runs,
+    and registration must not read (or a worker run) a file from elsewhere."""
+    inside = root.resolve()
+    for path in sorted(root.rglob("*")):  # symlinked folders are listed, not entered
+        if path.is_symlink():
+            target = path.resolve()
+            if target != inside and inside not in target.parents:
+                raise SpecError(
+                    f"symlink points outside the pack (to {target}): packs may only"
+                    " link to their own files",
+                    file=str(path),
+                )
 
 
 def _load_doc(file: Path) -> Document:

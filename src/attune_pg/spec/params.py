@@ -179,6 +179,15 @@ def validate_parameters(schema: dict[str, Any], values: Any, *, where: str) -> d
     return result
 
 
+def check_inquiry_response(inquiry_id: int, schema: dict[str, Any], response: Any) -> None:
+    """Refuse an answer the inquiry's full JSON Schema does not accept (one line, naming the
+    field). SQL re-checks a subset for callers without Python; the CLI and console check all."""
+    problem = best_match(Draft202012Validator(schema or {}).iter_errors(response))
+    if problem is not None:
+        where = ".".join(str(p) for p in problem.absolute_path) or "response"
+        raise ParameterError(one_line(f"inquiry {inquiry_id}: {where}: {problem.message}"))
+
+
 def param_name(error: ValidationError) -> str:
     path = list(error.absolute_path)
     if not path:

@@ -7,7 +7,7 @@ Nothing here commits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,11 +29,14 @@ from attune_pg.engine.state import (
 )
 from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store import control
+from attune_pg.store.queries import Q
 from attune_pg.store.work import StaleWrite
 
 
 def apply_batch(
-    conn: psycopg.Connection, batch: Sequence[tuple[int, Sequence[Command]]]
+    conn: psycopg.Connection,
+    batch: Sequence[tuple[int, Sequence[Command]]],
+    roots: Mapping[int, int] | None = None,
 ) -> list[tuple[int, AggregateItems]]:
     """Write the commands of many executions with one statement per kind of write.
 
@@ -81,7 +84,7 @@ def apply_batch(
     if state_updates:
         _update_states(conn, state_updates)
     if new_rows:
-        _insert_tasks(conn, new_rows)
+        _insert_tasks(conn, new_rows, roots or {})
     for (execution_id, task_name, iteration, held), count in releases.items():
         # Released while pausing: the rows stay pending, marked held, until resume.
         change = "held = true" if held else "status = 'scheduled', run_at = now()"
@@ -105,17 +108,24 @@ def apply_batch(
         )
     if publishes:
         conn.execute(
-            "INSERT INTO attune.execution_event (workflow_execution_id, task_name, kind, data)"
-            " SELECT v.id, v.task_name, 'publish', v.data"
-            "   FROM unnest(%s::bigint[], %s::text[], %s::jsonb[]) AS v(id, task_name, data)",
-            (
-                [e for e, _ in publishes],
-                [p.task_name for _, p in publishes],
-                [Jsonb(p.values) for _, p in publishes],
-            ),
+            Q.publish_record,
+            {
+                "ids": [e for e, _ in publishes],
+                "task_names": [p.task_name for _, p in publishes],
+                "data": [Jsonb(p.values) for _, p in publishes],
+            },
         )
+    # Task rows each execution created (its own budget use, on its own row).
+    created: dict[int, int] = {}
+    for execution_id, c in new_rows:
+        created[execution_id] = created.get(execution_id, 0) + len(c.items)
     if executions:
-        _update_executions(conn, executions)
+        _update_executions(conn, executions, created)
+    if created:
+        conn.execute(
+            Q.execution_count_rows,
+            {"ids": list(created), "counts": list(created.values())},
+        )
     return aggregates
 
 
@@ -172,11 +182,22 @@ def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskSt
         raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
 
 
-def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTaskRows]]) -> None:
+def _insert_tasks(
+    conn: psycopg.Connection,
+    commands: Sequence[tuple[int, NewTaskRows]],
+    roots: Mapping[int, int],
+) -> None:
+    names = (
+        "e", "task_name", "iteration", "item_index", "attempt", "action_ref", "status",
+        "input", "delay", "timeout", "held", "rank",
+    )  # fmt: skip
     rows = []
+    ranks: dict[int, int] = {}
     for execution_id, c in commands:
+        root = roots.get(execution_id, execution_id)
         for i, (index, value) in enumerate(c.items):
             released = i < c.release
+            ranks[root] = rank = ranks.get(root, 0) + 1
             rows.append(
                 (
                     execution_id,
@@ -190,24 +211,16 @@ def _insert_tasks(conn: psycopg.Connection, commands: Sequence[tuple[int, NewTas
                     c.delay,
                     c.timeout,
                     released and c.held,
+                    rank,
                 )
             )
-    conn.execute(
-        "INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,"
-        " item_index, attempt, action_ref, status, input, priority, run_at, timeout, held)"
-        " SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.status,"
-        "        v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout, v.held"
-        "   FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::int[], %s::int[], %s::text[],"
-        "               %s::text[], %s::jsonb[], %s::float8[], %s::float8[], %s::bool[])"
-        "        AS v(e, task_name, iteration, item_index, attempt, action_ref, status, input,"
-        "             delay, timeout, held)"
-        "   JOIN attune.workflow_execution e ON e.id = v.e",
-        _columns(rows, 11),
-    )
+    conn.execute(Q.task_insert, dict(zip(names, _columns(rows, len(names)), strict=True)))
 
 
 def _update_executions(
-    conn: psycopg.Connection, writes: Sequence[tuple[int, WriteExecution]]
+    conn: psycopg.Connection,
+    writes: Sequence[tuple[int, WriteExecution]],
+    created: dict[int, int],
 ) -> None:
     # An execution that ends inside the transaction that starts it (every task
     # skipped, an empty with-items) still passes through `running`, as the state
@@ -216,12 +229,23 @@ def _update_executions(
         i for i, w in writes if w.before == "requested" and w.status not in ("running", "failed")
     ]
     if jumps:
+        # Parameters (defaults applied) are written by this first move: they freeze once
+        # the execution is no longer requested (schema 0006).
+        jumped = {i: w for i, w in writes if i in jumps}
         conn.execute(
-            "UPDATE attune.workflow_execution SET status = 'running', started_at = now()"
-            " WHERE id = ANY(%s) AND status = 'requested'",
-            (jumps,),
+            "UPDATE attune.workflow_execution e SET status = 'running', started_at = now(),"
+            " parameters = coalesce(v.parameters, e.parameters)"
+            " FROM unnest(%s::bigint[], %s::jsonb[]) AS v(id, parameters)"
+            " WHERE e.id = v.id AND e.status = 'requested'",
+            (
+                list(jumped),
+                [None if w.parameters is None else Jsonb(w.parameters) for w in jumped.values()],
+            ),
         )
-        writes = [(i, replace(w, before="running") if i in jumps else w) for i, w in writes]
+        writes = [
+            (i, replace(w, before="running", parameters=None) if i in jumps else w)
+            for i, w in writes
+        ]
     rows = [
         (
             execution_id,
@@ -233,22 +257,15 @@ def _update_executions(
             None if w.error is None else Jsonb(w.error),
             None if w.output is None else Jsonb(w.output),
             w.timeout_at,
+            created.pop(execution_id, 0),
         )
         for execution_id, w in writes
     ]
-    cur = conn.execute(
-        "UPDATE attune.workflow_execution e SET status = v.status,"
-        " parameters = coalesce(v.parameters, e.parameters), vars = coalesce(v.vars, e.vars),"
-        " active_tasks = v.active_tasks, error = coalesce(v.error, e.error),"
-        " output = coalesce(v.output, e.output),"
-        " started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,"
-        " timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at)"
-        " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::int[],"
-        " %s::jsonb[], %s::jsonb[], %s::float8[])"
-        " AS v(id, before, status, parameters, vars, active_tasks, error, output, timeout_at)"
-        " WHERE e.id = v.id AND e.status = v.before",
-        _columns(rows, 9),
-    )
+    names = (
+        "id", "before", "status", "parameters", "vars", "active_tasks", "error", "output",
+        "timeout_at", "task_rows",
+    )  # fmt: skip
+    cur = conn.execute(Q.execution_write, dict(zip(names, _columns(rows, 10), strict=True)))
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")
     ended = [i for i, w in writes if w.status in WORKFLOW_TERMINAL]

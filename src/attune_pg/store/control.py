@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from attune_pg.engine.state import Attempt, Execution, LiveRows, TaskState
 from attune_pg.machine import WORKFLOW_TERMINAL
+from attune_pg.store import decode
 
 Json = Any
 
@@ -268,6 +269,23 @@ def _waiting_outcome(
     child_output: Json,
     child_error: Json,
 ) -> tuple[int, str, Json, Json]:
+    reason = decode.problem(response, child_output, child_error)
+    if reason is not None:
+        # Quarantine the one row: the waiting task fails, every other answer goes on.
+        what = (
+            f"inquiry {inquiry_id}'s response"
+            if inquiry_id
+            else f"child execution {child_id}'s outcome"
+        )
+        return (
+            task_id,
+            "failed",
+            None,
+            {
+                "type": "Quarantined",
+                "message": f"{what} cannot be processed: {reason} (setting json_max_depth)",
+            },
+        )
     if inquiry_id is not None and inquiry_status is not None:
         if inquiry_status == "responded":
             result: dict[str, Json] = {}

@@ -8,7 +8,7 @@ becomes a token (`attune_pg.secrets`) that the worker resolves with `secret_look
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from attune_pg.errors import AttuneError
-from attune_pg.secrets import TOKEN_CLOSE, TOKEN_OPEN, secret_token, valid_secret_key
+from attune_pg.secrets import TOKEN_CLOSE, TOKEN_OPEN, valid_secret_key
 
 Json = Any
 
@@ -88,22 +88,3 @@ def secret_lookup(conn: psycopg.Connection) -> Callable[[str], Json]:
         return row[0]
 
     return lookup
-
-
-def stash_secret_parameters(
-    conn: psycopg.Connection, execution_id: int, values: Mapping[str, Json]
-) -> dict[str, str]:
-    """Move secret parameter values into kv; return the token to keep for each."""
-    tokens = {}
-    for name, value in values.items():
-        row = conn.execute(
-            "SELECT attune.stash_secret_parameter(%s, %s, %s)", (execution_id, name, Jsonb(value))
-        ).fetchone()
-        assert row is not None
-        tokens[name] = secret_token(str(row[0]))
-    # The row keeps only the tokens from now on.
-    conn.execute(
-        "UPDATE attune.workflow_execution SET parameters = parameters || %s WHERE id = %s",
-        (Jsonb(tokens), execution_id),
-    )
-    return tokens

@@ -16,6 +16,11 @@ import psycopg
 
 from attune_pg.store.queries import Q
 
+# The oldest schema this code runs on: workers of a version start after its migrations
+# are applied (docs/roles.md, "Upgrades"). 0006 added what the worker reads at start
+# (attune.setting, attune.signing_key) and what every advance writes.
+REQUIRED_SCHEMA = 6
+
 # Any fixed 64-bit number works; this one spells "attune" in hex-ish.
 MIGRATION_LOCK_ID = 0x617474756E65
 

@@ -7,6 +7,7 @@ lease owner and attempt), so a stale actor changes nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +18,16 @@ from psycopg.types.json import Jsonb
 from attune_pg import machine
 from attune_pg.engine.state import (
     Attempt,
+    Budget,
     Execution,
     TaskState,
 )
+from attune_pg.settings import Settings
 from attune_pg.spec.model import WorkflowSpec
+from attune_pg.store import decode
+from attune_pg.store.queries import Q
+
+log = logging.getLogger("attune_pg.store")
 
 Json = Any
 
@@ -64,7 +71,7 @@ UPDATE attune.task_execution t
        started_at = now(), claims = t.claims + 1
  WHERE t.id IN (SELECT id FROM attune.task_execution
                  WHERE status = 'scheduled' AND run_at <= now()
-                 ORDER BY priority, run_at, id
+                 ORDER BY priority, fair_key, id
                  FOR UPDATE SKIP LOCKED
                  LIMIT %(n)s)
 RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index, t.attempt,
@@ -173,63 +180,169 @@ def stop_worker(conn: psycopg.Connection, me: str, done: int) -> None:
 
 # ----------------------------------------------------------------- advancing
 
-_EXECUTION_COLUMNS = (
-    "id, workflow_ref, status, md5(definition::text), parameters, vars, active_tasks, error,"
-    " output, pack_config, requested_by, extract(epoch FROM started_at)::float8, depth,"
-    " cancel_policy, extract(epoch FROM now())::float8"
-)
-
 # Definition snapshots are immutable, so each is parsed once per process, keyed by
 # its md5; the advance then reads 32 bytes instead of the whole definition.
 _SPECS: dict[str, WorkflowSpec] = {}
 
+# A root in one of these statuses stops its whole tree (execution_follow_root).
+_STOPPING = frozenset({"canceling", "canceled", "failed", "succeeded", "timed_out"})
+
 
 def lock_executions(
-    conn: psycopg.Connection, ids: Sequence[int] = (), *, requested: int = 0
+    conn: psycopg.Connection,
+    ids: Sequence[int] = (),
+    *,
+    requested: int = 0,
+    one: int | None = None,
+    settings: Settings | None = None,
 ) -> tuple[list[Execution], float]:
     """Lock workflow rows in id order (the global lock order, DESIGN §8), or claim up
-    to `requested` executions waiting to start. Returns them and the DB clock."""
-    if requested:
-        rows = conn.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE status = 'requested'"
-            " ORDER BY priority, id FOR UPDATE SKIP LOCKED LIMIT %s",
-            (requested,),
-        ).fetchall()
+    to `requested` executions waiting to start (or just the requested execution `one`).
+    Returns them and the DB clock.
+
+    Rows a worker cannot process are failed here (quarantined) and left out: a value
+    that does not decode, a definition that does not load. Executions whose root is
+    canceling or ended are stopped first (a requested one is canceled and left out).
+    Each tree's executions share one `Budget` (settings max_task_rows, max_descendants).
+    """
+    if one is not None:
+        rows = conn.execute(Q.execution_claim_one, {"id": one}).fetchall()
+    elif requested:
+        rows = conn.execute(Q.execution_claim_requested, {"n": requested}).fetchall()
     else:
-        rows = conn.execute(
-            f"SELECT {_EXECUTION_COLUMNS} FROM attune.workflow_execution WHERE id = ANY(%s)"
-            " ORDER BY id FOR UPDATE",
-            (list(ids),),
-        ).fetchall()
+        rows = conn.execute(Q.execution_lock, {"ids": list(ids)}).fetchall()
     if not rows:
         return [], 0.0
-    broken = [row[0] for row in rows if row[3] is None]
-    if broken:
-        # No snapshot (a row edited by hand?): fail it rather than poison every batch.
-        fail_executions(
-            conn,
-            [
-                (i, {"type": "InternalError", "message": "definition snapshot is missing"})
-                for i in broken
-            ],
-        )
-        rows = [row for row in rows if row[3] is not None]
-    missing = [row[0] for row in rows if row[3] not in _SPECS]
+    now = float(rows[0][-1])
+    bad: list[tuple[int, dict[str, Json]]] = []
+    for row in rows:
+        if row[3] is None:
+            # No snapshot (a row edited by hand?): fail it rather than poison every batch.
+            bad.append((row[0], _error("InternalError", "definition snapshot is missing")))
+        elif (reason := decode.problem(*row[4:10])) is not None:
+            bad.append((row[0], _undecodable(row[0], reason)))
+    missing = {row[0]: row[3] for row in rows if row[3] is not None and row[3] not in _SPECS}
     if missing:
         if len(_SPECS) > 1024:
             _SPECS.clear()
-        for digest, definition in conn.execute(
-            "SELECT md5(definition::text), definition FROM attune.workflow_execution"
-            " WHERE id = ANY(%s)",
-            (missing,),
-        ):
-            _SPECS[digest] = WorkflowSpec.from_dict(definition)
-    if not rows:
-        return [], 0.0
-    return [_execution(row) for row in rows], float(rows[0][-1])
+        for digest, definition in conn.execute(Q.execution_definitions, {"ids": list(missing)}):
+            try:
+                if isinstance(definition, decode.Undecodable):
+                    raise ValueError(definition.reason)
+                _SPECS[digest] = WorkflowSpec.from_dict(definition)
+            except Exception as exc:  # a snapshot this version cannot read
+                for execution_id, want in missing.items():
+                    if want == digest:
+                        bad.append(
+                            (
+                                execution_id,
+                                _error(
+                                    "Quarantined",
+                                    f"execution {execution_id}: its definition snapshot cannot be"
+                                    f" loaded ({type(exc).__name__}: {str(exc)[:300]})",
+                                ),
+                            )
+                        )
+    if bad:
+        quarantine(conn, bad)
+        dropped = {i for i, _ in bad}
+        rows = [row for row in rows if row[0] not in dropped]
+    rows = _follow_root(conn, rows)
+    limits = settings or Settings()
+    budgets: dict[int, Budget] = {}
+    executions = []
+    for row in rows:
+        root_id, used_executions, used_rows = row[14], row[17], row[18]
+        if root_id not in budgets:
+            budgets[root_id] = Budget(
+                root_id,
+                rows_left=max(limits.max_task_rows - used_rows, 0),
+                executions_left=max(limits.max_descendants - used_executions, 0),
+            )
+        executions.append(_execution(row, budgets[root_id]))
+    return executions, now
 
 
-def _execution(row: Sequence[Any]) -> Execution:
+def _error(kind: str, message: str) -> dict[str, Json]:
+    return {"type": kind, "message": message}
+
+
+def _undecodable(execution_id: int, reason: str) -> dict[str, Json]:
+    return _error(
+        "Quarantined",
+        f"execution {execution_id}: a JSON value of its row cannot be processed: {reason}"
+        " (setting json_max_depth bounds new values)",
+    )
+
+
+def _follow_root(conn: psycopg.Connection, rows: list[Any]) -> list[Any]:
+    """Stop executions whose root is stopping; drop the requested ones (now canceled)."""
+    follow = [
+        row
+        for row in rows
+        if row[14] != row[0]
+        and row[15] in _STOPPING
+        and row[2] in ("requested", "running", "pausing", "paused")
+    ]
+    if not follow:
+        return rows
+    changed: dict[int, str] = dict(
+        conn.execute(
+            Q.execution_follow_root,
+            {
+                "ids": [row[0] for row in follow],
+                "policies": [row[16] or "allow_finish" for row in follow],
+            },
+        ).fetchall()
+    )
+    out = []
+    for row in rows:
+        status = changed.get(row[0])
+        if status == "canceled":
+            continue
+        if status is not None:
+            row = (*row[:2], status, *row[3:13], row[16] or "allow_finish", *row[14:])
+        out.append(row)
+    return out
+
+
+def quarantine(conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str, Json]]]) -> None:
+    """Fail executions a worker cannot process, and close their open rows (so neither the
+    start, the claim nor the control pass picks them up again)."""
+    if not failures:
+        return
+    for execution_id, error in failures:
+        log.error("quarantined execution %s: %s", execution_id, error.get("message"))
+    conn.execute(
+        Q.execution_quarantine,
+        {"ids": [i for i, _ in failures], "errors": [Jsonb(e) for _, e in failures]},
+    )
+
+
+def charge_budgets(conn: psycopg.Connection, executions: Iterable[Execution]) -> None:
+    """Record what this transaction took from each tree's budget. Call it last."""
+    budgets = {id(e.budget): e.budget for e in executions if e.budget is not None}
+    taken = [b for b in budgets.values() if b.rows_taken or b.executions_taken]
+    if not taken:
+        return
+    conn.execute(
+        Q.budget_charge,
+        {
+            "roots": [b.root_id for b in taken],
+            "executions": [b.executions_taken for b in taken],
+            "rows": [b.rows_taken for b in taken],
+        },
+    )
+    for b in taken:
+        b.rows_taken = b.executions_taken = 0
+
+
+def signing_key(conn: psycopg.Connection) -> bytes:
+    row = conn.execute(Q.signing_key_get).fetchone()
+    return b"" if row is None else bytes(row[0])
+
+
+def _execution(row: Sequence[Any], budget: Budget) -> Execution:
     (
         id_,
         ref,
@@ -245,7 +358,8 @@ def _execution(row: Sequence[Any]) -> Execution:
         started_at,
         depth,
         cancel_policy,
-        _now,
+        root_id,
+        *_rest,
     ) = row
     return Execution(
         id=id_,
@@ -262,6 +376,8 @@ def _execution(row: Sequence[Any]) -> Execution:
         started_at=started_at,
         depth=depth,
         cancel_policy=cancel_policy,
+        root_id=root_id,
+        budget=budget,
     )
 
 

@@ -130,11 +130,17 @@ class _KVScope:
     recorded in `sink` when one is given.
     """
 
-    __slots__ = ("_kv", "_sink")
+    __slots__ = ("_kv", "_sink", "_token")
 
-    def __init__(self, kv: KVLookup | None, sink: SecretSink | None = None) -> None:
+    def __init__(
+        self,
+        kv: KVLookup | None,
+        sink: SecretSink | None = None,
+        token: Callable[[str], str] | None = None,
+    ) -> None:
         self._kv = kv
         self._sink = sink
+        self._token = token or secret_token
 
     def _store(self, key: object) -> KVLookup:
         if self._kv is None:
@@ -162,7 +168,7 @@ class _KVScope:
         if not flag:
             raise TemplateError(f"kv key {key!r} is not a secret; use kv.get")
         try:
-            return secret_token(key)
+            return self._token(key)
         except ValueError as exc:
             raise TemplateError(str(exc)) from None
 
@@ -206,6 +212,7 @@ def build_scope(
     item: Any = MISSING,
     index: Any = MISSING,
     secrets: SecretSink | None = None,
+    token: Callable[[str], str] | None = None,
 ) -> Scope:
     """The names templates see (DESIGN §4.2).
 
@@ -217,7 +224,9 @@ def build_scope(
     - ``kv``: ``kv.get(key, default)``, ``kv.get_secret(key)``. With a `SecretFlagKV` store
       `get_secret` renders a token, never the value (see `_KVScope`); with a plain store and
       `secrets`, every secret read is recorded there (and masked in error messages).
-      Without a store, using kv is an error "kv is not available here".
+      Without a store, using kv is an error "kv is not available here". `token` makes
+      the token for a key (default: the unsigned reference `secrets.secret_token`; the
+      conductor passes one signed for the task whose input it renders).
     - ``succeeded() failed() timed_out() result() error()``: about `current`; without it they
       raise "succeeded() is only available in transitions".
     - ``item`` and ``index`` only when given.
@@ -228,7 +237,7 @@ def build_scope(
         vars=vars,
         pack={"config": pack_config if pack_config is not None else {}},
         system=system,
-        kv=_KVScope(kv, secrets),
+        kv=_KVScope(kv, secrets, token),
         task=task_map,
         tasks=task_map,
         **_transition_functions(current),

@@ -29,8 +29,9 @@ import psycopg
 from attune_pg import advance, db
 from attune_pg.actions import ActionOutcome
 from attune_pg.errors import ActionError, DatabaseUnavailable
-from attune_pg.secrets import resolve_secrets, token_keys
-from attune_pg.store import control, kv, work
+from attune_pg.secrets import Binding, resolve_secrets, token_keys
+from attune_pg.settings import REFRESH_SECONDS
+from attune_pg.store import control, decode, kv, work
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.worker.listener import Listener
 from attune_pg.worker.runner import Running, TaskRunner, parks_as
@@ -123,6 +124,9 @@ class Worker:
                 try:
                     if conn is None or conn.closed:
                         conn = db.connect(self.dsn, name="attune_worker")
+                        decode.install(conn)
+                        self._env = None  # re-read on every (re)connect
+                        self._load_env(conn)
                         work.register_worker(
                             conn, self.id, self._host, os.getpid(), self.config.concurrency
                         )
@@ -175,6 +179,18 @@ class Worker:
             listener.join(timeout=2)
             log.info("worker %s stopped after %d tasks", self.id, self.tasks_done)
 
+    _env: advance.Env | None = None
+    _env_at = 0.0
+
+    def _load_env(self, conn: psycopg.Connection) -> advance.Env:
+        """The owner's limits and the token key: read at connect, refreshed every
+        REFRESH_SECONDS (a changed setting reaches running workers without a restart)."""
+        if self._env is None or time.monotonic() - self._env_at > REFRESH_SECONDS:
+            self._env = advance.Env.load(conn)
+            self._env_at = time.monotonic()
+            self._runner.max_depth = self._env.settings.json_max_depth
+        return self._env
+
     def _may_leave(self) -> bool:
         """Stopping without a database: leave once nothing is left to report, or when
         the grace period is over (unreported results then re-run elsewhere when their
@@ -190,8 +206,9 @@ class Worker:
         if self._hand_back:
             work.hand_back(conn, self.id, self._hand_back)
             self._hand_back = []
+        env = self._load_env(conn)
         if self._pending:
-            stats = advance.complete(conn, self.id, self._pending, actions)
+            stats = advance.complete(conn, self.id, self._pending, actions, env)
             self.tasks_done += stats.advanced
             if stats.stale:
                 log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
@@ -206,7 +223,7 @@ class Worker:
                 self._runner.cancel_all(hand_back=True)
                 self._stop_deadline = None
         else:
-            self._claim(conn, actions)
+            self._claim(conn, actions, env)
         self._housekeeping(conn)
         if not self._wake.wait(self._sleep_for(conn, stopping)):
             # Poll timeout: the safety net for a missed notification.
@@ -226,17 +243,17 @@ class Worker:
             else:
                 self._pending.append(self._runner.finished(entry, outcome))
 
-    def _claim(self, conn: psycopg.Connection, actions: ActionCatalog) -> None:
+    def _claim(self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env) -> None:
         if self._control_hint.is_set():
             self._control_hint.clear()
             self._cancel_requested(conn)
-            stats = advance.control_pass(conn, actions)
+            stats = advance.control_pass(conn, actions, env=env)
             if stats.started or stats.advanced:
                 self._work_hint.set()
                 self._control_hint.set()  # there may be more; the next pass finds none
         if self._start_hint.is_set():
             self._start_hint.clear()
-            stats = advance.start_requested(conn, actions, self.config.start_batch)
+            stats = advance.start_requested(conn, actions, self.config.start_batch, env)
             if stats.started:
                 self._work_hint.set()
             if stats.started + stats.errors >= self.config.start_batch:
@@ -257,14 +274,21 @@ class Worker:
                 task.workflow_execution_id,
             )
             park = parks_as(actions.get(task.action_ref))
-            if park:
+            reason = decode.problem(task.input)
+            if reason is not None:
+                # Quarantine the one row: its task fails, the rest of the batch runs.
+                error = {"type": "Quarantined", "message": f"task input: {reason}"}
+                self._pending.append(work.Finished(task, "failed", None, error))
+                self._wake.set()
+            elif park:
                 # Inquiries and nested workflows wait in the database, not in a thread.
                 self._pending.append(work.Finished(task, "waiting", None, None, park))
                 self._wake.set()
             elif token_keys(task.input):
                 # Secrets travel as tokens; the real values exist only for the action.
                 try:
-                    resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn))
+                    binding = Binding(task.workflow_execution_id, task.task_name, env.signing_key)
+                    resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn), binding)
                 except ActionError as exc:
                     error = {"type": "ActionError", "message": str(exc)}
                     self._pending.append(work.Finished(task, "failed", None, error))

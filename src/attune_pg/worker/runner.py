@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from attune_pg import jsonbounds
 from attune_pg.actions import ActionContext, ActionOutcome, run_action
 from attune_pg.actions import shutdown as stop_action_runners
 from attune_pg.errors import AttuneError
 from attune_pg.secrets import neutralize_tokens, redact_secrets
+from attune_pg.settings import Settings
 from attune_pg.spec.model import ActionSpec
 from attune_pg.store.work import ClaimedTask, Finished
 
@@ -53,6 +55,7 @@ class TaskRunner:
         self._done = done
         self._wake = wake
         self.running: dict[int, Running] = {}
+        self.max_depth = Settings().json_max_depth  # setting json_max_depth
 
     def submit(
         self,
@@ -107,10 +110,21 @@ class TaskRunner:
         """The outcome as stored: secrets masked, token look-alikes defused."""
         self.running.pop(entry.task.id, None)
         result, error = outcome.result, outcome.error
+        status = outcome.status
+        if jsonbounds.depth_over(result, self.max_depth):
+            # Bounded where it enters: a result no reader could decode is never stored.
+            message = (
+                f"result is nested deeper than {self.max_depth} levels (setting json_max_depth)"
+            )
+            if status == "succeeded" or error is None:
+                status, error = "failed", {"type": "ResultTooDeep", "message": message}
+            else:
+                error = {**error, "result_error": message}
+            result = None
         if entry.secrets:
             result = redact_secrets(result, entry.secrets)
             error = redact_secrets(error, entry.secrets)
-        return Finished(entry.task, outcome.status, neutralize_tokens(result), error)
+        return Finished(entry.task, status, neutralize_tokens(result), error)
 
     def cancel_all(self, hand_back: bool) -> None:
         for entry in self.running.values():
