@@ -92,6 +92,14 @@ def test_each_call_gets_its_own_attempt_variables(pool: HostPool) -> None:
     assert pool.started == 1
 
 
+def test_every_error_has_exactly_its_own_call_output(pool: HostPool) -> None:
+    # The output a call printed just before failing is read with its answer, never later.
+    for i in range(200):
+        err = error(run("behave.py:print_and_fail", {"tag": str(i)}))
+        assert (err["stdout"], err["stderr"]) == (f"out {i}\n", f"err {i}\n")
+    assert pool.started == 1
+
+
 def test_output_of_an_earlier_call_is_not_in_a_later_error(pool: HostPool) -> None:
     assert run("behave.py:chatty") == ActionOutcome("succeeded", "ok", None)
     err = error(run("behave.py:raise_value_error"))
