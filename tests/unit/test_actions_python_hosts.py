@@ -308,6 +308,50 @@ def test_concurrent_calls_get_hosts_of_their_own(pool: HostPool) -> None:
     assert pool.started == 4 and pool.hosts() == 4
 
 
+def test_quick_calls_share_a_few_warm_hosts(
+    pool: HostPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deterministic: every call counts as quick, and a call waits as long as it takes.
+    monkeypatch.setattr(python_pool, "LANES", 2)
+    monkeypatch.setattr(python_pool, "FAST_CALL", 60.0)
+    monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
+    for _ in range(3):  # the first call on a host (its start) does not count as quick or slow
+        pid_of(run("behave.py:host_pid"))
+    pids: list[int] = []
+    lock = threading.Lock()
+
+    def calls() -> None:
+        for _ in range(10):
+            pid = pid_of(run("behave.py:host_pid"))
+            with lock:
+                pids.append(pid)
+
+    threads = [threading.Thread(target=calls) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(pids) == 80
+    assert len(set(pids)) <= 2 and pool.started <= 2  # 8 threads, 2 lanes, 2 warm hosts
+
+
+def test_slow_calls_are_never_held_back(pool: HostPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(python_pool, "LANES", 1)
+    monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
+    for _ in range(2):
+        run("behave.py:sleep", {"seconds": 0.05})  # now known to take 50 ms: not quick
+    start = time.monotonic()
+    threads = [
+        threading.Thread(target=run, args=("behave.py:sleep", {"seconds": 0.5})) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert time.monotonic() - start < 1.5  # all three at once, not one after the other
+    assert pool.started == 3
+
+
 def test_hosts_never_outnumber_the_calls_that_ran_at_once(pool: HostPool, tmp_path: Path) -> None:
     n = python_pool.MIN_HOSTS + 2
     dirs = [_pack(tmp_path / f"p{i}", {"act.py": "def f():\n    return 1\n"}) for i in range(n)]

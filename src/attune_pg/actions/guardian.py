@@ -164,8 +164,7 @@ def main() -> None:
             groups.add(int(line[1:]))
         elif line[:1] == b"-":
             groups.discard(int(line[1:]))
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    kill_all()
+    kill_all()  # (a PDEATHSIG arriving now runs it once more: harmless)
 
 
 def _die_with_parent() -> None:
