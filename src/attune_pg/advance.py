@@ -371,11 +371,11 @@ def _conduct(
         return
     pausing = control.running_rows(conn, [e.id for e in live if e.status == "pausing"])
     latest = work.latest_states_many(conn, [e.id for e in live])
+    loaded = {(eid, s.name, s.iteration) for eid, states in latest.items() for s in states}
     older = [
         (a.execution_id, a.task_name, a.iteration)
         for a in attempts
-        if (state := latest[a.execution_id].get(a.task_name)) is None
-        or state.iteration != a.iteration
+        if (a.execution_id, a.task_name, a.iteration) not in loaded
     ]
     extra: dict[int, list[TaskState]] = defaultdict(list)
     for execution_id, state in work.states_of(conn, older):

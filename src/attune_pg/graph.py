@@ -149,8 +149,10 @@ def _build(spec: WorkflowSpec, statuses: Mapping[str, str]) -> _Graph:
             graph.items.append(_Node(ids[task.name], lines, _shape(task), status, task.name))
     graph.starts = [ids[task.name] for task in spec.start_tasks()]
     for task in spec.all_tasks():
+        branches = task.decision_flags()
         for index, transition in enumerate(task.next, start=1):
-            label = condition_label(transition.when, index if task.first_match else None)
+            number = sum(branches[:index]) if branches[index - 1] else None
+            label = condition_label(transition.when, number)
             for target in transition.do:
                 if target not in ids:  # a broken spec still draws: the target is flagged
                     ids[target] = f"t{len(ids)}_{_NOT_ID.sub('_', target)[:32]}"

@@ -94,7 +94,7 @@ def test_run_wait_exits_non_zero_on_failure(dsn: str, register, worker_thread) -
 def test_run_unknown_workflow_is_one_clear_line(dsn: str) -> None:
     code, _, err = invoke(dsn, "run", "nope.never")
     assert code == 1
-    assert err.strip() == "error: unknown workflow 'nope.never'"
+    assert err.strip() == "error: unknown workflow or action 'nope.never'"
 
 
 def test_run_rejects_malformed_params(dsn: str) -> None:

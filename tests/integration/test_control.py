@@ -164,10 +164,16 @@ def test_cli_inquiry_respond_validates_the_full_schema(ctl: psycopg.Connection, 
     )
     assert bad.exit_code == 2 and "approved" in bad.stderr
     good = runner.invoke(
-        cli, ["inquiries", "respond", str(inquiry_id), "-r", "approved=true", "--dsn", dsn]
-    )
+        cli,
+        ["inquiries", "respond", str(inquiry_id), "-r", "approved=true", "--as", "carol",
+         "--dsn", dsn],
+    )  # fmt: skip
     assert good.exit_code == 0, good.stderr
     assert wait_done(ctl, execution_id)["output"] == {"outcome": "approved"}
+    (who,) = ctl.execute(
+        "SELECT responded_by FROM attune.inquiry WHERE id = %s", (inquiry_id,)
+    ).fetchone()  # type: ignore[misc]
+    assert who == "carol"
 
 
 def test_idempotent_start(ctl: psycopg.Connection, dsn: str) -> None:

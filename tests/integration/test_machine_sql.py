@@ -111,7 +111,7 @@ def test_every_task_move_is_guarded_exactly_as_the_machine_says(
 
 def test_insert_with_unknown_ref_is_refused(conn: psycopg.Connection) -> None:
     refused = pytest.raises(
-        psycopg.errors.ForeignKeyViolation, match=r"unknown workflow 'nope\.nothing'"
+        psycopg.errors.ForeignKeyViolation, match=r"unknown workflow or action 'nope\.nothing'"
     )
     with refused:
         start(conn, "nope.nothing")

@@ -282,6 +282,16 @@ def test_canceling_the_root_stops_all_creation_under_it_at_once(
     ).fetchone() != (0,):
         assert time.monotonic() < deadline, "the tree did not end"
         time.sleep(0.1)
+    # The whole tree ends canceled: no execution was quarantined on the way down (a cancel
+    # that closed a with-items window on its running items alone, forgetting those waiting
+    # on a child, ended the task early and failed the control pass when the children
+    # reported back).
+    ended = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM attune.workflow_execution GROUP BY status"
+        ).fetchall()
+    )
+    assert set(ended) == {"canceled"}, ended
 
 
 def test_registration_warns_about_a_self_call_without_concurrency(dsn: str, tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ VIEWS = (
     "stuck_tasks",
     "worker_status",
     "pending_inquiries",
+    "rule_activity",
+    "upcoming_timers",
+    "concurrency_usage",
     # 0012: the web console's views
     "execution_detail",
     "execution_audit",
@@ -73,6 +76,15 @@ EXPECTED: dict[str, dict[str, str]] = {
     "setting": READ_ONLY,
     "execution_budget": {R: "", S: "S", W: "SIU"},
     "signing_key": {R: "", S: "", W: "S"},
+    # Automation (0009): definitions read-only; workers append events and enforcements
+    # and update only the event status and the timer's schedule columns (column grants).
+    "trigger": {R: "", S: "S", W: "S"},
+    "rule": {R: "", S: "S", W: "S"},
+    "policy": {R: "", S: "S", W: "S"},
+    "concurrency_slot": {R: "", S: "S", W: "S"},
+    "event": {R: "", S: "S", W: "SI(U)"},
+    "enforcement": {R: "", S: "S", W: "SI"},
+    "timer": {R: "", S: "S", W: "S(U)"},
 }
 
 _PRIVILEGES = {

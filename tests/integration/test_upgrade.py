@@ -94,3 +94,50 @@ def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
             worker.request_stop()
             thread.join(timeout=20)
         assert not thread.is_alive()
+
+
+def test_rows_from_before_0007_read_with_its_defaults(old_dsn: str) -> None:
+    """Executions requested on schema 6 (before task_state.route/join_from and
+    workflow_execution.started_by existed) are finished after the upgrade by a worker of
+    this code: no started_by reads as requested_by, every old row is in the root route."""
+    import threading
+
+    from attune_pg.worker.loop import Worker, WorkerConfig
+
+    with db.connect(old_dsn) as conn:
+        migrate.migrate(conn, target=6)
+        assert migrate.current_version(conn) == 6
+        packs.register(conn, PACKS / "core")
+        packs.register(conn, PACKS / "examples")
+        joined = start(conn, "examples.hello_join")
+        waiting = start(conn, "examples.approval")
+        child = start(conn, "examples.child", {"name": "later"})
+
+        applied = migrate.migrate(conn)
+        assert 7 in [m.version for m in applied]
+        old = conn.execute(
+            "SELECT started_by, requested_by FROM attune.workflow_execution WHERE id = %s",
+            (joined,),
+        ).fetchone()
+        assert old is not None and old[0] is None and old[1]
+        worker = Worker(old_dsn, WorkerConfig(concurrency=8, lease_seconds=5, poll_seconds=0.5))
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            _wait(conn, "SELECT 1 FROM attune.inquiry WHERE workflow_execution_id = %s", (waiting,))
+            (inquiry,) = conn.execute(
+                "SELECT id FROM attune.inquiry WHERE workflow_execution_id = %s", (waiting,)
+            ).fetchone()  # type: ignore[misc]
+            conn.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,))
+            for execution_id in (joined, waiting, child):
+                row = wait_done(conn, execution_id, timeout=30)
+                assert row["status"] == "succeeded", (execution_id, row["error"])
+            routes = conn.execute(
+                "SELECT DISTINCT route FROM attune.task_state WHERE workflow_execution_id = %s",
+                (joined,),
+            ).fetchall()
+            assert routes == [("",)]
+        finally:
+            worker.request_stop()
+            thread.join(timeout=20)
+        assert not thread.is_alive()

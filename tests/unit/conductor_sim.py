@@ -13,8 +13,8 @@ and checks, on every write, what SQL's guards and triggers would check:
 - at most one write per task_state row per flush.
 
 Each event builds a fresh `Conductor` from the current rows, exactly as
-`advance.py` does: the latest iteration of each task, plus `add_state` for an
-older iteration an attempt belongs to. `AggregateItems` is answered like
+`advance.py` does: the latest iteration of each task in each route (branch), plus
+`add_state` for an older iteration an attempt belongs to. `AggregateItems` is answered like
 `work.item_results` + `_Batch.write` (final attempt of each item, in item order,
 canceled items as null), which may cascade into more flushes.
 
@@ -157,7 +157,7 @@ class ExecutionRow:
             active_tasks=self.active_tasks,
             error=self.error,
             output=self.output,
-            requested_by="tester",
+            login="tester",
             started_at=self.started_at,
             cancel_policy=self.cancel_policy,
             running_rows=running_rows,
@@ -272,6 +272,16 @@ class Sim:
                 out[state.name] = state
         return out
 
+    def route_latest(self) -> list[TaskState]:
+        """What `work.latest_states_many` loads: the latest iteration of each task in
+        each route."""
+        out: dict[tuple[str, str], TaskState] = {}
+        for state in self.states.values():
+            key = (state.name, state.route)
+            if key not in out or out[key].iteration < state.iteration:
+                out[key] = state
+        return sorted(out.values(), key=lambda s: (s.name, s.route))
+
     def state(self, name: str, iteration: int | None = None) -> TaskState:
         if iteration is None:
             return self.latest()[name]
@@ -304,6 +314,15 @@ class Sim:
 
     def finish_many(self, finished: Sequence[tuple[int, Outcome | str]]) -> None:
         """Several attempts of this execution finished; one advance, like `advance._complete`."""
+        self._conduct(self._finished(finished), requested=False)
+
+    def control_pass_with(self, finished: Sequence[tuple[int, Outcome | str]]) -> None:
+        """A control pass that also ends waiting tasks (an answer, a child that ended), as
+        `advance._control` does: their outcomes first, then the pending request."""
+        self.execution.control_requested = False  # control.take_requests
+        self._conduct(self._finished(finished), requested=True)
+
+    def _finished(self, finished: Sequence[tuple[int, Outcome | str]]) -> list[Attempt]:
         attempts: list[Attempt] = []
         for row_id, outcome in finished:
             row = self.rows[row_id]
@@ -331,7 +350,7 @@ class Sim:
         attempts.sort(key=lambda a: a.task_execution_id)
         if len(attempts) > 1:
             self.stats["batched advance"] += 1
-        self._conduct(attempts, requested=False)
+        return attempts
 
     # ------------------------------------------------------------ control (SQL functions)
 
@@ -414,12 +433,12 @@ class Sim:
         """`advance._conduct` for one execution: attempts first, then a control request."""
         ex = self.execution
         running_rows = len(self.running()) if ex.status == "pausing" else None
-        latest = self.latest()
+        loaded = self.route_latest()
+        keys = {s.key for s in loaded}
         snapshot = ex.snapshot(running_rows)
-        conductor = Conductor(snapshot, dict(latest), self._ctx(), **self._cap())
+        conductor = Conductor(snapshot, loaded, self._ctx(), **self._cap())
         for attempt in attempts:
-            current = latest.get(attempt.task_name)
-            if current is None or current.iteration != attempt.iteration:
+            if (attempt.task_name, attempt.iteration) not in keys:
                 conductor.add_state(self.states[(attempt.task_name, attempt.iteration)])
                 self.stats["older iteration finished"] += 1
         for attempt in attempts:

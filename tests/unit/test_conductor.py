@@ -19,6 +19,7 @@ from attune_pg.engine.state import (
     Attempt,
     Context,
     Execution,
+    LiveRows,
     NewTaskRows,
     Publish,
     TaskState,
@@ -291,7 +292,8 @@ def test_join_that_can_never_fire_fails_the_workflow() -> None:
     assert error is not None
     assert error["type"] == "JoinNeverFired"
     assert error["task"] == "j"
-    assert "waits for 2 inbound transitions but only 1 arrived" in error["message"]
+    expected = "waits for 2 of its inbound tasks (a, b) but only 1 arrived (a; missing b)"
+    assert expected in error["message"]
     assert sim.state("j").status == "canceled"
     assert not sim.rows_where(task="j")
 
@@ -1152,6 +1154,50 @@ def test_cancel_closes_the_with_items_window_on_what_runs() -> None:
         "total_count": 4,
     }
     assert sim.status == "canceled"
+
+
+def test_cancel_in_the_pass_that_ends_the_last_item_lets_the_items_decide() -> None:
+    """Issue 7's bomb: a control pass ended the last running item (a child that failed)
+    and carried out a cancel in one conductor run. The cancel saw the with-items task still
+    running with nothing live and canceled it, while the aggregation of its items (applied
+    with the same commands) failed it: an illegal failed -> canceled write in SQL."""
+    sim = started(items_spec(), {"xs": ["a", "b"]})
+    step(sim, "start")
+    first = claim(sim, "each", item=0)
+    last = claim(sim, "each", item=1)
+    sim.finish(first.id, Outcome("succeeded", "A"))
+    sim.cancel()
+    sim.control_pass_with([(last.id, "failed")])
+    sim.check()
+    state = sim.state("each")
+    assert state.status == "failed"  # what its items say: one failed
+    assert state.result == {"results": ["A", None], "failed_items": [1], "total_count": 2}
+    assert sim.status == "canceled"
+
+
+def test_cancel_keeps_the_window_open_for_items_waiting_on_a_child() -> None:
+    """Items parked on a child execution report back once the cancel reaches the child:
+    the cancel must count them with the running ones. Counting only running rows ended the
+    with-items task early, and the children's late reports then hit an ended task (issue
+    7's bomb, canceled while its children ran). The simulator has no children: the live
+    rows are given as `control.live_rows` reports them."""
+    sim = started(items_spec(), {"xs": ["a", "b", "c", "d"]})
+    step(sim, "start")
+    running = claim(sim, "each", item=0)
+    for item in (1, 2, 3):
+        claim(sim, "each", item=item)
+    sim.finish(running.id, Outcome("succeeded", "A"))
+    sim.cancel()
+    conductor = Conductor(sim.execution.snapshot(), dict(sim.latest()), Context(2e6, ACTIONS))
+    for state in sim.open_states():
+        conductor.add_state(state)
+    # Items 1 and 2 wait on child executions; item 3 is being run by a worker.
+    conductor.control({("each", 1): LiveRows(running=1, waiting_on_child=2)})
+    written = {
+        c.state.name: c.state for c in conductor.flush() if isinstance(c, WriteTaskState)
+    }
+    state = written["each"]
+    assert (state.status, state.items_done, state.items_released) == ("running", 1, 4)
 
 
 def test_control_requests_in_the_wrong_status_are_refused() -> None:

@@ -15,11 +15,14 @@ Invariants checked after every event (see also `Sim.check` and the guards in
   pending/scheduled/running/waiting;
 - a running task_state always has work in flight (no silent hang);
 - with-items never have more items in flight than `concurrency`;
-- a join task (and anything whose inbound arrivals cannot repeat) runs at most once;
+- every task runs at most once per route (branch): in a DAG a task reached by several
+  transitions is a split, each arrival opens its own route, and a join counts each
+  distinct predecessor of its route once (`join_from`);
 - replaying the same decisions gives exactly the same command lists;
 and at the end, an oracle recomputes from the final task states which
-transitions must have fired, how many times each task must have been triggered,
-and whether the workflow must have succeeded or failed.
+transitions must have fired, how many times each task must have been triggered
+(joins: how many distinct (route, predecessor) pairs arrived), and whether the
+workflow must have succeeded or failed.
 """
 
 from __future__ import annotations
@@ -101,8 +104,9 @@ def plans(draw: st.DrawFn, dispatch_failures: bool = True, on_failure: bool = Tr
     repeatable: set[str] = set()
     for i, name in enumerate(names):
         join: Any = None
+        preds = len(set(sources[name]))  # a join counts distinct predecessor tasks
         if inbound[name] >= 2:
-            join = draw(st.sampled_from([None, "all", *range(1, inbound[name] + 1)]))
+            join = draw(st.sampled_from([None, "all", *range(1, preds + 1)]))
         elif inbound[name] == 1 and draw(st.booleans()):
             join = "all"
         # A task runs more than once only if it is triggered by several transitions
@@ -171,10 +175,17 @@ def invariants(plan: Plan) -> Any:
         for name in {s.name for s in sim.states.values()}:
             spec = plan.spec.task(name)
             runs = sim.iterations(name)
+            routes = [s.route for s in runs]
+            assert len(routes) == len(set(routes)), f"{name} ran twice in one route: {routes}"
             if name not in plan.repeatable:
                 assert len(runs) <= 1, f"{name} ran {len(runs)} times in a DAG"
-            if spec.join is not None and name not in plan.repeatable:
-                assert runs[0].join_arrivals <= plan.spec.inbound(name)
+            if spec.join is not None:
+                preds = plan.spec.predecessors(name)
+                for state in runs:
+                    assert len(set(state.join_from)) == len(state.join_from) == (
+                        state.join_arrivals
+                    ), state
+                    assert set(state.join_from) <= set(preds), (state.join_from, preds)
         if sim.status != "requested":
             assert (sim.execution.active_tasks == 0) == sim.terminal
 
@@ -182,8 +193,12 @@ def invariants(plan: Plan) -> Any:
 
 
 def expected_arrivals(sim: Sim) -> dict[str, int]:
-    """How many transitions must have named each task, from the final task states."""
+    """How many times each task must have been triggered, from the final task states:
+    every firing transition for a task without a join; for a join, every distinct
+    (route, predecessor) pair that fired into it (a join is no split, so it runs in
+    the route of what arrives)."""
     arrivals = {task.name: 0 for task in sim.spec.tasks}
+    pairs: dict[str, set[tuple[str, str]]] = {task.name: set() for task in sim.spec.tasks}
     for task in sim.spec.start_tasks():
         arrivals[task.name] = 1  # the workflow's start triggers them once
     for state in sim.states.values():
@@ -193,6 +208,10 @@ def expected_arrivals(sim: Sim) -> dict[str, int]:
             if _matches(transition.when, state.status):
                 for target in transition.do:
                     arrivals[target] += 1
+                    pairs[target].add((state.route, state.name))
+    for task in sim.spec.tasks:
+        if task.join is not None:
+            arrivals[task.name] = len(pairs[task.name])
     return arrivals
 
 

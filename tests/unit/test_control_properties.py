@@ -20,7 +20,7 @@ machine.py; active_tasks equals the number of running task states):
 - a resume leaves nothing held, and every row it scheduled runs later (unless a
   cancel comes first);
 - a retry's control pass re-runs every task state whose failure nobody handled and
-  replays what the failure stopped (the latest canceled state of a task: deferred
+  replays what the failure stopped (the latest canceled state of a task in each route: deferred
   transitions, closed joins, stopped with-items), clears every unhandled mark, and
   never re-runs a task that succeeded; a task that does not repeat in the DAG runs
   once, plus what retries re-ran;
@@ -98,7 +98,7 @@ class Redrive:
     """A retry: what the execution looked like when retry_execution accepted it."""
 
     unhandled: tuple[TaskState, ...]  # every state marked unhandled, older iterations too
-    stopped: dict[str, TaskState]  # latest canceled state of each task: what to replay
+    stopped: dict[tuple[str, str], TaskState]  # latest canceled state per task and route
     succeeded: frozenset[str]  # tasks whose latest state had succeeded
     gap: dict[str, int]  # triggers not served yet, per task
     carried_out: bool = False
@@ -221,9 +221,9 @@ class Driver:
         unhandled = tuple(sorted((s for s in sim.states.values() if s.unhandled), key=key_of))
         assert unhandled, "retry accepted without an unhandled task state"
         stopped = {
-            name: s
-            for name, s in latest.items()
-            if s.status == "canceled" and sim.spec.block_of(name) is None
+            (s.name, s.route): s
+            for s in sim.route_latest()
+            if s.status == "canceled" and sim.spec.block_of(s.name) is None
         }
         return Redrive(
             unhandled=unhandled,
@@ -264,28 +264,29 @@ class Driver:
         dispatched = dispatched_states(sim)
         # A re-run that failed at once stops the replays (they wait for the next retry).
         failed_again = any(s.unhandled for k, s in sim.states.items() if k not in keys)
-        for name in sorted(set(reruns) | set(redrive.stopped)):
-            replay = name in redrive.stopped
+        stopped_of: dict[str, list[TaskState]] = {}
+        for (name, _route), state in sorted(redrive.stopped.items()):
+            stopped_of.setdefault(name, []).append(state)
+        for name in sorted(set(reruns) | set(stopped_of)):
+            # Replays are per route (branch): a failure may stop a task in several.
             # A deferred trigger counts its arrivals (join_arrivals); anything else stopped
             # by the failure (a join it closed, a with-items it stopped) runs once more.
-            stopped = redrive.stopped.get(name)
             replays = 0
-            if stopped is not None and not failed_again:
+            for stopped in stopped_of.get(name, ()) if not failed_again else ():
                 deferred = stopped.key not in dispatched and stopped.join_required is None
-                replays = max(1, stopped.join_arrivals) if deferred else 1
+                replays += max(1, stopped.join_arrivals) if deferred else 1
             wanted = reruns[name] + replays
             assert created[name] >= wanted, (
                 f"{name}: created {created[name]}, re-runs {reruns[name]}, replays {replays}"
             )
             if sim.spec.task(name).join is None:
-                rerun_of_served = replay and stopped is not None and stopped.key in dispatched
-                self.resubmitted[name] += reruns[name] + rerun_of_served
+                served = sum(1 for st in stopped_of.get(name, ()) if st.key in dispatched)
+                self.resubmitted[name] += reruns[name] + served
             else:
                 self.copied[name] += sum(
                     s.join_arrivals for s in redrive.unhandled if s.name == name
                 )
-                if replay:
-                    self.copied[name] += redrive.stopped[name].join_arrivals
+                self.copied[name] += sum(st.join_arrivals for st in stopped_of.get(name, ()))
         for name, n in created.items():
             self.extra[name] += n
         once = redrive.succeeded - self.repeatable
@@ -308,7 +309,7 @@ class Driver:
                 # One trigger in the DAG: a run (or a deferred one), plus what retries re-ran.
                 assert len(runs) <= 1 + self.extra[name], f"{name} ran {len(runs)} times"
                 if sim.spec.task(name).join is not None:
-                    assert runs[-1].join_arrivals <= sim.spec.inbound(name)
+                    assert runs[-1].join_arrivals <= len(sim.spec.predecessors(name))
 
     def triggers(self, name: str) -> int:
         """How many triggers of `name` were served: joins count arrivals, other tasks
@@ -440,17 +441,18 @@ def test_control_requests_at_random_points_keep_every_invariant(
 
 
 def expected_end(sim: Sim) -> tuple[str, str | None]:
-    """(status, error type) a workflow must end with, from its latest states."""
-    latest = sim.latest()
+    """(status, error type) a workflow must end with, from its latest states (of each
+    task in each route)."""
+    latest = sim.route_latest()
     unhandled = [
         s
-        for s in latest.values()
+        for s in latest
         if s.status in FAILED
         and not any(_matches(t.when, s.status) for t in sim.spec.task(s.name).next)
     ]
     never_fired = [
         s
-        for s in latest.values()
+        for s in latest
         if s.status == "canceled" and s.items_total is None and s.join_required is not None
     ]
     if unhandled:

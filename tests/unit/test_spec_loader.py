@@ -221,9 +221,44 @@ def test_decision_is_first_match_with_default_last() -> None:
     check = wf.task("check")
     assert check.first_match
     assert check.next == (
-        Transition("{{ result().code == 0 }}", (), ("ok",)),
-        Transition("{{ result().code == 1 }}", (), ("retry_later", "ok")),
-        Transition(None, (), ("fail",)),
+        Transition("{{ result().code == 0 }}", (), ("ok",), decision=True),
+        Transition("{{ result().code == 1 }}", (), ("retry_later", "ok"), decision=True),
+        Transition(None, (), ("fail",), decision=True),
+    )
+
+
+def test_decision_beside_publish_and_on_star_as_attune_writes_it() -> None:
+    # Attune's complete-workflow.yaml: publish, then decision, then on_timeout.
+    wf = load(
+        """        tasks:
+          - name: approve
+            action: core.noop
+            on_timeout: late
+            publish:
+              - granted: "{{ result().approved }}"
+            decision:
+              - when: "{{ vars.granted == true }}"
+                next: go
+              - default: stop
+            on_complete: audit
+            on_failure: oops
+          - {name: go, action: core.noop}
+          - {name: stop, action: core.noop}
+          - {name: late, action: core.noop}
+          - {name: audit, action: core.noop}
+          - {name: oops, action: core.noop}
+        """
+    )
+    check = wf.task("approve")
+    assert check.first_match
+    # Publish first (whatever the key order), then the branches, then on_* as written.
+    assert check.next == (
+        Transition(OK, (("granted", "{{ result().approved }}"),), ()),
+        Transition("{{ vars.granted == true }}", (), ("go",), decision=True),
+        Transition(None, (), ("stop",), decision=True),
+        Transition("{{ timed_out() }}", (), ("late",)),
+        Transition(None, (), ("audit",)),
+        Transition(KO, (), ("oops",)),
     )
 
 

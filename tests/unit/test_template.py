@@ -368,8 +368,8 @@ def test_item_and_index_only_when_given() -> None:
 
 def test_scope_names() -> None:
     assert set(scope()) == {
-        "parameters", "vars", "pack", "system", "kv", "task", "tasks",
-        "succeeded", "failed", "timed_out", "result", "error",
+        "parameters", "vars", "workflow", "pack", "system", "kv", "task", "tasks",
+        "succeeded", "failed", "timed_out", "result", "error", "now", "uuid",
     }  # fmt: skip
 
 
@@ -411,7 +411,8 @@ def test_truthy(value: Any, expected: bool) -> None:
 def test_filter_table_is_documented() -> None:
     assert set(FILTERS) == {
         "to_json", "from_json", "append", "prepend", "combine", "regex_match",
-        "regex_search", "regex_replace", "basename", "dirname",
+        "regex_search", "regex_replace", "basename", "dirname", "slice", "batch",
+        "filter", "join",
     }  # fmt: skip
     for name, spec in FILTERS.items():
         assert callable(spec.func), name
@@ -463,7 +464,7 @@ def test_filters(text: str, expected: Any) -> None:
     [
         ("{{ 'nope' | from_json }}", "from_json: invalid JSON"),
         ("{{ 5 | from_json }}", "from_json needs a string"),
-        ("{{ 'ab' | append('c') }}", "append needs a list"),
+        ("{{ {'a': 1} | append('c') }}", "append needs a list"),
         ("{{ [1] | combine({}) }}", "combine needs dicts"),
         ("{{ 'a' | regex_match('(') }}", "invalid regular expression"),
         ("{{ [1] | to_json(indent=100) }}", "indent must be between 0 and 16"),

@@ -63,17 +63,27 @@ def inquiries_show(inquiry_id: int, dsn: str | None) -> None:
 @click.argument("inquiry_id", type=int)
 @click.option("-r", "--response", "pairs", multiple=True, help="key=value (value parsed as JSON).")
 @click.option("--json", "response_json", help="The whole response as a JSON value.")
+@click.option(
+    "--as",
+    "who",
+    help="Answer as this name (default: your OS user). For an inquiry assigned to a group"
+    " (a PostgreSQL role), give your database login or a role you can act as.",
+)
 @dsn_option
 @errors_to_exit
 def inquiries_respond(
-    inquiry_id: int, pairs: tuple[str, ...], response_json: str | None, dsn: str | None
+    inquiry_id: int,
+    pairs: tuple[str, ...],
+    response_json: str | None,
+    who: str | None,
+    dsn: str | None,
 ) -> None:
     """Answer inquiry INQUIRY_ID; the answer must match the inquiry's schema."""
     response = _response(pairs, response_json)
     with connection(dsn) as conn:
         question = store.inquiry(conn, inquiry_id)
         check_inquiry_response(inquiry_id, question["schema"] or {}, response)
-        store.respond(conn, inquiry_id, response, getpass.getuser())
+        store.respond(conn, inquiry_id, response, who or getpass.getuser())
     click.echo(f"inquiry {inquiry_id}: responded")
 
 

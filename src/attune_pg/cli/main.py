@@ -196,7 +196,7 @@ def run(
     idempotency_key: str | None,
     dsn: str | None,
 ) -> None:
-    """Start workflow REF."""
+    """Start workflow REF (or plain action REF, as a one-task execution)."""
     params = _parse_params(pairs, params_json)
     with connection(dsn) as conn:
         execution_id = read.start_execution(
@@ -380,8 +380,9 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import control, graph, kv, tools, ui
+    from attune_pg.cli import automation, control, graph, kv, tools, ui
 
+    automation.register(cli)
     tools.register(cli)
     control.register(cli)
     graph.register(cli)

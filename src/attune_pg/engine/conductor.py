@@ -12,13 +12,14 @@ same commands (retry jitter is derived from a hash of the task occurrence).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from attune_pg import template
 from attune_pg.engine import control, fanout, render
 from attune_pg.engine.state import (
+    AggregateItems,
     Attempt,
     Command,
     Context,
@@ -62,7 +63,7 @@ class Conductor:
     def __init__(
         self,
         execution: Execution,
-        tasks: dict[str, TaskState],
+        tasks: Mapping[str, TaskState] | Iterable[TaskState],
         ctx: Context,
         *,
         iteration_cap: int = DEFAULT_ITERATION_CAP,
@@ -79,13 +80,21 @@ class Conductor:
         self.output: Json = execution.output
         self.timeout_at: float | None = None
         self.execution = execution
-        # Latest iteration of each task (what templates see as task.<name>).
-        self.latest: dict[str, TaskState] = dict(tasks)
+        # The store loads the latest iteration of each task in each route.
+        loaded = list(tasks.values() if isinstance(tasks, Mapping) else tasks)
+        # Latest iteration of each task (what templates see as task.<name>), and of
+        # each task in each route (what joins and deferred triggers count on).
+        self.latest: dict[str, TaskState] = {}
+        self.route_latest: dict[tuple[str, str], TaskState] = {}
         # Every state touched in this transaction, with its status when loaded.
-        self._states: dict[tuple[str, int], TaskState] = {s.key: s for s in tasks.values()}
-        self._loaded: dict[tuple[str, int], str | None] = {s.key: s.status for s in tasks.values()}
+        self._states: dict[tuple[str, int], TaskState] = {}
+        self._loaded: dict[tuple[str, int], str | None] = {}
+        for state in loaded:
+            self.add_state(state)
         self._dirty: list[tuple[str, int]] = []
         self._commands: list[Command] = []
+        # uuid() in templates: deterministic ids for this transaction (render.py).
+        self._uuids = render.uuid_source(execution.id, ctx.now)
         # The attempt number templates see as system.attempt: that of the attempt
         # whose end is being routed, or 1 for a task being dispatched.
         self._attempt = 1
@@ -130,8 +139,11 @@ class Conductor:
 
     def add_state(self, state: TaskState) -> None:
         """Make a (possibly older) iteration known before an attempt of it finishes."""
-        self._states.setdefault(state.key, state)
-        self._loaded.setdefault(state.key, state.status)
+        if state.key in self._states:
+            return
+        self._states[state.key] = state
+        self._loaded[state.key] = state.status
+        self._note_latest(state)
 
     def attempt_finished(self, attempt: Attempt) -> None:
         spec = self.spec.task(attempt.task_name)
@@ -190,14 +202,23 @@ class Conductor:
     def task_done(self, state: TaskState, status: str, result: Json, error: Json) -> None:
         self._task_done(state, status, result, error)
 
+    def aggregating(self, state: TaskState) -> bool:
+        """Its items are all done and their aggregation is among this run's commands: the
+        aggregation ends the task, nothing else may."""
+        return AggregateItems(state.name, state.iteration) in self._commands
+
     def unhandled_states(self) -> list[TaskState]:
         return [s for s in self._states.values() if s.unhandled]
 
     def dispatch(self, spec: TaskSpec, state: TaskState) -> None:
         self._dispatch(spec, state)
 
-    def new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> bool:
-        return self._new_iteration(spec, latest)
+    def new_iteration(self, spec: TaskSpec, route: str) -> bool:
+        return self._new_iteration(spec, route)
+
+    def next_number(self, name: str) -> int:
+        latest = self.latest.get(name)
+        return latest.iteration + 1 if latest else 1
 
     def check_complete(self) -> None:
         self._check_complete()
@@ -254,9 +275,16 @@ class Conductor:
         if state.key not in self._dirty:
             self._dirty.append(state.key)
         self._states[state.key] = state
+        self._note_latest(state)
+
+    def _note_latest(self, state: TaskState) -> None:
         latest = self.latest.get(state.name)
         if latest is None or latest.iteration <= state.iteration:
             self.latest[state.name] = state
+        key = (state.name, state.route)
+        in_route = self.route_latest.get(key)
+        if in_route is None or in_route.iteration <= state.iteration:
+            self.route_latest[key] = state
 
     def _dispatching(self) -> bool:
         return self.status in DISPATCHING and self.error is None
@@ -299,6 +327,8 @@ class Conductor:
             item=item,
             index=index,
             token=token,
+            now=self.ctx.now,
+            uuids=self._uuids,
         )
 
     def _spend(self, rows: int, task: str) -> dict[str, Json] | None:
@@ -375,10 +405,15 @@ class Conductor:
         spec = self.spec.task(state.name)
         current = template.CurrentTask(state.status, state.result, state.error)
         handled = False
+        joined: set[str] = set()
         # A decision routes a result: a task that did not succeed takes no branch (its
-        # failure is reported as itself, not as an error in a branch's expression).
-        transitions = spec.next if not spec.first_match or state.status == "succeeded" else ()
-        for number, transition in enumerate(transitions):
+        # failure is reported as itself, not as an error in a branch's expression), and
+        # of its branches only the first that matches fires.
+        branches = spec.decision_flags()
+        decided = False
+        for number, transition in enumerate(spec.next):
+            if branches[number] and (decided or state.status != "succeeded"):
+                continue
             where = f"task {spec.name!r} next[{number}]"
             try:
                 if transition.when is not None and not template.truthy(
@@ -398,9 +433,14 @@ class Conductor:
                 self._fail_workflow(error_of("TemplateError", str(exc), task=spec.name))
                 return
             for target in transition.do:
-                self._trigger(target)
-            if spec.first_match:
-                break
+                if self.spec.task(target).join is not None:
+                    # One occurrence arrives at a join once, however many of its
+                    # transitions lead there.
+                    if target in joined:
+                        continue
+                    joined.add(target)
+                self._trigger(target, state, number)
+            decided = decided or branches[number]
         if state.status in FAILED and not handled and self.spec.block_of(spec.name) is None:
             # A sub-task's failure is its block's to report; anything else is unhandled,
             # and retry_execution will re-run it.
@@ -423,12 +463,25 @@ class Conductor:
         replay them; the end of the execution cancels them."""
         return self.status in DISPATCHING and self.error is not None
 
-    def _trigger(self, name: str) -> None:
+    def _route_of(self, name: str, source: TaskState | None, transition: int) -> str:
+        """The route an arrival at `name` runs in: the source's, extended with the
+        transition when `name` is a split task (Orquesta's `_evaluate_route`)."""
+        if source is None:
+            return ""
+        if not self.spec.is_split(name):
+            return source.route
+        step = f"{source.name}__t{transition}"
+        parts = source.route.split("/") if source.route else []
+        return source.route if step in parts else "/".join([*parts, step])
+
+    def _trigger(self, name: str, source: TaskState | None = None, transition: int = 0) -> None:
+        """A transition of `source` (None: the workflow's start) arrives at `name`."""
         deferring = self._deferring()
         if not self._dispatching() and not deferring:
             return
         spec = self.spec.task(name)
-        latest = self.latest.get(name)
+        route = self._route_of(name, source, transition)
+        latest = self.route_latest.get((name, route))
         if spec.join is None:
             if deferring:
                 # Each deferred trigger is counted (join_arrivals), so a retry
@@ -436,37 +489,63 @@ class Conductor:
                 if latest is not None and latest.status == "pending":
                     self._put(replace(latest, join_arrivals=latest.join_arrivals + 1))
                 else:
-                    after = latest.iteration + 1 if latest else 1
-                    self._put(TaskState(spec.name, after, "pending", join_arrivals=1))
+                    self._put(
+                        TaskState(
+                            spec.name, self.next_number(name), "pending", join_arrivals=1,
+                            route=route,
+                        )
+                    )  # fmt: skip
                 return
-            self._new_iteration(spec, latest)
+            self._new_iteration(spec, route)
             return
-        inbound = self.spec.inbound(name)
-        required = inbound if spec.join == "all" else int(spec.join)
+        self._join_arrival(spec, route, latest, source.name if source else "", deferring)
+
+    def _join_arrival(
+        self, spec: TaskSpec, route: str, latest: TaskState | None, origin: str, deferring: bool
+    ) -> None:
+        """Count an arrival at a join, per route and per distinct predecessor.
+
+        The round open in this route (the latest occurrence) collects distinct
+        predecessors: a repeat arrival from one already counted changes nothing while
+        the round waits. Once the round has fired (`join: N` below all), arrivals from
+        the predecessors still missing are absorbed into it; anything else opens a new
+        round. The required count comes from the spec (the execution's snapshot)."""
+        required = self.spec.join_required(spec.name) or 1
+        total = len(self.spec.predecessors(spec.name))
         if latest is not None and latest.join_required is not None:
+            seen = latest.join_from
             if latest.status == "pending":
-                latest = replace(latest, join_arrivals=latest.join_arrivals + 1)
-                if latest.join_arrivals >= (latest.join_required or 0) and not deferring:
+                if origin in seen:
+                    return
+                latest = replace(
+                    latest,
+                    join_from=(*seen, origin),
+                    join_arrivals=latest.join_arrivals + 1,
+                    join_required=required,
+                )
+                if latest.join_arrivals >= required and not deferring:
                     self._dispatch(spec, latest)
                 else:
                     self._put(latest)
                 return
-            if latest.join_arrivals < inbound:
-                # A `join: N` already fired; the remaining inbound arrivals of
-                # that round are absorbed instead of starting a new round.
-                self._put(replace(latest, join_arrivals=latest.join_arrivals + 1))
+            if origin not in seen and latest.join_arrivals < total:
+                arrivals = latest.join_arrivals + 1
+                self._put(replace(latest, join_from=(*seen, origin), join_arrivals=arrivals))
                 return
-        iteration = self._next_iteration(spec, latest)
+        iteration = self._next_iteration(spec)
         if iteration is None:
             return
-        state = TaskState(spec.name, iteration, "pending", join_required=required, join_arrivals=1)
+        state = TaskState(
+            spec.name, iteration, "pending", join_required=required, join_arrivals=1,
+            route=route, join_from=(origin,),
+        )  # fmt: skip
         if required <= 1 and not deferring:
             self._dispatch(spec, state)
         else:
             self._put(state)
 
-    def _next_iteration(self, spec: TaskSpec, latest: TaskState | None) -> int | None:
-        iteration = latest.iteration + 1 if latest else 1
+    def _next_iteration(self, spec: TaskSpec) -> int | None:
+        iteration = self.next_number(spec.name)
         if iteration > self.iteration_cap:
             self._fail_workflow(
                 error_of(
@@ -478,11 +557,11 @@ class Conductor:
             return None
         return iteration
 
-    def _new_iteration(self, spec: TaskSpec, latest: TaskState | None) -> bool:
-        iteration = self._next_iteration(spec, latest)
+    def _new_iteration(self, spec: TaskSpec, route: str) -> bool:
+        iteration = self._next_iteration(spec)
         if iteration is None:
             return False
-        self._dispatch(spec, TaskState(spec.name, iteration, "pending"))
+        self._dispatch(spec, TaskState(spec.name, iteration, "pending", route=route))
         return True
 
     def _timeout(self, spec: TaskSpec) -> float | None:
@@ -509,7 +588,7 @@ class Conductor:
         if spec.kind == "parallel":
             self._put(replace(running, items_total=len(spec.tasks), items_released=len(spec.tasks)))
             for sub_task in spec.tasks:
-                if not self._new_iteration(sub_task, self.latest.get(sub_task.name)):
+                if not self._new_iteration(sub_task, state.route):
                     # Could not start (iteration cap): counts as a failed sub-task.
                     never = TaskState(sub_task.name, 0, "failed", error=self.error)
                     fanout.sub_task_done(self, never)
@@ -600,14 +679,8 @@ class Conductor:
         waiting = [s for s in self._states.values() if s.status == "pending"]
         if self.error is None and self.status != "canceling":
             for state in (s for s in waiting if s.join_required is not None):
-                self._fail_workflow(
-                    error_of(
-                        "JoinNeverFired",
-                        f"task {state.name!r} waits for {state.join_required} inbound "
-                        f"transitions but only {state.join_arrivals} arrived",
-                        task=state.name,
-                    )
-                )
+                self._fail_workflow(error_of("JoinNeverFired", self._never_fired(state),
+                                             task=state.name))  # fmt: skip
         for state in waiting:
             self._put(replace(state, status="canceled"))
         if self.status == "canceling":
@@ -617,6 +690,17 @@ class Conductor:
             self.status = "failed"
         else:
             self._finish_success()
+
+    def _never_fired(self, state: TaskState) -> str:
+        preds = self.spec.predecessors(state.name)
+        arrived = [p for p in preds if p in state.join_from]
+        missing = [p for p in preds if p not in state.join_from]
+        branch = f" (branch {state.route})" if state.route else ""
+        return (
+            f"task {state.name!r}{branch} waits for {state.join_required} of its inbound "
+            f"tasks ({', '.join(preds)}) but only {len(arrived)} arrived "
+            f"({', '.join(arrived) or 'none'}; missing {', '.join(missing) or 'none'})"
+        )
 
     def _finish_success(self) -> None:
         self.output, error = render.output(self.spec, self._scope())

@@ -26,11 +26,14 @@ def cancel(conductor: Conductor, live: Mapping[tuple[str, int], LiveRows]) -> No
             continue
         if conductor.spec.task(state.name).kind == "parallel":
             continue  # a block ends when its sub-tasks do
+        if conductor.aggregating(state):
+            continue  # this pass ended its last item: its items' results end it
         rows = live.get(state.key, LiveRows())
         if state.items_total is not None:
             # Released items that were only scheduled are canceled now and will never
-            # report: the window closes on what is really running.
-            state = replace(state, items_released=state.items_done + rows.running)
+            # report: the window closes on what still will, the items running and those
+            # waiting on a child execution (the child is canceled and reports back).
+            state = replace(state, items_released=state.items_done + rows.total)
             conductor.put(state)
         if rows.total == 0:
             conductor.task_done(state, "canceled", state.result, None)
@@ -49,9 +52,10 @@ def redrive(conductor: Conductor) -> None:
     drained, joins it closed, with-items it stopped). Completed tasks, published
     variables and results are kept."""
     # What to replay is decided before anything re-runs: re-runs change `latest`.
+    # Per route: a failure can stop the same task in several branches.
     replays = [
         (name, state)
-        for name, state in sorted(conductor.latest.items())
+        for (name, _route), state in sorted(conductor.route_latest.items())
         if state.status == "canceled" and conductor.spec.block_of(name) is None
     ]
     # Every unhandled failure, older iterations included (the store loads them all).
@@ -63,7 +67,7 @@ def redrive(conductor: Conductor) -> None:
             # that round is absorbed instead of opening a new one.
             conductor.dispatch(spec, _reopen(conductor, state))
         else:
-            conductor.new_iteration(spec, conductor.latest[state.name])
+            conductor.new_iteration(spec, state.route)
     for name, state in replays:
         if conductor.error is not None:
             # A re-run failed at once: the workflow is failing again. What is left to
@@ -72,7 +76,7 @@ def redrive(conductor: Conductor) -> None:
         spec = conductor.spec.task(name)
         if state.join_required is not None:
             reopened = _reopen(conductor, state)
-            if reopened.join_arrivals >= (reopened.join_required or 0):
+            if reopened.join_arrivals >= (conductor.spec.join_required(name) or 0):
                 conductor.dispatch(spec, reopened)
             else:
                 conductor.put(reopened)
@@ -80,15 +84,17 @@ def redrive(conductor: Conductor) -> None:
         # A deferred trigger counts its arrivals; a stopped with-items counts none.
         for _ in range(max(1, state.join_arrivals)):
             # Numbered from the current latest: an earlier replay may have run it.
-            conductor.new_iteration(spec, conductor.latest[name])
+            conductor.new_iteration(spec, state.route)
     conductor.check_complete()
 
 
 def _reopen(conductor: Conductor, state: TaskState) -> TaskState:
     return TaskState(
         state.name,
-        conductor.latest[state.name].iteration + 1,
+        conductor.next_number(state.name),
         "pending",
         join_required=state.join_required,
         join_arrivals=state.join_arrivals,
+        route=state.route,
+        join_from=state.join_from,
     )

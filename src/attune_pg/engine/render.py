@@ -4,6 +4,9 @@ ParameterError naming the task and the field."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,12 +43,31 @@ def system_view(execution: Execution, now: float, attempt: int) -> dict[str, Jso
     return {
         "execution_id": execution.id,
         "workflow_ref": execution.spec.ref,
-        "timestamp": now,
+        # Integer epoch seconds, as Attune's docs use it: `system.timestamp - vars.start`
+        # is a whole number of seconds.
+        "timestamp": int(now),
         "started_at": execution.started_at,
         "depth": execution.depth,
         "attempt": attempt,
-        "identity": {"login": execution.requested_by},
+        "identity": {"login": execution.login},
     }
+
+
+def uuid_source(execution_id: int, now: float) -> Callable[[], str]:
+    """`uuid()` for one advance: version-4-shaped ids derived from the execution, the
+    database clock of the transaction and a counter, so the pure conductor stays
+    deterministic (the same snapshot and events give the same ids) while two
+    transactions (never at the same microsecond on one execution) give different ones."""
+    counter = itertools.count()
+
+    def next_uuid() -> str:
+        seed = f"attune-uuid:{execution_id}:{now!r}:{next(counter)}"
+        raw = bytearray(hashlib.sha256(seed.encode()).digest()[:16])
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return str(uuid.UUID(bytes=bytes(raw)))
+
+    return next_uuid
 
 
 def items(spec: TaskSpec, scope: Mapping[str, Json]) -> list[Json] | None:

@@ -66,7 +66,9 @@ class Execution:
     error: dict[str, Json] | None = None
     output: Json = None
     pack_config: dict[str, Json] = field(default_factory=dict)
-    requested_by: str = ""
+    # The PostgreSQL login that started the execution (a child's: its root's), what
+    # templates see as system.identity.login.
+    login: str = ""
     started_at: float | None = None  # epoch seconds
     depth: int = 0
     cancel_policy: str | None = None
@@ -93,6 +95,11 @@ class TaskState:
     result: Json = None
     error: dict[str, Json] | None = None
     unhandled: bool = False  # failed and no transition handled it: retry_execution re-runs it
+    # The branch this occurrence belongs to: "" from the start, extended with
+    # "<task>__t<n>" each time a transition enters a split task (Orquesta's routes).
+    route: str = ""
+    # A join's arrivals so far in this round: the distinct predecessors that arrived.
+    join_from: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:

@@ -154,11 +154,14 @@ def _check_joins(wf: WorkflowSpec, where: _Where) -> None:
             raise where.error(
                 f"join on start task {task.name!r} can never fire: no transition leads to it", path
             )
-        inbound = wf.inbound(task.name)
-        if isinstance(task.join, int) and task.join > inbound:
+        # A join counts distinct predecessor tasks, not transitions.
+        preds = wf.predecessors(task.name)
+        if isinstance(task.join, int) and task.join > len(preds):
             raise where.error(
-                f"join {task.join} can never fire: only {inbound} "
-                f"{'transition leads' if inbound == 1 else 'transitions lead'} to {task.name!r}",
+                f"join {task.join} can never fire: only {len(preds)} "
+                f"{'task leads' if len(preds) == 1 else 'tasks lead'} to {task.name!r}"
+                f" ({', '.join(preds)}; a join counts each task once, however many of its"
+                " transitions lead here)",
                 path,
             )
 

@@ -60,6 +60,13 @@ def load_workflow_source(
         raise doc.error("a workflow file must be a mapping with label, version and tasks")
     validate_document(doc, _workflow_validator())
     ref = _workflow_ref(doc, pack)
+    name = doc.data.get("name")
+    if name is not None and name != ref.split(".", 1)[1]:
+        raise doc.error(
+            f"name {name!r} must be {ref.split('.', 1)[1]!r} (the workflow's name in its ref"
+            f" {ref!r})",
+            ("name",),
+        )
     try:
         spec, source = normalize_workflow(doc, ref=ref)
     except Problem as problem:

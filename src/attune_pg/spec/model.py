@@ -11,6 +11,7 @@ into `TaskSpec.next`, so the engine has one shape to interpret.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 Backoff = Literal["constant", "linear", "exponential"]
@@ -33,6 +34,9 @@ class Transition:
     when: str | None = None  # template; None means always
     publish: tuple[tuple[str, Any], ...] = ()  # ordered (variable, template value)
     do: tuple[str, ...] = ()
+    # A branch of the task's `decision`: evaluated only when the task succeeded, and
+    # only the first matching branch of the decision fires.
+    decision: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,18 @@ class TaskSpec:
     delay: float | None = None
     join: Literal["all"] | int | None = None
     next: tuple[Transition, ...] = ()
-    first_match: bool = False  # True for `decision`: only the first matching transition fires
+    first_match: bool = False  # the task has a `decision` (see `decision_flags`)
     tasks: tuple[TaskSpec, ...] = ()  # sub-tasks of a `type: parallel` block
     line: int | None = None  # line in the source file, for error messages
+
+    def decision_flags(self) -> tuple[bool, ...]:
+        """Which transitions are decision branches. Snapshots from before decisions
+        could sit beside other transitions mark none: there `first_match` made every
+        transition a branch."""
+        flags = tuple(t.decision for t in self.next)
+        if self.first_match and not any(flags):
+            return tuple(True for _ in self.next)
+        return flags
 
 
 @dataclass(frozen=True)
@@ -123,7 +136,34 @@ class WorkflowSpec:
 
     def inbound(self, name: str) -> int:
         """How many transitions (across all tasks) name `name` as a target."""
-        return sum(t.do.count(name) for task in self.all_tasks() for t in task.next)
+        return self._graph.inbound.get(name, 0)
+
+    def predecessors(self, name: str) -> tuple[str, ...]:
+        """The distinct tasks with a transition to `name`, in file order: what a
+        `join` counts (each predecessor once, however many of its transitions lead
+        here)."""
+        return self._graph.predecessors.get(name, ())
+
+    def join_required(self, name: str) -> int | None:
+        """How many distinct predecessors the join of `name` waits for (None: no join)."""
+        join = self.task(name).join
+        if join is None:
+            return None
+        return len(self.predecessors(name)) if join == "all" else int(join)
+
+    def is_split(self, name: str) -> bool:
+        """Orquesta's split task: no `join`, more than one inbound transition, and not
+        in a cycle. Each transition that reaches it opens a branch (a route) of its
+        own, and everything downstream runs once per branch; joins count per branch."""
+        return name in self._graph.splits
+
+    def in_cycle(self, name: str) -> bool:
+        """Can `name` reach itself through transitions?"""
+        return name in self._graph.cyclic
+
+    @cached_property
+    def _graph(self) -> _Graph:
+        return _Graph.of(self)
 
     def start_tasks(self) -> tuple[TaskSpec, ...]:
         """Top-level tasks no transition points at: they run when the workflow starts."""
@@ -172,6 +212,7 @@ def _task_from_dict(data: dict[str, Any]) -> TaskSpec:
                 when=t.get("when"),
                 publish=tuple((k, v) for k, v in t.get("publish", ())),
                 do=tuple(t.get("do", ())),
+                decision=bool(t.get("decision", False)),
             )
             for t in data.get("next", ())
         ),
@@ -179,6 +220,52 @@ def _task_from_dict(data: dict[str, Any]) -> TaskSpec:
         tasks=tuple(_task_from_dict(t) for t in data.get("tasks", ())),
         line=data.get("line"),
     )
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The transition graph of a workflow, computed once per spec (the conductor asks
+    for predecessors and splits on every trigger)."""
+
+    inbound: dict[str, int]
+    predecessors: dict[str, tuple[str, ...]]
+    cyclic: frozenset[str]
+    splits: frozenset[str]
+
+    @staticmethod
+    def of(wf: WorkflowSpec) -> _Graph:
+        inbound: dict[str, int] = {}
+        preds: dict[str, list[str]] = {}
+        succ: dict[str, set[str]] = {}
+        for task in wf.all_tasks():
+            for transition in task.next:
+                for target in transition.do:
+                    inbound[target] = inbound.get(target, 0) + 1
+                    seen = preds.setdefault(target, [])
+                    if task.name not in seen:
+                        seen.append(task.name)
+                    succ.setdefault(task.name, set()).add(target)
+        cyclic = set()
+        for start in succ:
+            stack, reached = list(succ[start]), set()
+            while stack:
+                node = stack.pop()
+                if node == start:
+                    cyclic.add(start)
+                    break
+                if node not in reached:
+                    reached.add(node)
+                    stack.extend(succ.get(node, ()))
+        joins = {t.name for t in wf.all_tasks() if t.join is not None}
+        splits = frozenset(
+            n for n, count in inbound.items() if count > 1 and n not in joins and n not in cyclic
+        )
+        return _Graph(
+            inbound=inbound,
+            predecessors={k: tuple(v) for k, v in preds.items()},
+            cyclic=frozenset(cyclic),
+            splits=splits,
+        )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ Every shorthand folds into `TaskSpec.next`, in the order the keys appear in the 
   timed_out(); `on_complete` -> an unguarded one;
 - task-level `publish` -> published on success: attached to `on_success` if there is one,
   else its own `{{ succeeded() }}` transition with nothing to do;
-- `decision` -> ordered transitions plus an unguarded `default`, with `first_match=True`.
+- `decision` -> ordered branches (Transition.decision) plus an unguarded `default`, with
+  `first_match=True`. Beside `publish` and `on_*` (as Attune writes it): the publish (with
+  any `on_success` targets) comes first, then the decision's branches, then the other
+  `on_*` in the order written; only `next` cannot be combined with a decision.
 `Source` remembers which YAML path each task, transition and publish entry came from, so
 later checks can point at the exact line.
 """
@@ -73,7 +76,7 @@ def normalize_workflow(doc: Document, *, ref: str) -> tuple[WorkflowSpec, Source
         description=data.get("description", ""),
         parameters=parameters_schema(data.get("parameters")),
         output=output,
-        vars=dict(data.get("vars") or {}),
+        vars=_vars(data.get("vars")),
         output_map=data.get("output_map"),
         tags=tuple(data.get("tags") or ()),
         timeout=_seconds(data.get("timeout")),
@@ -83,6 +86,19 @@ def normalize_workflow(doc: Document, *, ref: str) -> tuple[WorkflowSpec, Source
         source_file=doc.file,
     )
     return spec, source
+
+
+def _vars(value: Any) -> dict[str, Any]:
+    """`vars` as a map, or as Attune's later files write it: a list of one-key maps."""
+    if not isinstance(value, list):
+        return dict(value or {})
+    out: dict[str, Any] = {}
+    for i, entry in enumerate(value):
+        ((key, item),) = entry.items()
+        if key in out:
+            raise Problem(("vars", i, key), f"variable {key!r} is given twice")
+        out[key] = item
+    return out
 
 
 def _check_schema(schema: dict[str, Any], path: Path) -> None:
@@ -164,14 +180,22 @@ def _transitions(
         out.append(Transition(when=when, publish=pairs, do=targets(do)))
 
     if "decision" in raw:
-        others = sorted(set(raw) & (TRANSITION_KEYS - {"decision"}))
-        if others:
+        if "next" in raw:
             raise Problem(
-                (*path, others[0]),
-                f"'decision' cannot be combined with {others[0]!r}; "
+                (*path, "next"),
+                "'decision' cannot be combined with 'next'; "
                 "write all the transitions under 'next' instead",
             )
-        return _decision(raw["decision"], (*path, "decision"), name, source), True
+        # Publish on success first, so the decision's branches see what it published.
+        if "publish" in raw or "on_success" in raw:
+            origin = "on_success" if "on_success" in raw else "publish"
+            add(SUCCEEDED, raw.get("publish"), (*path, "publish"), raw.get("on_success"),
+                (*path, origin))  # fmt: skip
+        out.extend(_decision(raw["decision"], (*path, "decision"), name, source, len(out)))
+        for key in raw:
+            if key in SHORTHANDS and key != "on_success":
+                add(SHORTHANDS[key], None, (*path, key), raw[key], (*path, key))
+        return tuple(out), True
 
     for key in raw:
         here = (*path, key)
@@ -188,17 +212,18 @@ def _transitions(
 
 
 def _decision(
-    entries: list[dict[str, Any]], path: Path, name: str, source: Source
+    entries: list[dict[str, Any]], path: Path, name: str, source: Source, first: int
 ) -> tuple[Transition, ...]:
+    """The decision's branches, numbered from `first` among the task's transitions."""
     out: list[Transition] = []
     for i, entry in enumerate(entries):
-        source.transitions[(name, i)] = (*path, i)
+        source.transitions[(name, first + i)] = (*path, i)
         if "default" in entry:
             if i != len(entries) - 1:
                 raise Problem((*path, i), "'default' must be the last decision entry")
-            out.append(Transition(when=None, do=targets(entry["default"])))
+            out.append(Transition(when=None, do=targets(entry["default"]), decision=True))
         else:
-            out.append(Transition(when=entry["when"], do=targets(entry["next"])))
+            out.append(Transition(when=entry["when"], do=targets(entry["next"]), decision=True))
     return tuple(out)
 
 

@@ -67,14 +67,30 @@ _PACK_VALIDATOR = Draft202012Validator(PACK_SCHEMA)
 _ACTION_VALIDATOR = Draft202012Validator(ACTION_SCHEMA)
 
 
+BUNDLED = "packs"  # <pack>/packs/<other>/: packs shipped with a pack, registered with it
+
+
 def find_pack_dirs(path: str | Path) -> list[Path]:
-    """`path` itself if it is a pack, else its sub-directories that are packs, sorted."""
+    """`path` itself if it is a pack, else its sub-directories that are packs, sorted;
+    each followed by the packs it bundles in its `packs/` directory (e.g. the stand-in
+    packs the examples pack ships for Attune's deployment pipeline), so a pack and
+    what it needs register together, all or nothing."""
     root = Path(path)
     if not root.is_dir():
         raise SpecError("no such directory", file=str(path))
     if (root / "pack.yaml").is_file():
-        return [root]
-    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "pack.yaml").is_file())
+        tops = [root]
+    else:
+        tops = sorted(d for d in root.iterdir() if d.is_dir() and (d / "pack.yaml").is_file())
+    out: list[Path] = []
+    for top in tops:
+        out.append(top)
+        bundled = top / BUNDLED
+        if bundled.is_dir():
+            out.extend(
+                sorted(d for d in bundled.iterdir() if d.is_dir() and (d / "pack.yaml").is_file())
+            )
+    return out
 
 
 def load_pack_dir(path: str | Path) -> PackSpec:

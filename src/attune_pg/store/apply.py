@@ -141,6 +141,8 @@ def _state_values(s: TaskState) -> tuple[Any, ...]:
         None if s.result is None else Jsonb(s.result),
         None if s.error is None else Jsonb(s.error),
         s.unhandled,
+        s.route,
+        list(s.join_from),
     )
 
 
@@ -148,16 +150,27 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
+def _joined(columns: list[list[Any]]) -> list[list[Any]]:
+    """The last column (join_from, a list per row) as one text per row: unnest cannot
+    take an array of arrays of different lengths. Task names are identifiers, so the
+    unit separator never occurs in them; an empty list becomes NULL, i.e. '{}'."""
+    columns[-1] = [chr(31).join(names) if names else "" for names in columns[-1]]
+    return columns
+
+
 def _insert_states(conn: psycopg.Connection, inserts: Sequence[tuple[int, TaskState]]) -> None:
     rows = [(e, s.name, s.iteration, *_state_values(s)) for e, s in inserts]
     conn.execute(
         "INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,"
         " join_required, join_arrivals, items_total, items_released, items_done, items_failed,"
-        " result, error, unhandled)"
-        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[],"
+        " result, error, unhandled, route, join_from)"
+        " SELECT v.e, v.n, v.i, v.status, v.jr, v.ja, v.t, v.r, v.d, v.f, v.result,"
+        " v.error, v.unhandled, v.route, string_to_array(v.jf, chr(31))"
+        " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[],"
         " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[],"
-        " %s::bool[])",
-        _columns(rows, 13),
+        " %s::bool[], %s::text[], %s::text[])"
+        " AS v(e, n, i, status, jr, ja, t, r, d, f, result, error, unhandled, route, jf)",
+        _joined(_columns(rows, 15)),
     )
 
 
@@ -168,15 +181,16 @@ def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskSt
         " join_arrivals = v.join_arrivals, items_total = v.items_total,"
         " items_released = v.items_released, items_done = v.items_done,"
         " items_failed = v.items_failed, result = v.result, error = v.error,"
-        " unhandled = v.unhandled"
+        " unhandled = v.unhandled, join_from = string_to_array(v.join_from, chr(31))"
         " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[],"
         " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[],"
-        " %s::bool[])"
+        " %s::bool[], %s::text[], %s::text[])"
         " AS v(execution_id, task_name, iteration, before, status, join_required, join_arrivals,"
-        " items_total, items_released, items_done, items_failed, result, error, unhandled)"
+        " items_total, items_released, items_done, items_failed, result, error, unhandled,"
+        " route, join_from)"
         " WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name"
         " AND t.iteration = v.iteration AND t.status = v.before",
-        _columns(rows, 14),
+        _joined(_columns(rows, 16)),
     )
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")

@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from attune_pg.engine.state import Attempt, Execution, LiveRows, TaskState
 from attune_pg.machine import WORKFLOW_TERMINAL
 from attune_pg.store import decode
+from attune_pg.store.work import STATE_COLUMNS, state_of
 
 Json = Any
 
@@ -83,30 +84,26 @@ def live_rows(conn: psycopg.Connection, execution_id: int) -> dict[tuple[str, in
     return {(name, it): LiveRows(int(r), int(w)) for name, it, r, w in rows}
 
 
-_STATE_COLUMNS = (
-    "task_name, iteration, status, join_required, join_arrivals, items_total,"
-    " items_released, items_done, items_failed, result, error, unhandled"
-)
 
 
 def unhandled_states(conn: psycopg.Connection, execution_id: int) -> list[TaskState]:
     """Every task state whose failure nobody handled (what retry_execution re-runs)."""
     rows = conn.execute(
-        f"SELECT {_STATE_COLUMNS} FROM attune.task_state"
+        f"SELECT {STATE_COLUMNS} FROM attune.task_state"
         " WHERE workflow_execution_id = %s AND unhandled",
         (execution_id,),
     ).fetchall()
-    return [TaskState(*row) for row in rows]
+    return [state_of(row) for row in rows]
 
 
 def open_states(conn: psycopg.Connection, execution_id: int) -> list[TaskState]:
     """Every task state still pending or running (older iterations included)."""
     rows = conn.execute(
-        f"SELECT {_STATE_COLUMNS} FROM attune.task_state"
+        f"SELECT {STATE_COLUMNS} FROM attune.task_state"
         " WHERE workflow_execution_id = %s AND status IN ('pending', 'running')",
         (execution_id,),
     ).fetchall()
-    return [TaskState(*row) for row in rows]
+    return [state_of(row) for row in rows]
 
 
 # ----------------------------------------------------------------- cancel and pause

@@ -18,8 +18,11 @@ from attune_pg.store.queries import Q
 
 # The oldest schema this code runs on: workers of a version start after its migrations
 # are applied (docs/roles.md, "Upgrades"). 0006 added what the worker reads at start
-# (attune.setting, attune.signing_key) and what every advance writes.
-REQUIRED_SCHEMA = 6
+# (attune.setting, attune.signing_key) and what every advance writes; 0007 the join
+# rounds per branch (task_state.route, join_from) and workflow_execution.started_by;
+# 0009 what every claim reads and every task insert writes (concurrency policies) and the
+# timers.
+REQUIRED_SCHEMA = 9
 
 # Any fixed 64-bit number works; this one spells "attune" in hex-ish.
 MIGRATION_LOCK_ID = 0x617474756E65

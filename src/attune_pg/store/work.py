@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -49,6 +49,8 @@ class ClaimedTask:
     timeout: float | None
     ready_at: float  # epoch seconds the row became claimable
     claimed_at: float
+    # Set when a concurrency policy (`cancel`) refused the row: end it canceled, unrun.
+    refused: dict[str, Json] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ UPDATE attune.task_execution t
                  LIMIT %(n)s)
 RETURNING t.id, t.workflow_execution_id, t.task_name, t.iteration, t.item_index, t.attempt,
           t.action_ref, t.input, t.timeout,
-          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8
+          extract(epoch FROM t.run_at)::float8, extract(epoch FROM now())::float8,
+          CASE WHEN t.policy_ref IS NOT NULL AND NOT t.policy_slot THEN t.error END
 """
 
 
@@ -87,16 +90,19 @@ def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list
 
 def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, float | None]:
     """Seconds until the next scheduled task is due and until the next deadline (a
-    workflow timeout or an inquiry expiry), and that deadline as epoch seconds; None
-    where there is none. Reads only the partial indexes of live rows."""
+    workflow timeout, an inquiry expiry or a timer's tick), and that deadline as epoch
+    seconds; None where there is none. Reads only the partial indexes of live rows.
+    (Rows a concurrency policy delays wait at run_at = infinity: not a due time.)"""
     row = conn.execute(
         "SELECT extract(epoch FROM (SELECT min(run_at) FROM attune.task_execution"
-        "                            WHERE status = 'scheduled') - now())::float8,"
+        "                            WHERE status = 'scheduled' AND run_at < 'infinity')"
+        "                  - now())::float8,"
         " extract(epoch FROM least("
         "   (SELECT min(timeout_at) FROM attune.workflow_execution"
         "     WHERE status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')"
         "       AND status IN ('running', 'pausing', 'paused')),"
-        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending'))"
+        "   (SELECT min(expires_at) FROM attune.inquiry WHERE status = 'pending'),"
+        "   (SELECT min(next_fire_at) FROM attune.timer WHERE next_fire_at IS NOT NULL))"
         "   - now())::float8,"
         " extract(epoch FROM now())::float8"
     ).fetchone()
@@ -354,7 +360,7 @@ def _execution(row: Sequence[Any], budget: Budget) -> Execution:
         error,
         output,
         pack_config,
-        requested_by,
+        login,
         started_at,
         depth,
         cancel_policy,
@@ -372,7 +378,7 @@ def _execution(row: Sequence[Any], budget: Budget) -> Execution:
         error=error,
         output=output,
         pack_config=pack_config,
-        requested_by=requested_by,
+        login=login,
         started_at=started_at,
         depth=depth,
         cancel_policy=cancel_policy,
@@ -381,24 +387,31 @@ def _execution(row: Sequence[Any], budget: Budget) -> Execution:
     )
 
 
-_STATE_COLUMNS = (
+STATE_COLUMNS = (
     "task_name, iteration, status, join_required, join_arrivals, items_total,"
-    " items_released, items_done, items_failed, result, error, unhandled"
+    " items_released, items_done, items_failed, result, error, unhandled, route, join_from"
 )
+
+
+def state_of(row: Sequence[Any]) -> TaskState:
+    """A task_state row (the columns above) as a TaskState."""
+    *columns, join_from = row
+    return replace(TaskState(*columns), join_from=tuple(join_from or ()))
 
 
 def latest_states_many(
     conn: psycopg.Connection, ids: Sequence[int]
-) -> dict[int, dict[str, TaskState]]:
-    out: dict[int, dict[str, TaskState]] = {i: {} for i in ids}
+) -> dict[int, list[TaskState]]:
+    """The latest iteration of each task in each route (branch), per execution."""
+    out: dict[int, list[TaskState]] = {i: [] for i in ids}
     rows = conn.execute(
-        f"SELECT DISTINCT ON (workflow_execution_id, task_name) workflow_execution_id,"
-        f" {_STATE_COLUMNS} FROM attune.task_state WHERE workflow_execution_id = ANY(%s)"
-        " ORDER BY workflow_execution_id, task_name, iteration DESC",
+        f"SELECT DISTINCT ON (workflow_execution_id, task_name, route) workflow_execution_id,"
+        f" {STATE_COLUMNS} FROM attune.task_state WHERE workflow_execution_id = ANY(%s)"
+        " ORDER BY workflow_execution_id, task_name, route, iteration DESC",
         (list(ids),),
     ).fetchall()
     for row in rows:
-        out[row[0]][row[1]] = TaskState(*row[1:])
+        out[row[0]].append(state_of(row[1:]))
     return out
 
 
@@ -410,12 +423,12 @@ def states_of(
     if not keys:
         return []
     rows = conn.execute(
-        f"SELECT workflow_execution_id, {_STATE_COLUMNS} FROM attune.task_state"
+        f"SELECT workflow_execution_id, {STATE_COLUMNS} FROM attune.task_state"
         " WHERE (workflow_execution_id, task_name, iteration) IN"
         " (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[]))",
         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
     ).fetchall()
-    return [(row[0], TaskState(*row[1:])) for row in rows]
+    return [(row[0], state_of(row[1:])) for row in rows]
 
 
 _FINISH = """

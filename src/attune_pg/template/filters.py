@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import chain
 from typing import Any, Final, NamedTuple
 
+from jinja2 import filters as jinja_filters
 from jinja2.filters import make_attrgetter
-from jinja2.utils import pass_environment
+from jinja2.utils import pass_environment, pass_eval_context
 
 from attune_pg.errors import TemplateError
 from attune_pg.template.limits import (
@@ -57,16 +58,95 @@ def _as_list(value: Any, what: str) -> list[Any]:
     return list(value)
 
 
-def _f_append(seq: Any, item: Any) -> list[Any]:
+def _f_append(seq: Any, item: Any) -> Any:
+    if isinstance(seq, str):  # Attune: `path | append('/logs')`
+        text = _to_text(item)
+        _need_len(len(seq) + len(text), MAX_STRING, "append")
+        return seq + text
     items = _as_list(seq, "append")
     _need_len(len(items) + 1, MAX_ITEMS, "append", "items")
     return [*items, item]
 
 
-def _f_prepend(seq: Any, item: Any) -> list[Any]:
+def _f_prepend(seq: Any, item: Any) -> Any:
+    if isinstance(seq, str):  # Attune: `host | prepend('https://')`
+        text = _to_text(item)
+        _need_len(len(seq) + len(text), MAX_STRING, "prepend")
+        return text + seq
     items = _as_list(seq, "prepend")
     _need_len(len(items) + 1, MAX_ITEMS, "prepend", "items")
     return [item, *items]
+
+
+def _f_slice(
+    value: Any,
+    slices: Any = None,
+    fill_with: Any = None,
+    *,
+    start: Any = None,
+    end: Any = None,
+    stop: Any = None,
+    step: Any = None,
+) -> Any:
+    """Attune's (Tera's) `slice(start=1, end=3)`: Python slicing of a list or string.
+    Called positionally (`slice(3)`) it is Jinja's: split into that many columns."""
+    if slices is not None and (start, end, stop, step) == (None, None, None, None):
+        return [list(column) for column in jinja_filters.sync_do_slice(value, slices, fill_with)]
+    for name, bound in (("start", start), ("end", end), ("stop", stop), ("step", step)):
+        if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)):
+            raise TemplateError(f"slice {name} must be an integer, not {bound!r}")
+    if step == 0:
+        raise TemplateError("slice step cannot be zero")
+    seq = value if isinstance(value, str) else _as_list(value, "slice")
+    return seq[start : end if end is not None else stop : step]
+
+
+def _f_batch(value: Any, linecount: Any = None, fill_with: Any = None, *, size: Any = None) -> Any:
+    """Jinja's batch, also as Attune writes it: `batch(size=100)`."""
+    count = size if size is not None else linecount
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise TemplateError(f"batch needs a size of at least 1, not {count!r}")
+    _need_len(count, MAX_ITEMS, "batch", "items")
+    return [list(chunk) for chunk in jinja_filters.do_batch(value, count, fill_with)]
+
+
+def _lookup(item: Any, path: str) -> tuple[bool, Any]:
+    for part in path.split("."):
+        if not isinstance(item, Mapping) or part not in item:
+            return False, None
+        item = item[part]
+    return True, item
+
+
+def _f_filter(seq: Any, *args: Any, **match: Any) -> list[Any]:
+    """Attune's `filter(enabled=true)`: the items whose keys equal every given value.
+    Tera's `filter(attribute='a.b', value=v)` also works (no value: the attribute is
+    truthy)."""
+    if args or not match:
+        raise TemplateError("filter takes keyword arguments: filter(key=value, ...)")
+    items = _as_list(seq, "filter")
+    if set(match) <= {"attribute", "value"} and "attribute" in match:
+        path = match["attribute"]
+        if not isinstance(path, str):
+            raise TemplateError("filter attribute must be a string")
+        out = []
+        for item in items:
+            found, got = _lookup(item, path)
+            if found and (got == match["value"] if "value" in match else bool(got)):
+                out.append(item)
+        return out
+    return [
+        item
+        for item in items
+        if all(_lookup(item, key) == (True, want) for key, want in match.items())
+    ]
+
+
+@pass_eval_context
+def _f_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None, *,
+            sep: Any = None) -> str:  # fmt: skip
+    """Jinja's join, also with Tera's keyword: `join(sep=', ')`."""
+    return jinja_filters.sync_do_join(eval_ctx, value, d if sep is None else sep, attribute)
 
 
 def _f_combine(first: Any, *others: Any) -> dict[str, Any]:
@@ -138,8 +218,14 @@ def _f_dirname(path: Any) -> str:
 FILTERS: Final[Mapping[str, Filter]] = {
     "to_json": Filter(_f_to_json, "value as JSON text (to_json(indent=2, sort_keys=true))"),
     "from_json": Filter(_f_from_json, "parse JSON text into a value"),
-    "append": Filter(_f_append, "a new list with the item added at the end"),
-    "prepend": Filter(_f_prepend, "a new list with the item added at the front"),
+    "append": Filter(_f_append, "a new list with the item added at the end (strings: joined)"),
+    "prepend": Filter(
+        _f_prepend, "a new list with the item added at the front (strings: joined)"
+    ),
+    "slice": Filter(_f_slice, "slice(start=1, end=3): part of a list or string; slice(n): columns"),
+    "batch": Filter(_f_batch, "batch(size=n) or batch(n): the list in chunks of n"),
+    "filter": Filter(_f_filter, "filter(key=value): the items whose keys equal the values"),
+    "join": Filter(_f_join, "join(', ') or join(sep=', '): the items as one text"),
     "combine": Filter(_f_combine, "a new dict merging the given dicts (later keys win)"),
     "regex_match": Filter(_f_regex_match, "true if the pattern matches at the start (re.match)"),
     "regex_search": Filter(

@@ -23,6 +23,7 @@ from jinja2.utils import missing
 
 from attune_pg.errors import TemplateError
 from attune_pg.redact import SecretSink
+from attune_pg.template import ternary
 from attune_pg.template.filters import (
     _REMOVED_FILTERS,
     FILTERS,
@@ -208,6 +209,7 @@ def _single_expression(text: str, tree: nodes.Template) -> str | None:
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _compile(text: str) -> _Compiled:
+    text = ternary.rewrite(text)  # Attune's `a ? b : c`; other text is unchanged
     tree = _ENV.parse(text)
     source = _single_expression(text, tree)
     if source is not None:

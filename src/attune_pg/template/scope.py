@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -200,6 +201,24 @@ def _transition_functions(current: CurrentTask | None) -> dict[str, Callable[[],
     return {f.__name__: f for f in (succeeded, failed, timed_out, result, error)}
 
 
+def _clock_functions(
+    clock: float | None, uuids: Callable[[], str] | None
+) -> dict[str, Callable[..., Any]]:
+    def now(timestamp: bool = False, utc: bool = True) -> Any:
+        if clock is None:
+            raise TemplateError("now() is not available here")
+        if timestamp:
+            return int(clock)
+        return datetime.fromtimestamp(clock, tz=UTC).isoformat()
+
+    def uuid() -> str:
+        if uuids is None:
+            raise TemplateError("uuid() is not available here")
+        return uuids()
+
+    return {"now": now, "uuid": uuid}
+
+
 def build_scope(
     *,
     parameters: Mapping[str, Any],
@@ -213,6 +232,8 @@ def build_scope(
     index: Any = MISSING,
     secrets: SecretSink | None = None,
     token: Callable[[str], str] | None = None,
+    now: float | None = None,
+    uuids: Callable[[], str] | None = None,
 ) -> Scope:
     """The names templates see (DESIGN §4.2).
 
@@ -230,6 +251,11 @@ def build_scope(
     - ``succeeded() failed() timed_out() result() error()``: about `current`; without it they
       raise "succeeded() is only available in transitions".
     - ``item`` and ``index`` only when given.
+    - ``workflow``: Attune's name for ``vars`` (the same mapping).
+    - ``now()``: `now` (epoch seconds from the database clock, passed in: this module
+      reads no clock) as ISO 8601 text in UTC; ``now(timestamp=true)`` as integer epoch
+      seconds. ``uuid()``: the next id from `uuids` (a deterministic source the
+      conductor passes in). Without them, calling either is an error.
     """
     task_map = _TaskMap(tasks)
     scope = Scope(
@@ -240,7 +266,9 @@ def build_scope(
         kv=_KVScope(kv, secrets, token),
         task=task_map,
         tasks=task_map,
+        workflow=vars,
         **_transition_functions(current),
+        **_clock_functions(now, uuids),
     )
     scope.secrets = secrets
     if item is not MISSING:

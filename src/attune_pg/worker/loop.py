@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from attune_pg import advance, db
+from attune_pg import advance, automation, db
 from attune_pg.actions import ActionOutcome
 from attune_pg.errors import ActionError, DatabaseUnavailable
 from attune_pg.secrets import Binding, resolve_secrets, token_keys
@@ -64,7 +64,8 @@ class Worker:
         self._work_hint = threading.Event()
         self._start_hint = threading.Event()
         self._control_hint = threading.Event()
-        for hint in (self._work_hint, self._start_hint, self._control_hint):
+        self._event_hint = threading.Event()
+        for hint in self._hints():
             hint.set()
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
@@ -72,6 +73,9 @@ class Worker:
         self._hand_back: list[int] = []
         self.tasks_done = 0
         self._stop_deadline: float | None = None
+
+    def _hints(self) -> tuple[threading.Event, ...]:
+        return (self._work_hint, self._start_hint, self._control_hint, self._event_hint)
 
     # ------------------------------------------------------------ control
 
@@ -113,6 +117,7 @@ class Worker:
                 "attune_work": self._work_hint,
                 "attune_start": self._start_hint,
                 "attune_control": self._control_hint,
+                "attune_event": self._event_hint,
             },
         )
         listener.start()
@@ -227,7 +232,7 @@ class Worker:
         self._housekeeping(conn)
         if not self._wake.wait(self._sleep_for(conn, stopping)):
             # Poll timeout: the safety net for a missed notification.
-            for hint in (self._work_hint, self._start_hint, self._control_hint):
+            for hint in self._hints():
                 hint.set()
         return False
 
@@ -251,6 +256,13 @@ class Worker:
             if stats.started or stats.advanced:
                 self._work_hint.set()
                 self._control_hint.set()  # there may be more; the next pass finds none
+        if self._event_hint.is_set():
+            self._event_hint.clear()
+            matched = automation.process_events(conn, self.config.start_batch)
+            if matched.executions:
+                self._start_hint.set()
+            if matched.events >= self.config.start_batch:
+                self._event_hint.set()  # there may be more
         if self._start_hint.is_set():
             self._start_hint.clear()
             stats = advance.start_requested(conn, actions, self.config.start_batch, env)
@@ -274,6 +286,12 @@ class Worker:
                 task.workflow_execution_id,
             )
             park = parks_as(actions.get(task.action_ref))
+            if task.refused is not None:
+                # Over a `cancel` concurrency policy's threshold: ends canceled, never runs.
+                automation.cancel_refused(conn, task.workflow_execution_id)
+                self._pending.append(work.Finished(task, "canceled", None, task.refused))
+                self._wake.set()
+                continue
             reason = decode.problem(task.input)
             if reason is not None:
                 # Quarantine the one row: its task fails, the rest of the batch runs.
@@ -307,6 +325,7 @@ class Worker:
     _deadline_at: float | None = None
     _pending_deadline: float | None = None
     _acted_deadline: float | None = None
+    _timer_at: float | None = None  # monotonic time of the next timer tick we know of
 
     def _cancel_requested(self, conn: psycopg.Connection) -> None:
         """Heartbeat now; kill the actions whose execution was canceled (cancel_running)."""
@@ -336,6 +355,22 @@ class Worker:
                 self._control_hint.set()
                 self._wake.set()
             self._last_reap = now
+            self._timer_at = now  # look at the timers now too
+        if self._timer_at is not None and now >= self._timer_at:
+            self._fire_timers(conn)
+
+    def _fire_timers(self, conn: psycopg.Connection) -> None:
+        """Fire the due timers (any worker may; SKIP LOCKED makes each tick one
+        worker's) and remember when the next one is due, so a busy worker, which
+        skips the idle wait below, still fires ticks on time."""
+        fired = automation.fire_timers(conn)
+        if fired.executions:
+            self._start_hint.set()
+            self._wake.set()
+        due = automation.timer_due_in(conn)
+        # Overdue but not ours (another worker holds it right now): look again shortly.
+        wait = due + 0.002 if due is not None and due > 0 else 0.05
+        self._timer_at = None if due is None else time.monotonic() + wait
 
     def _sleep_for(self, conn: psycopg.Connection, stopping: bool) -> float:
         if not self._done.empty() or (
@@ -346,6 +381,8 @@ class Worker:
         delay = min(delay, self.config.lease_seconds / 3)
         if stopping:
             return min(delay, 0.2)
+        if self._timer_at is not None:
+            delay = min(delay, max(self._timer_at - time.monotonic(), 0.0))
         if self._claimed_none:
             # Nothing claimable now: sleep until the next delayed task is due, or the
             # next workflow timeout or inquiry expiry (DB clock, like everything else).

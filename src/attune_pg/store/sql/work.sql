@@ -2,7 +2,7 @@
 -- Lock workflow rows in id order (the global lock order), with what the conductor needs,
 -- the root's status (a canceled root stops its whole tree) and the tree's budget so far.
 SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
+       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
        coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
@@ -15,9 +15,10 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
    FOR UPDATE OF e
 
 -- name: execution_claim_requested
--- Up to `n` executions waiting to start, locked (SKIP LOCKED: workers never collide).
+-- Up to `n` executions waiting to start, locked (SKIP LOCKED: workers never collide);
+-- not those a concurrency policy delays (schema 0009).
 SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
+       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
        coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
@@ -25,20 +26,20 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
- WHERE e.status = 'requested'
+ WHERE e.status = 'requested' AND NOT e.delayed
  ORDER BY e.priority, e.id
    FOR UPDATE OF e SKIP LOCKED
  LIMIT %(n)s
 
 -- name: execution_requested_ids
 -- Executions waiting to start (not locked): the one-at-a-time retry of a failed batch.
-SELECT id FROM attune.workflow_execution WHERE status = 'requested'
+SELECT id FROM attune.workflow_execution WHERE status = 'requested' AND NOT delayed
  ORDER BY priority, id LIMIT %(n)s
 
 -- name: execution_claim_one
 -- One execution waiting to start, locked, if no other worker holds it.
 SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, e.requested_by,
+       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
        extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
        coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
@@ -46,7 +47,7 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
- WHERE e.id = %(id)s AND e.status = 'requested'
+ WHERE e.id = %(id)s AND e.status = 'requested' AND NOT e.delayed
    FOR UPDATE OF e SKIP LOCKED
 
 -- name: execution_definitions

@@ -1,0 +1,203 @@
+"""Attune's `cond ? a : b` inside ``{{ }}``, rewritten to Jinja's ``(a if cond else b)``.
+
+Attune's docs write conditional expressions the C way (``{{ vars.rolled_back ? 'rolled_back'
+: 'success' }}``); Jinja has no ``?`` token, so a template using it would not even parse.
+Before compiling, every ``{{ ... }}`` that contains a ``?`` outside string literals is
+rewritten; anything else (and so every template that was valid Jinja before) is left
+byte for byte as it was.
+
+Rules, as in C: ``?:`` binds looser than everything else (``a or b ? x : y`` tests
+``a or b``; ``c | length > 0 ? ...`` tests ``c | length > 0``), and groups to the right
+(``a ? x : b ? y : z`` is ``a ? x : (b ? y : z)``). It applies within each element of a
+list, call, tuple or dict value (``f(a ? 1 : 2, 3)``, ``{'k': a ? 1 : 2}``) and inside
+brackets and parentheses. ``{% %}`` statements and ``{# #}`` comments are not rewritten.
+A ``?`` without a matching ``:`` is left alone, so Jinja reports it as a syntax error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_OPEN = {"(": ")", "[": "]", "{": "}"}
+
+
+@dataclass
+class _Group:
+    open: str
+    items: list[str | _Group] = field(default_factory=list)
+    close: str = ""
+
+
+def rewrite(text: str) -> str:
+    """`text` with every ``{{ }}`` ternary turned into a Jinja conditional expression."""
+    if "?" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while True:
+        start = _next_block(text, i)
+        if start < 0:
+            out.append(text[i:])
+            return "".join(out)
+        kind = text[start : start + 2]
+        if kind == "{#":
+            end = text.find("#}", start + 2)
+            end = len(text) if end < 0 else end + 2
+            out.append(text[i:end])
+        elif kind == "{%":
+            end = _block_end(text, start + 2, "%}")
+            if text[start + 2 : end - 2].strip(" -+\t\n") == "raw":
+                # Verbatim up to and including the {% endraw %} block.
+                close = text.find("endraw", end)
+                end = len(text) if close < 0 else _block_end(text, close, "%}")
+            out.append(text[i:end])
+        else:
+            end = _block_end(text, start + 2, "}}")
+            inner_end = end - 2 if text.endswith("}}", 0, end) else end
+            lead = 3 if text[start + 2 : start + 3] in ("-", "+") else 2
+            tail = 1 if text[inner_end - 1 : inner_end] == "-" and inner_end - 1 > start else 0
+            inner = text[start + lead : inner_end - tail]
+            out.append(text[i : start + lead])
+            out.append(_rewrite_expression(inner) if _has_question(inner) else inner)
+            out.append(text[inner_end - tail : end])
+        i = end
+
+
+def _next_block(text: str, i: int) -> int:
+    found = [p for p in (text.find(k, i) for k in ("{{", "{%", "{#")) if p >= 0]
+    return min(found) if found else -1
+
+
+def _block_end(text: str, i: int, closer: str) -> int:
+    """Index just past `closer`, skipping string literals; the end of text if none."""
+    quote = ""
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif text.startswith(closer, i):
+            return i + len(closer)
+        i += 1
+    return len(text)
+
+
+def _tokens(expr: str) -> list[str]:
+    """String literals whole, the characters ?:,()[]{} alone, everything else in runs."""
+    out: list[str] = []
+    run: list[str] = []
+    i = 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch in "'\"":
+            j = i + 1
+            while j < len(expr) and expr[j] != ch:
+                j += 2 if expr[j] == "\\" else 1
+            if run:
+                out.append("".join(run))
+                run = []
+            out.append(expr[i : j + 1])
+            i = j + 1
+            continue
+        if ch in "?:,()[]{}":
+            if run:
+                out.append("".join(run))
+                run = []
+            out.append(ch)
+        else:
+            run.append(ch)
+        i += 1
+    if run:
+        out.append("".join(run))
+    return out
+
+
+def _has_question(expr: str) -> bool:
+    return "?" in _tokens(expr)
+
+
+def _tree(tokens: list[str]) -> list[str | _Group]:
+    root = _Group("")
+    stack = [root]
+    for token in tokens:
+        if token in _OPEN:
+            group = _Group(token)
+            stack[-1].items.append(group)
+            stack.append(group)
+        elif token in (")", "]", "}") and len(stack) > 1 and _OPEN[stack[-1].open] == token:
+            stack.pop().close = token
+        else:
+            stack[-1].items.append(token)
+    while len(stack) > 1:  # unbalanced: leave the rest as it was written
+        stack.pop()
+    return root.items
+
+
+def _text(items: list[str | _Group]) -> str:
+    parts: list[str] = []
+    for item in items:
+        if isinstance(item, _Group):
+            parts.append(item.open + _text(item.items) + item.close)
+        else:
+            parts.append(item)
+    return "".join(parts)
+
+
+def _rewrite_expression(expr: str) -> str:
+    return _text(_sequence(_tree(_tokens(expr)), in_dict=False))
+
+
+def _sequence(items: list[str | _Group], *, in_dict: bool) -> list[str | _Group]:
+    """Rewrite each comma-separated element of a group's content."""
+    out: list[str | _Group] = []
+    element: list[str | _Group] = []
+    for item in [*items, ","]:
+        if item == ",":
+            out.extend(_element(element, in_dict=in_dict))
+            out.append(",")
+            element = []
+        else:
+            element.append(item)
+    return out[:-1]
+
+
+def _element(items: list[str | _Group], *, in_dict: bool) -> list[str | _Group]:
+    items = [
+        _Group(i.open, _sequence(i.items, in_dict=i.open == "{"), i.close)
+        if isinstance(i, _Group)
+        else i
+        for i in items
+    ]
+    if in_dict:
+        # {key: value}: the first ':' before any '?' separates the key.
+        for pos, item in enumerate(items):
+            if item == "?":
+                break
+            if item == ":":
+                return [*items[: pos + 1], *_conditional(items[pos + 1 :])]
+    return _conditional(items)
+
+
+def _conditional(items: list[str | _Group]) -> list[str | _Group]:
+    if "?" not in items:
+        return items
+    q = items.index("?")
+    depth = 0
+    for pos in range(q + 1, len(items)):
+        if items[pos] == "?":
+            depth += 1
+        elif items[pos] == ":":
+            if depth == 0:
+                cond, then, other = items[:q], items[q + 1 : pos], items[pos + 1 :]
+                text = (
+                    f"(({_text(_conditional(then))}) if ({_text(cond)})"
+                    f" else ({_text(_conditional(other))}))"
+                )
+                return [text]
+            depth -= 1
+    return items  # no matching ':': Jinja will report the '?'
