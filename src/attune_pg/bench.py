@@ -1,6 +1,12 @@
 """`attune-pg bench`: size a deployment by measuring this engine on your server.
 
-N workflows of K sequential no-op tasks run on W worker processes. Reports
+N workflows of K sequential tasks run on W worker processes. The tasks run the builtin
+no-op (`--action noop`, the default), a trivial python action shipped with the bench pack
+(`python`: `def nop(seq): return {"seq": seq}`, checked against its input), or
+`core.local ["true"]` (`local`); several actions run back to back, each on fresh workers,
+and are reported as ratios to the first. Before the timed run, a warm-up of W x C
+workflows lets each worker reach its steady state (python hosts started, catalogues
+loaded); it is not counted. Reports
 workflows/s and task steps/s (wall clock, from the first INSERT to the last
 workflow finishing, DB clock), and the latency from a task becoming claimable
 (`run_at`, stamped when the advance transaction scheduled it) to a worker
@@ -23,21 +29,45 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from attune_pg import db, packs
-from attune_pg.demo import packs_dir
+from attune_pg import db, packs, shipped
 from attune_pg.store import migrate
+from attune_pg.store.queries import Q
 from attune_pg.workerproc import start_worker, stop_worker
 
 _WORKFLOW = """\
-label: Benchmark chain of {k} no-op tasks
+label: Benchmark chain of {k} tasks
 version: "1.0.0"
 tasks:
 {tasks}
 """
 
+#: What a benchmark task runs, by `--action`: (action ref, input as YAML flow).
+ACTIONS: dict[str, tuple[str, str]] = {
+    "noop": ("core.noop", ""),
+    "python": ("bench.nop", "{seq: 7}"),
+    "local": ("core.local", '{cmd: ["true"]}'),
+}
+_EXPECTED_RESULT: dict[str, Any] = {"python": {"seq": 7}}
+
+_NOP_ACTION = """\
+name: nop
+description: The trivial python action of the benchmark.
+runner: python
+entry_point: nop.py:nop
+parameters:
+  seq: {type: integer}
+"""
+_NOP_PY = '''"""The trivial python action of `attune-pg bench --action python`."""
+
+
+def nop(seq):
+    return {"seq": seq}
+'''
+
 
 @dataclass
 class BenchResult:
+    action: str
     workflows: int
     tasks_per_workflow: int
     workers: int
@@ -47,6 +77,11 @@ class BenchResult:
     latency_ms: tuple[float, float, float]
     idle_latency_ms: tuple[float, float, float] | None
     settings: dict[str, str]
+    wrong_results: int | None = None  # tasks whose result was not the expected one
+
+    @property
+    def ok(self) -> bool:
+        return self.succeeded == self.workflows and not self.wrong_results
 
     @property
     def workflows_per_s(self) -> float:
@@ -56,14 +91,24 @@ class BenchResult:
     def tasks_per_s(self) -> float:
         return self.workflows * self.tasks_per_workflow / self.seconds
 
+    def _results_line(self) -> list[str]:
+        if self.wrong_results is None:
+            return []
+        expected = _EXPECTED_RESULT[self.action]
+        if self.wrong_results:
+            return [f"results: {self.wrong_results} tasks did not return {expected}"]
+        return [f"results: every task returned {expected}"]
+
     def report(self) -> str:
         p50, p95, p99 = self.latency_ms
         lines = [
             f"server: fsync={self.settings['fsync']} synchronous_commit="
             f"{self.settings['synchronous_commit']} ({self.settings['version']})",
-            f"load: {self.workflows} workflows x {self.tasks_per_workflow} no-op tasks,"
+            f"load: {self.workflows} workflows x {self.tasks_per_workflow} {self.action} tasks"
+            f" ({ACTIONS[self.action][0]}),"
             f" {self.workers} workers x concurrency {self.concurrency}",
             f"succeeded: {self.succeeded}/{self.workflows} in {self.seconds:.2f}s",
+            *self._results_line(),
             f"throughput: {self.workflows_per_s:,.1f} workflows/s,"
             f" {self.tasks_per_s:,.1f} task steps/s",
             f"claimable->started under load: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms",
@@ -77,14 +122,19 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def _bench_pack(root: Path, k: int) -> Path:
+def _bench_pack(root: Path, k: int, action: str = "noop") -> Path:
     pack = root / "bench"
     (pack / "workflows").mkdir(parents=True)
+    (pack / "actions").mkdir()
     (pack / "pack.yaml").write_text('ref: bench\nlabel: Benchmark\nversion: "1.0.0"\n')
+    (pack / "actions" / "nop.yaml").write_text(_NOP_ACTION)
+    (pack / "actions" / "nop.py").write_text(_NOP_PY)
+    ref, input = ACTIONS[action]
+    with_input = f"\n    input: {input}" if input else ""
     steps = []
     for i in range(k):
         nxt = f"\n    on_success: t{i + 1}" if i + 1 < k else ""
-        steps.append(f"  - name: t{i}\n    action: core.noop{nxt}")
+        steps.append(f"  - name: t{i}\n    action: {ref}{with_input}{nxt}")
     (pack / "workflows" / "chain.yaml").write_text(_WORKFLOW.format(k=k, tasks="\n".join(steps)))
     (pack / "workflows" / "single.yaml").write_text(
         _WORKFLOW.format(k=1, tasks="  - name: t0\n    action: core.noop")
@@ -160,28 +210,29 @@ def run_bench(
     concurrency: int,
     idle_samples: int = 50,
     timeout: float = 600,
+    action: str = "noop",
+    warmup: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BenchResult:
+    """One timed run. `warmup` workflows (default W x C) run first, uncounted."""
+    if action not in ACTIONS:
+        raise ValueError(f"--action must be one of {', '.join(ACTIONS)}, got {action!r}")
     resolved = db.resolve_dsn(dsn)
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
         migrate.migrate(conn)
-        packs.register(conn, packs_dir() / "core")
-        packs.register(conn, _bench_pack(Path(tmp), tasks))
+        packs.register(conn, shipped.pack_dir("core"))
+        packs.register(conn, _bench_pack(Path(tmp), tasks, action))
         settings = _settings(conn)
         since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
         procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
         try:
             _wait_workers(conn, since, workers)
+            warm = workers * concurrency if warmup is None else warmup
+            if warm:
+                _wait_all(conn, _start_chains(conn, warm), timeout)
             idle = _idle_latency(conn, idle_samples) if idle_samples else None
             t0 = time.monotonic()
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "INSERT INTO attune.workflow_execution (workflow_ref, requested_by)"
-                    " SELECT 'bench.chain', 'bench' FROM generate_series(1, %s) RETURNING id",
-                    (workflows,),
-                ).fetchall()
-            ]
+            ids = _start_chains(conn, workflows)
             _wait_all(conn, ids, timeout, on_progress)
             wall = time.monotonic() - t0
             row = conn.execute(
@@ -193,12 +244,61 @@ def run_bench(
             assert row is not None
             seconds = float(row[0]) if row[0] else wall
             latency = _percentiles(conn, ids)
+            wrong = _wrong_results(conn, ids, action)
         finally:
             for proc in procs:
                 stop_worker(proc)
     return BenchResult(
-        workflows, tasks, workers, concurrency, seconds, int(row[1]), latency, idle, settings
+        action,
+        workflows,
+        tasks,
+        workers,
+        concurrency,
+        seconds,
+        int(row[1]),
+        latency,
+        idle,
+        settings,
+        wrong,
     )
+
+
+def _start_chains(conn: psycopg.Connection, n: int) -> list[int]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "INSERT INTO attune.workflow_execution (workflow_ref, requested_by)"
+            " SELECT 'bench.chain', 'bench' FROM generate_series(1, %s) RETURNING id",
+            (n,),
+        ).fetchall()
+    ]
+
+
+def _wrong_results(conn: psycopg.Connection, ids: list[int], action: str) -> int | None:
+    """A fast wrong answer is no answer: how many tasks did not return the expected result
+    (None when the action's result is not checked)."""
+    expected = _EXPECTED_RESULT.get(action)
+    if expected is None:
+        return None
+    params = {"expected": Jsonb(expected), "ids": ids}
+    row = conn.execute(Q.bench_result_mismatches, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def compare(results: list[BenchResult], per_round: int) -> str:
+    """Each round's rates (`per_round` runs each) as ratios to that round's first run."""
+    if per_round < 2:
+        return ""
+    lines = ["ratios of workflows/s to the first action of each round:"]
+    for start in range(0, len(results), per_round):
+        group = results[start : start + per_round]
+        base = group[0].workflows_per_s
+        parts = [
+            f"{r.action} {r.workflows_per_s:,.1f}/s = {r.workflows_per_s / base:.2f}" for r in group
+        ]
+        lines.append(f"  round {start // per_round + 1}: " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 @dataclass
@@ -233,7 +333,7 @@ def run_items_bench(dsn: str | None, *, items: int, workers: int, concurrency: i
     seconds: dict[tuple[int, str], float] = {}
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
         migrate.migrate(conn)
-        packs.register(conn, packs_dir() / "core")
+        packs.register(conn, shipped.pack_dir("core"))
         packs.register(conn, _bench_pack(Path(tmp), 1))
         settings = _settings(conn)
         since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]

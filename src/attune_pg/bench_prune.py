@@ -22,9 +22,8 @@ from pathlib import Path
 
 import psycopg
 
-from attune_pg import db, packs
+from attune_pg import db, packs, shipped
 from attune_pg.bench import _bench_pack, _settings, _wait_workers
-from attune_pg.demo import packs_dir
 from attune_pg.store import benchdata, migrate, retention
 from attune_pg.workerproc import start_worker, stop_worker
 
@@ -98,7 +97,7 @@ def run_prune_bench(
     report = on_progress or (lambda _stage, _done, _total: None)
     with db.connect(resolved) as conn, tempfile.TemporaryDirectory() as tmp:
         migrate.migrate(conn)
-        packs.register(conn, packs_dir() / "core")
+        packs.register(conn, shipped.pack_dir("core"))
         packs.register(conn, _bench_pack(Path(tmp), tasks))
         settings = _settings(conn)
         seeded = 0

@@ -1,9 +1,9 @@
 """`attune-pg demo`: everything on a fresh machine, in one command.
 
-Starts (or finds) the database, applies the schema, registers the core and
-examples packs, runs a worker in the background, runs `examples.hello_join`
-(branching, a decision and a join), prints its task timeline and output, and
-stops the worker.
+Starts (or finds) the database, applies the schema, registers the shipped core and
+examples packs (package data: it works from any directory), runs a worker in the
+background, runs `examples.hello_join` (branching, a decision and a join), prints its
+task timeline and output, and stops the worker.
 """
 
 from __future__ import annotations
@@ -14,34 +14,22 @@ from pathlib import Path
 
 import click
 
-from attune_pg import db, packs
+from attune_pg import db, packs, shipped
 from attune_pg.cli.follow import follow
-from attune_pg.errors import AttuneError
 from attune_pg.store import migrate, read
 from attune_pg.workerproc import start_worker, stop_worker
 
 DEMO_WORKFLOW = "examples.hello_join"
 
 
-def packs_dir() -> Path:
-    """The repository's packs/: next to the source checkout, else under the cwd."""
-    for candidate in (Path(__file__).resolve().parents[2] / "packs", Path.cwd() / "packs"):
-        if (candidate / "core" / "pack.yaml").exists():
-            return candidate
-    raise AttuneError("cannot find the packs/ directory (run from the attune_pg checkout)")
-
-
 def run_demo(dsn: str | None, name: str) -> int:
     resolved = db.resolve_dsn(dsn)
-    root = packs_dir()
     with db.connect(resolved) as conn:
         migrate.migrate(conn)
-        for pack in ("core", "examples"):
-            for spec in packs.register(conn, root / pack):
-                click.echo(
-                    f"registered pack {spec.ref}: {len(spec.workflows)} workflows,"
-                    f" {len(spec.actions)} actions"
-                )
+        # The shipped packs (package data), so the demo runs from any directory.
+        for pack in shipped.SHIPPED:
+            for report in packs.register(conn, shipped.pack_dir(pack)).packs:
+                click.echo(report.summary())
         log = Path(tempfile.gettempdir()) / "attune-demo-worker.log"
         worker = start_worker(resolved, concurrency=4, log_level="info", log_file=str(log))
         click.echo(f"started a worker (pid {worker.pid}, log {log})")

@@ -52,6 +52,18 @@ class SpecError(AttuneError):
         return SpecError(self.message, file=file, line=self.line, field=self.field)
 
 
+class InUseError(SpecError):
+    """A pack, action or workflow cannot go away while registered workflows call it."""
+
+    exit_code = 4
+
+
+class SkippedInvalid(SpecError):
+    """Some files were invalid and skipped; the valid ones were registered."""
+
+    exit_code = 3
+
+
 class TemplateError(AttuneError):
     """A Jinja expression failed to parse or evaluate (names the expression)."""
 

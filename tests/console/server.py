@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from urllib.parse import urlencode
 
-from attune_pg.ui.app import Console, ConsoleServer
+from attune_pg.ui.app import Console
+from attune_pg.ui.server import ConsoleServer
 
 
 @dataclass

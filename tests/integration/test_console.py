@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -331,3 +332,47 @@ def test_page_queries_walk_indexes_not_sorts(conn: psycopg.Connection) -> None:
         )
         assert index in plan, (name, plan)
         assert "Sort  " not in plan.replace("Sort Key", ""), (name, plan)
+
+
+def test_automation_pages_rules_timers_events(
+    conn: psycopg.Connection,
+    reader_dsn: str,
+    register: Callable[[str], None],
+    worker_thread: Callable[..., object],
+) -> None:
+    """Rules, triggers, timers, policies and events, as attune_reader (views only)."""
+    register("examples")
+    (event_id,) = conn.execute(
+        "SELECT attune.emit_event('examples.order_placed',"
+        " '{\"order_id\": 7, \"customer\": \"ada\", \"total\": 250, \"tags\": [\"vip\"]}')"
+    ).fetchone() or (None,)
+    worker_thread()  # matches the event: big_orders fires
+    deadline = time.monotonic() + 20
+    while not conn.execute(
+        "SELECT workflow_execution_id FROM attune.enforcement WHERE event_id = %s", (event_id,)
+    ).fetchone():
+        assert time.monotonic() < deadline, "the event was not matched"
+        time.sleep(0.05)
+    (execution_id,) = conn.execute(
+        "SELECT workflow_execution_id FROM attune.enforcement WHERE event_id = %s", (event_id,)
+    ).fetchone() or (None,)
+    with console(reader_dsn) as base:
+        client = Client(base)
+        page = client.get("/automation")
+        assert page.status == 200
+        assert 'data-rule="examples.big_orders"' in page.body
+        assert 'data-timer="examples.nightly_report"' in page.body  # the nightly cron
+        assert "examples.order_placed" in page.body and "core.crontimer" in page.body
+        assert "examples.fulfil_order.per_customer" in page.body  # a policy
+        rule = client.get("/rules/examples.big_orders")
+        assert rule.status == 200 and "event.payload.total" in rule.body
+        events = client.get("/events")
+        assert f'data-event="{event_id}"' in events.body and "ada" in events.body
+        only = client.get("/events?trigger=core.intervaltimer")
+        assert f'data-event="{event_id}"' not in only.body
+        one = client.get(f"/events/{event_id}")
+        assert one.status == 200 and '"customer": "ada"' in html.unescape(one.body)
+        assert f'href="/executions/{execution_id}"' in one.body
+        assert f'href="/events/{event_id}"' in client.get("/rules/examples.big_orders").body
+        assert client.get("/events/999999").status == 404
+        assert client.get("/rules/nope.nope").status == 404

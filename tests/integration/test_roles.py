@@ -41,6 +41,12 @@ VIEWS = (
     "execution_detail",
     "execution_audit",
     "workflow_catalog",
+    # 0013: the console's views of rules, triggers, policies and events
+    "rule_catalog",
+    "trigger_catalog",
+    "policy_catalog",
+    "event_log",
+    "enforcement_log",
 )
 
 CONTROL_FUNCTIONS = (

@@ -106,22 +106,6 @@ def test_large_stdin_with_concurrent_output_does_not_deadlock() -> None:
     assert run.stdout.data == data
 
 
-def test_result_channel_is_separate_from_stdout() -> None:
-    code = (
-        "import os, sys; print('noise'); "
-        "os.write(int(sys.argv[-1]), b'payload'); print('more noise')"
-    )
-    run = run_process(
-        [sys.executable, "-c", code],
-        cancel=threading.Event(),
-        timeout=10,
-        result_channel=True,
-        result_limit=100,
-    )
-    assert run.result is not None and run.result.data == b"payload"
-    assert run.stdout.data == b"noise\nmore noise\n"
-
-
 def test_exit_is_noticed_quickly() -> None:
     start = time.monotonic()
     run = run_process(["true"], cancel=threading.Event(), timeout=10)

@@ -10,12 +10,13 @@ cannot be run by a worker at all (an unknown builtin, or an `inquiry`/`workflow`
 which the engine handles itself).
 
 Runners, by `ActionSpec.runner`: `builtin` (in-process: noop, echo, sleep), `python` (a
-function in the pack, in a child process), `shell` (a command, argv only, never a shell) and
-`http` (one request). The attempt's timeout is the smaller of `context.timeout` and the
-action's own `timeout`. Results must be JSON and at most `MAX_RESULT_BYTES` as JSON text.
+function in the pack, in a warm host process of the worker's pool), `shell` (a command,
+argv only, never a shell) and `http` (one request). The attempt's timeout is the smaller
+of `context.timeout` and the action's own `timeout`. Results must be JSON and at most
+`MAX_RESULT_BYTES` as JSON text.
 
 Only the builtin runner is imported eagerly; the others load on first use, which keeps
-`python -m attune_pg.actions.python_host` (every python action's start-up) light.
+`python -m attune_pg.actions.python_host` (every python host's start-up) light.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "ActionOutcome",
     "OutcomeStatus",
     "run_action",
+    "shutdown",
 ]
 
 Runner = Callable[["ActionSpec", dict[str, Any], ActionContext, threading.Event], ActionOutcome]
@@ -75,6 +77,16 @@ def run_action(
         return runner(action, input, context, cancel)
     except Exception as exc:
         return _crashed(action, exc)
+
+
+def shutdown() -> None:
+    """Stop what runners keep between calls (idle python hosts). Calls may still follow:
+    they start afresh. A worker calls this once its action threads are done."""
+    import sys
+
+    pool = sys.modules.get("attune_pg.actions.python_pool")
+    if pool is not None:  # never imported: nothing to stop
+        pool.shutdown()
 
 
 def _runner(action: ActionSpec) -> Runner:

@@ -1,19 +1,19 @@
 """Run one action process: spawn, feed, capture, time out, cancel, kill, reap.
 
-Shared by the python and shell runners so the hard parts live in one place:
+The shell runner's engine (python actions run in warm hosts, `python_pool`, which shares
+this module's constants and `Capture`):
 
 - The process starts in a new session (`start_new_session=True`), so it leads its own
   process group and everything it spawns (short of another `setsid`) is in that group.
 - stdout and stderr are drained concurrently with feeding stdin (one `selectors` loop in
   the calling thread, no helper threads), each kept within a byte bound.
-- The optional *result channel* is a pipe passed to the child (`pass_fds`); the child
-  learns its fd number from the last argv entry. Callers use it for data that must not mix
-  with what the action prints.
 - On timeout or cancel the whole group gets SIGTERM, then SIGKILL after `TERM_GRACE`
   seconds. When the leader exits by itself, whatever it left behind in its group is killed
   too: an action's processes never outlive it. Exit is detected without reaping (pidfd or
   `waitid(WNOWAIT)`), so the group id cannot be recycled before that sweep.
 - The cancel event is checked at least every `POLL_INTERVAL` seconds.
+- The group is registered with the worker's `guardian`, which kills it should the worker
+  die (even by SIGKILL) while it runs.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from attune_pg.actions import guardian
 from attune_pg.actions.outcome import ActionContext
 
 EndedBy = Literal["exit", "timeout", "cancel"]
@@ -81,7 +82,6 @@ class ProcessRun:
     return_code: int | None  # negative: killed by that signal; None: could not be reaped
     stdout: Capture
     stderr: Capture
-    result: Capture | None  # the result channel, when one was asked for
 
 
 def signal_name(return_code: int) -> str:
@@ -104,58 +104,36 @@ def run_process(
     stdin: bytes | None = None,
     output_limit: int = 65536,
     keep: Literal["head", "tail"] = "head",
-    result_channel: bool = False,
-    result_limit: int = 0,
 ) -> ProcessRun:
     """Run `argv` (no shell) to its end, its timeout or `cancel`, whichever comes first.
 
-    With `result_channel`, a pipe's write end is passed to the child and its fd number is
-    appended to argv; what the child writes there comes back in `ProcessRun.result`
-    (at most `result_limit` bytes kept). Raises OSError if the process cannot be started
-    (missing executable, permission, bad cwd).
+    Raises OSError if the process cannot be started (missing executable, permission, bad
+    cwd).
     """
     stdout = Capture(output_limit, keep)
     stderr = Capture(output_limit, keep)
-    result = Capture(result_limit, "head") if result_channel else None
-
-    args = list(argv)
-    pass_fds: tuple[int, ...] = ()
-    result_r = result_w = -1
-    if result_channel:
-        result_r, result_w = os.pipe()
-        args.append(str(result_w))
-        pass_fds = (result_w,)
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    guardian.default().watch(proc.pid)
     try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            pass_fds=pass_fds,
-            start_new_session=True,
-        )
-    except BaseException:
-        if result_channel:
-            os.close(result_r)
-            os.close(result_w)
-        raise
-    if result_channel:
-        os.close(result_w)
-    try:
-        session = _Session(proc, stdout, stderr, result, result_r, stdin)
+        session = _Session(proc, stdout, stderr, stdin)
     except BaseException:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        guardian.default().release(proc.pid)
         proc.wait()
-        if result_channel:
-            os.close(result_r)
         raise
     with session:
         ended_by = session.wait(cancel, timeout)
         return_code = session.finish(ended_by)
-    return ProcessRun(ended_by, return_code, stdout, stderr, result)
+    return ProcessRun(ended_by, return_code, stdout, stderr)
 
 
 class _Session:
@@ -166,8 +144,6 @@ class _Session:
         proc: subprocess.Popen[bytes],
         stdout: Capture,
         stderr: Capture,
-        result: Capture | None,
-        result_fd: int,
         stdin: bytes | None,
     ) -> None:
         self.proc = proc
@@ -177,15 +153,9 @@ class _Session:
         self.stdin_fd = -1
         self.exited = False
         assert proc.stdout is not None and proc.stderr is not None
-        self.result_fd = result_fd  # ours to close (stdout/stderr belong to `proc`)
-        for fd, capture in (
-            (proc.stdout.fileno(), stdout),
-            (proc.stderr.fileno(), stderr),
-            (result_fd, result),
-        ):
-            if capture is not None:
-                self.readers[fd] = capture
-                self.sel.register(fd, selectors.EVENT_READ)
+        for fd, capture in ((proc.stdout.fileno(), stdout), (proc.stderr.fileno(), stderr)):
+            self.readers[fd] = capture
+            self.sel.register(fd, selectors.EVENT_READ)
         if proc.stdin is not None:
             self.stdin_fd = proc.stdin.fileno()
             os.set_blocking(self.stdin_fd, False)
@@ -207,6 +177,7 @@ class _Session:
     def __exit__(self, *exc: object) -> None:
         if self.proc.returncode is None:  # an exception escaped: leave nothing behind
             self._killpg(signal.SIGKILL)
+            guardian.default().release(self.proc.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
         self.sel.close()
@@ -215,10 +186,9 @@ class _Session:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        for fd in (self.pidfd, self.result_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -316,6 +286,7 @@ class _Session:
         end = time.monotonic() + DRAIN_GRACE
         while self.readers and time.monotonic() < end:
             self._pump(min(0.01, max(0.0, end - time.monotonic())))
+        guardian.default().release(self.proc.pid)  # before the reap frees the group id
         try:
             return self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -345,25 +316,46 @@ def action_env(context: ActionContext, extra: Mapping[str, str] | None = None) -
     `ATTUNE_TRACE_ID` is the root execution's trace id (32 hex digits, W3C format).
     """
     env = dict(os.environ)
-    env["ATTUNE_IDEMPOTENCY_KEY"] = context.idempotency_key
-    env["ATTUNE_EXECUTION_ID"] = str(context.execution_id)
-    env["ATTUNE_TASK_EXECUTION_ID"] = str(context.task_execution_id)
-    env["ATTUNE_TASK_NAME"] = context.task_name
-    env["ATTUNE_ATTEMPT"] = str(context.attempt)
-    if context.trace_id:
-        # One per root execution, shared by its children: correlate logs and traces.
-        env["ATTUNE_TRACE_ID"] = context.trace_id
+    env.update(attempt_env(context))
     if extra:
         env.update(extra)
     return env
+
+
+def attempt_env(context: ActionContext) -> dict[str, str]:
+    """The variables that identify the attempt (added to the worker's environment)."""
+    return {
+        "ATTUNE_IDEMPOTENCY_KEY": context.idempotency_key,
+        "ATTUNE_EXECUTION_ID": str(context.execution_id),
+        "ATTUNE_TASK_EXECUTION_ID": str(context.task_execution_id),
+        "ATTUNE_TASK_NAME": context.task_name,
+        "ATTUNE_ATTEMPT": str(context.attempt),
+        # One per root execution, shared by its children: correlate logs and traces.
+        "ATTUNE_TRACE_ID": context.trace_id or "",
+    }
 
 
 def pack_file(pack_path: str | None, relative: str, ref: str) -> str:
     """The absolute path of `relative` inside the pack's `actions/` directory.
 
     Raises ValueError (naming the action `ref`) if the pack is unknown or the path is
-    absolute or escapes `actions/`.
+    absolute or escapes `actions/`. Answers are remembered (resolving symlinks costs a
+    system call per path component, on every call of an action otherwise).
     """
+    key = (pack_path, relative)
+    path = _PACK_FILES.get(key)
+    if path is None:
+        path = _pack_file(pack_path, relative, ref)
+        if len(_PACK_FILES) >= 4096:
+            _PACK_FILES.clear()
+        _PACK_FILES[key] = path
+    return path
+
+
+_PACK_FILES: dict[tuple[str | None, str], str] = {}
+
+
+def _pack_file(pack_path: str | None, relative: str, ref: str) -> str:
     if not pack_path:
         raise ValueError(f"action {ref} has no pack directory to find {relative!r} in")
     if os.path.isabs(relative):

@@ -1,14 +1,16 @@
-"""The python runner: call `function(**input)` from `<pack>/actions/<file>.py` in a child.
+"""The python runner: call `function(**input)` from `<pack>/actions/<file>.py` in a warm host.
 
 `entry_point` is `"file.py:function"` (a bare `"file.py"` means function `run`), relative to
-the pack's `actions/` directory. The call happens in a fresh interpreter
-(`python -u -P -m attune_pg.actions.python_host <fd>`, its own session), so a timeout or a
-cancel can kill it with everything it started, and nothing the action does (sys.exit,
-os._exit, BaseException, a segfault, a leaked thread) can take the worker down.
+the pack's `actions/` directory. The call runs in a `python_host` process of the worker's
+pool (`python_pool`): an interpreter of its own, in its own session, that imported the file
+once and serves many calls, one at a time. A timeout or a cancel kills the host with
+everything it started; nothing the action does (sys.exit, os._exit, BaseException, a
+segfault, a leaked thread or process) can take the worker down or reach the next call on
+that host. docs/actions.md says exactly what calls on one host share.
 
 The result travels over a dedicated pipe, never stdout: actions may print freely. Their
 stdout and stderr (the last `OUTPUT_TAIL_BYTES` of each) are attached to the error of any
-outcome that is not a success. The child's environment is the worker's plus
+outcome that is not a success. The host's environment is the worker's plus, for each call,
 `ATTUNE_IDEMPOTENCY_KEY`, `ATTUNE_EXECUTION_ID`, `ATTUNE_TASK_EXECUTION_ID`,
 `ATTUNE_TASK_NAME` and `ATTUNE_ATTEMPT`.
 """
@@ -17,29 +19,25 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from typing import Any
 
 from attune_pg.actions.outcome import (
-    MAX_RESULT_BYTES,
     ActionContext,
     ActionOutcome,
     canceled,
     checked,
     decode_output,
     failed,
-    limit_text,
     make_error,
     succeeded,
     timed_out,
 )
-from attune_pg.actions.process import action_env, pack_file, run_process, signal_name
+from attune_pg.actions.process import attempt_env, pack_file, signal_name
+from attune_pg.actions.python_pool import OUTPUT_TAIL_BYTES, CallResult, default_pool
 from attune_pg.spec.model import ActionSpec
 
-#: How much of the action's stdout and stderr (each, last bytes) an error keeps.
-OUTPUT_TAIL_BYTES = 64 * 1024
-HOST_MODULE = "attune_pg.actions.python_host"
+__all__ = ["OUTPUT_TAIL_BYTES", "resolve", "run"]
 
 
 def resolve(action: ActionSpec, context: ActionContext) -> tuple[str, str]:
@@ -65,45 +63,40 @@ def run(
     except ValueError as exc:
         return failed("ActionError", str(exc))
     try:
-        request = json.dumps({"file": path, "function": function, "input": input})
+        request = json.dumps(
+            {"file": path, "function": function, "input": input, "env": attempt_env(context)}
+        ).encode("utf-8")
     except (TypeError, ValueError) as exc:
         return failed("InvalidInput", f"input is not JSON: {exc}")
     try:
-        proc = run_process(
-            [sys.executable, "-u", "-P", "-m", HOST_MODULE],
-            cancel=cancel,
-            timeout=context.timeout,
-            env=action_env(context),
-            stdin=request.encode("utf-8"),
-            output_limit=OUTPUT_TAIL_BYTES,
-            keep="tail",
-            result_channel=True,
-            result_limit=MAX_RESULT_BYTES + 64 * 1024,
-        )
+        pool = default_pool()
+    except ValueError as exc:
+        return failed("ActionError", f"cannot run python actions: {exc}")
+    try:
+        call = pool.call(os.path.dirname(path), request, cancel, context.timeout)
     except OSError as exc:
         return failed("ActionError", f"cannot start the python interpreter: {exc}")
 
-    logs = {"stdout": decode_output(proc.stdout.data), "stderr": decode_output(proc.stderr.data)}
-    if proc.ended_by == "cancel":
-        return canceled(**logs)
-    if proc.ended_by == "timeout":
+    if call.ended_by == "cancel":
+        return canceled(**_logs(call))
+    if call.ended_by == "timeout":
         assert context.timeout is not None
-        return timed_out(context.timeout, **logs)
-    assert proc.result is not None
-    if proc.result.truncated:
-        return failed("ResultTooLarge", f"result is over the {limit_text()} limit", **logs)
-    payload = proc.result.data
-    if not payload:
-        code = proc.return_code
+        return timed_out(context.timeout, **_logs(call))
+    if call.garbled:
+        return failed("ActionError", "the python host wrote an unreadable result", **_logs(call))
+    payload = call.answer
+    if payload is None:
+        code = call.return_code
         how = f"{code} ({signal_name(code)})" if code is not None and code < 0 else str(code)
-        return failed(
-            "ActionCrashed", f"action process exited with code {how} without a result", **logs
-        )
+        message = f"action process exited with code {how} without a result"
+        return failed("ActionCrashed", message, **_logs(call))
     try:
         message = json.loads(payload)
         ok = bool(message["ok"])
-    except (ValueError, KeyError, TypeError) as exc:
-        return failed("ActionError", f"the python host wrote an unreadable result: {exc}", **logs)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        return failed(
+            "ActionError", f"the python host wrote an unreadable result: {exc}", **_logs(call)
+        )
     if ok:
         return checked(succeeded(message.get("result")))
     error = message.get("error")
@@ -116,6 +109,11 @@ def run(
         make_error(
             str(error.get("type") or "ActionError"),
             str(error.get("message") or "action failed"),
-            **{**detail, **logs},
+            **{**detail, **_logs(call)},
         ),
     )
+
+
+def _logs(call: CallResult) -> dict[str, str]:
+    """What the call printed, for the error of an outcome that is not a success."""
+    return {"stdout": decode_output(call.stdout.data), "stderr": decode_output(call.stderr.data)}

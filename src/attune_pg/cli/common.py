@@ -56,8 +56,11 @@ def connection(dsn: str | None, *, init: bool = True) -> Iterator[psycopg.Connec
     """A connection to the chosen server, with the schema applied if `init`."""
     conn = db.connect(db.resolve_dsn(dsn))
     try:
-        if init:
-            migrate.migrate(conn)
+        if init and migrate.migrate(conn):
+            # A database set up just now also gets the shipped core pack, as `init` does.
+            from attune_pg import packs, shipped
+
+            packs.register(conn, shipped.pack_dir("core"))
         yield conn
     finally:
         conn.close()

@@ -6,12 +6,11 @@ import getpass
 import json
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from attune_pg import db, embedded, packs
+from attune_pg import db, embedded, packs, shipped
 from attune_pg.cli.common import (
     connection,
     dsn_option,
@@ -21,10 +20,7 @@ from attune_pg.cli.common import (
     to_json,
 )
 from attune_pg.cli.follow import follow
-from attune_pg.cli.progress import Progress, progress_option
 from attune_pg.errors import ParameterError
-from attune_pg.spec.loader import load_workflow_file
-from attune_pg.spec.recursion import unbounded_self_calls
 from attune_pg.store import migrate, read
 
 
@@ -41,13 +37,18 @@ def cli() -> None:
 @dsn_option
 @errors_to_exit
 def init(dsn: str | None) -> None:
-    """Apply the schema migrations (idempotent, safe with workers running)."""
+    """Apply the schema migrations and register the shipped core pack (idempotent, safe
+    with workers running)."""
     with connection(dsn, init=False) as conn:
         applied = migrate.migrate(conn)
         version = migrate.current_version(conn)
+        # The core pack ships in the package: registered, or upgraded when it changed.
+        core = packs.register(conn, shipped.pack_dir("core"))
     if applied:
         click.echo(f"applied {', '.join(f'{m.version:04d}_{m.name}' for m in applied)}")
     click.echo(f"schema at version {version}")
+    for report in core.packs:
+        click.echo(report.summary() if report.changed else f"pack {report.ref} up to date")
 
 
 @cli.group(name="db")
@@ -85,76 +86,6 @@ def db_status() -> None:
 def db_stop() -> None:
     """Stop the embedded server."""
     click.echo("stopped" if embedded.stop() else "not running")
-
-
-# ----------------------------------------------------------------- packs and workflows
-
-
-@cli.group(name="packs")
-def packs_group() -> None:
-    """Register packs of workflows and actions."""
-
-
-@packs_group.command("register")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@progress_option
-@dsn_option
-@errors_to_exit
-def packs_register(path: Path, progress: bool | None, dsn: str | None) -> None:
-    """Validate and register the pack at PATH (or every pack under PATH): all or nothing."""
-    bar = Progress("validating packs", enabled=progress)
-
-    def loaded(done: int, total: int) -> None:
-        bar.update(done, total=total)
-
-    with connection(dsn) as conn:
-        try:
-            registered = packs.register(conn, path, loaded)
-        finally:
-            bar.done()
-    for pack in registered:
-        click.echo(
-            f"registered pack {pack.ref} {pack.version}: {len(pack.actions)} actions,"
-            f" {len(pack.workflows)} workflows"
-        )
-    for warning in unbounded_self_calls(registered):
-        click.echo(f"warning: {warning}", err=True)
-
-
-@cli.group(name="workflows")
-def workflows_group() -> None:
-    """List, show and validate workflow definitions."""
-
-
-@workflows_group.command("list")
-@dsn_option
-@errors_to_exit
-def workflows_list(dsn: str | None) -> None:
-    with connection(dsn) as conn:
-        table(read.workflows(conn), ["ref", "version", "enabled", "label"])
-
-
-@workflows_group.command("show")
-@click.argument("ref")
-@dsn_option
-@errors_to_exit
-def workflows_show(ref: str, dsn: str | None) -> None:
-    """Print a registered workflow's source."""
-    with connection(dsn) as conn:
-        row = read.workflow(conn, ref)
-    click.echo(f"# {row['ref']} {row['version']} ({row['source_file']})")
-    click.echo(row["source"].rstrip())
-
-
-@workflows_group.command("validate")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@errors_to_exit
-def workflows_validate(file: Path) -> None:
-    """Check a workflow file offline (no database): syntax, schema and semantics."""
-    resolved = file.resolve()
-    pack = resolved.parent.parent.name if resolved.parent.name == "workflows" else None
-    spec = load_workflow_file(file, pack=pack)
-    click.echo(f"{file}: ok ({spec.ref}, {len(spec.all_tasks())} tasks)")
 
 
 # ----------------------------------------------------------------- running
@@ -362,6 +293,20 @@ def _worker_options(func: Any) -> Any:
                 show_default=True,
                 help="Address the metrics endpoint listens on.",
             ),
+            click.option(
+                "--watch-packs",
+                "watch_packs",
+                multiple=True,
+                type=click.Path(exists=True, file_okay=False),
+                help="Hot reload: register the packs under DIR now and whenever their files"
+                " change (repeatable; needs a role that may register packs).",
+            ),
+            click.option(
+                "--watch-interval",
+                default=0.5,
+                show_default=True,
+                help="How often --watch-packs looks for changes (seconds).",
+            ),
             dsn_option,
         ]
     ):
@@ -378,8 +323,12 @@ def _run_worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    watch_packs: tuple[str, ...],
+    watch_interval: float,
     dsn: str | None,
 ) -> None:
+    import threading
+
     from attune_pg.logfmt import configure
     from attune_pg.worker.loop import Worker, WorkerConfig
 
@@ -396,8 +345,20 @@ def _run_worker(
     worker = Worker(resolved, config)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
-    if worker.wait_for_database(migrate.migrate):
+    if not worker.wait_for_database(migrate.migrate):
+        return
+    watching = threading.Event()
+    watchers = []
+    if watch_packs:
+        from attune_pg.packwatch import watch_in_thread
+
+        watchers = watch_in_thread(resolved, list(watch_packs), watching, watch_interval)
+    try:
         worker.run()
+    finally:
+        watching.set()
+        for thread in watchers:
+            thread.join(timeout=10)
 
 
 @cli.command("worker")
@@ -417,8 +378,20 @@ def worker_command(**options: Any) -> None:
 
 
 def _register_extra() -> None:
-    from attune_pg.cli import automation, control, doctor, graph, kv, prune, tools, ui, watch
+    from attune_pg.cli import (
+        automation,
+        catalog,
+        control,
+        doctor,
+        graph,
+        kv,
+        prune,
+        tools,
+        ui,
+        watch,
+    )
 
+    catalog.register(cli)
     automation.register(cli)
     doctor.register(cli)
     prune.register(cli)

@@ -71,3 +71,24 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
         self._width = 0
+
+
+class Stages:
+    """One progress line per stage of a longer job: `stages(name, done, total)` ends the
+    previous stage's line when a new stage begins; `close()` ends the last one."""
+
+    def __init__(self, enabled: bool | None = None, stream: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self._bar: Progress | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._bar is None or self._bar.label != stage:
+            self.close()
+            self._bar = Progress(stage, total, enabled=self.enabled, stream=self.stream)
+        self._bar.update(done, total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.done()
+            self._bar = None

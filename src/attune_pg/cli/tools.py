@@ -7,7 +7,7 @@ import sys
 import click
 
 from attune_pg.cli.common import dsn_option, errors_to_exit
-from attune_pg.cli.progress import Progress, progress_option
+from attune_pg.cli.progress import Progress, Stages, progress_option
 from attune_pg.cli.prune import DEFAULT_DUTY
 
 
@@ -24,18 +24,35 @@ def demo(name: str, dsn: str | None) -> None:
 
 @click.command()
 @click.option("--workflows", "-n", default=500, show_default=True)
-@click.option("--tasks", "-k", default=5, show_default=True, help="Sequential no-op tasks each.")
+@click.option("--tasks", "-k", default=5, show_default=True, help="Sequential tasks each.")
 @click.option("--workers", "-w", default=2, show_default=True, help="Worker processes.")
 @click.option("--concurrency", "-c", default=20, show_default=True, help="Slots per worker.")
 @click.option(
     "--idle-samples", default=50, show_default=True, help="Idle wake-up samples (0: skip)."
 )
 @click.option(
+    "--action",
+    "actions",
+    default="noop",
+    show_default=True,
+    help="What the tasks run: noop, python or local; a comma list runs each in turn on"
+    " fresh workers and reports ratios to the first.",
+)
+@click.option("--rounds", default=1, show_default=True, help="Repeat the --action list.")
+@click.option(
     "--items",
     type=int,
     default=None,
     help="Instead: one with-items task over this many items (and a tenth of it),"
     " to show the cost per item does not grow with the count.",
+)
+@click.option(
+    "--register",
+    "register_n",
+    type=int,
+    default=None,
+    help="Instead: generate this many workflows (100 per pack) and time `packs register`"
+    " on them, new and unchanged, against parsing them with yaml.CSafeLoader.",
 )
 @click.option(
     "--prune",
@@ -75,17 +92,25 @@ def bench(
     workers: int,
     concurrency: int,
     idle_samples: int,
+    actions: str,
+    rounds: int,
     items: int | None,
     prune_history: int | None,
     batch: int,
     duty: float,
     window_seconds: float,
     progress: bool | None,
+    register_n: int | None,
     dsn: str | None,
 ) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
-    from attune_pg.bench import run_bench, run_items_bench
+    from attune_pg.bench import ACTIONS, compare, run_bench, run_items_bench
 
+    if register_n:
+        from attune_pg.bench_register import run_register_bench
+
+        click.echo(run_register_bench(dsn, register_n).report())
+        return
     if items:
         report = run_items_bench(dsn, items=items, workers=workers, concurrency=concurrency)
         click.echo(report.report())
@@ -93,14 +118,7 @@ def bench(
     if prune_history:
         from attune_pg.bench_prune import run_prune_bench
 
-        bars: dict[str, Progress] = {}
-
-        def stage(name: str, done: int, total: int) -> None:
-            for other in [n for n in bars if n != name]:
-                bars.pop(other).done()
-            bar = bars.setdefault(name, Progress(name, total, enabled=progress))
-            bar.update(done)
-
+        stages = Stages(progress)
         pruned = run_prune_bench(
             dsn,
             history=prune_history,
@@ -110,26 +128,40 @@ def bench(
             batch=batch,
             duty=duty,
             window=window_seconds,
-            on_progress=stage,
+            on_progress=stages,
         )
-        for bar in bars.values():
-            bar.done()
+        stages.close()
         click.echo(pruned.report())
         return
 
+    chosen = [a.strip() for a in actions.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in ACTIONS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"{', '.join(unknown) or actions!r}: choose from {', '.join(ACTIONS)}",
+            param_hint="--action",
+        )
+    results = []
     waiting = Progress("workflows finished", enabled=progress)
-    result = run_bench(
-        dsn,
-        workflows=workflows,
-        tasks=tasks,
-        workers=workers,
-        concurrency=concurrency,
-        idle_samples=idle_samples,
-        on_progress=lambda done, total: waiting.update(done, total=total),
-    )
-    waiting.done()
-    click.echo(result.report())
-    if result.succeeded != result.workflows:
+    for _ in range(max(1, rounds)):
+        for action in chosen:
+            result = run_bench(
+                dsn,
+                workflows=workflows,
+                tasks=tasks,
+                workers=workers,
+                concurrency=concurrency,
+                idle_samples=idle_samples,
+                action=action,
+                on_progress=lambda done, total: waiting.update(done, total=total),
+            )
+            waiting.done()
+            click.echo(result.report())
+            results.append(result)
+    summary = compare(results, len(chosen))
+    if summary:
+        click.echo(summary)
+    if not all(r.ok for r in results):
         sys.exit(1)
 
 

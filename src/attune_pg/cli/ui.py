@@ -10,7 +10,7 @@ from attune_pg import db
 from attune_pg.cli.common import connection, dsn_option, errors_to_exit, fail
 from attune_pg.store import migrate
 
-CONSOLE_MIGRATION = 12  # schema/0012_console.sql: the views the console reads
+CONSOLE_MIGRATION = 13  # schema/0012_console.sql, 0013: the views the console reads
 
 
 @click.command("ui")
@@ -33,7 +33,8 @@ CONSOLE_MIGRATION = 12  # schema/0012_console.sql: the views the console reads
 def ui(port: int, host: str, allow_control: bool, dsn: str | None) -> None:
     """Serve the web console: executions, graphs, timelines, workflows, workers."""
     try:
-        from attune_pg.ui.app import Console, ConsoleServer
+        from attune_pg.ui.app import Console
+        from attune_pg.ui.server import ConsoleServer
     except ImportError as exc:  # the [ui] extra is not installed
         fail(f"the console needs the [ui] extra: pip install 'attune-pg[ui]' ({exc.name})", 2)
     resolved = db.resolve_dsn(dsn)

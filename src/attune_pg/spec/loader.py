@@ -19,11 +19,19 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from attune_pg.errors import SpecError
+from attune_pg.spec import fastschema
 from attune_pg.spec.checks import check_workflow
 from attune_pg.spec.model import WorkflowSpec
 from attune_pg.spec.normalize import TRANSITION_KEYS, Source, normalize_workflow
 from attune_pg.spec.params import describe, show
-from attune_pg.spec.yaml_lines import MAX_BYTES, Document, Path, Problem, load_yaml
+from attune_pg.spec.yaml_lines import (
+    MAX_BYTES,
+    Document,
+    Path,
+    Problem,
+    load_yaml,
+    size_limit_error,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")  # pack names and file stems in refs
 
@@ -52,10 +60,10 @@ def load_workflow_file(path: str | FsPath, *, pack: str | None = None) -> Workfl
 
 
 def load_workflow_source(
-    text: str | bytes, *, file: str, pack: str | None = None
+    text: str | bytes, *, file: str, pack: str | None = None, max_bytes: int = MAX_BYTES
 ) -> tuple[WorkflowSpec, Source]:
     """Like `load_workflow_text`, also returning where each part was written."""
-    doc = load_yaml(text, file=file)
+    doc = load_yaml(text, file=file, max_bytes=max_bytes)
     if not isinstance(doc.data, dict):
         raise doc.error("a workflow file must be a mapping with label, version and tasks")
     validate_document(doc, _workflow_validator())
@@ -75,15 +83,16 @@ def load_workflow_source(
     return spec, source
 
 
-def read_source(path: str | FsPath) -> bytes:
-    """A file's bytes, refusing non-regular files and reading at most 1 MB + 1 byte."""
+def read_source(path: str | FsPath, max_bytes: int = MAX_BYTES) -> bytes:
+    """A file's bytes, refusing non-regular files and reading at most `max_bytes` + 1 byte
+    (the limit defaults to 1 MB; `packs register --max-file-size` changes it)."""
     p = FsPath(path)
     if not p.is_file():
         raise SpecError("not a regular file" if p.exists() else "no such file", file=str(path))
     with p.open("rb") as fh:
-        data = fh.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise SpecError("file is larger than 1 MB", file=str(path))
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise size_limit_error(max_bytes).located(str(path))
     return data
 
 
@@ -109,6 +118,8 @@ def _workflow_ref(doc: Document, pack: str | None) -> str:
 
 def validate_document(doc: Document, validator: Draft202012Validator) -> None:
     """Raise the first schema error of `doc` (earliest line; the most telling one there)."""
+    if isinstance(validator.schema, dict) and fastschema.document_valid(validator.schema, doc.data):
+        return
     errors = list(validator.iter_errors(doc.data))
     if not errors:
         return

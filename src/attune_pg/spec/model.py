@@ -10,7 +10,7 @@ into `TaskSpec.next`, so the engine has one shape to interpret.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Literal
 
@@ -22,6 +22,28 @@ CancellationPolicy = Literal["allow_finish", "cancel_running"]
 RESERVED_TASK_NAMES = frozenset(
     {"parameters", "vars", "task", "tasks", "system", "kv", "pack", "item", "index"}
 )
+
+
+def _plain(value: Any) -> Any:
+    """A model value as `dataclasses.asdict` gives it (tuples stay tuples), but sharing the
+    JSON leaves (the dicts and lists read from YAML hold no dataclasses) instead of deep-
+    copying them, which made `asdict` the slowest step of registering a pack. Callers
+    serialise the result; they must not mutate it."""
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain_dataclass(value)
+    return value
+
+
+def _plain_dataclass(obj: Any) -> dict[str, Any]:
+    names = _FIELDS.get(type(obj))
+    if names is None:
+        names = _FIELDS[type(obj)] = tuple(f.name for f in fields(obj))
+    return {name: _plain(getattr(obj, name)) for name in names}
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 DEFAULT_ITERATION_CAP = 100
 DEFAULT_DEPTH_LIMIT = 10
@@ -171,7 +193,7 @@ class WorkflowSpec:
         return tuple(task for task in self.tasks if task.name not in targets)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _plain_dataclass(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> WorkflowSpec:
@@ -291,7 +313,7 @@ class ActionSpec:
         return self.ref.split(".", 1)[1]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _plain_dataclass(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ActionSpec:

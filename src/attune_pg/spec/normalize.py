@@ -21,6 +21,7 @@ from typing import Any, cast
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from attune_pg.spec import fastschema
 from attune_pg.spec.model import (
     Backoff,
     CancellationPolicy,
@@ -103,7 +104,8 @@ def _vars(value: Any) -> dict[str, Any]:
 
 def _check_schema(schema: dict[str, Any], path: Path) -> None:
     try:
-        Draft202012Validator.check_schema(schema)
+        if not fastschema.schema_valid(schema):
+            Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise Problem(
             (*path, *exc.path), f"invalid JSON Schema: {one_line(exc.message, 160)}"

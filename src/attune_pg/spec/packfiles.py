@@ -16,7 +16,8 @@ Files whose names start with "." (editor leftovers) are ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -24,12 +25,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from attune_pg.errors import ParameterError, SpecError
+from attune_pg.spec import fastschema
 from attune_pg.spec.checks import check_actions, check_inputs
 from attune_pg.spec.loader import load_workflow_source, read_source, validate_document
 from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
 from attune_pg.spec.params import parameters_schema, validate_parameters
-from attune_pg.spec.yaml_lines import Document, Problem, load_yaml, one_line
+from attune_pg.spec.yaml_lines import MAX_BYTES, Document, Problem, load_yaml, one_line
 
 _NAME = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 _ENTRY_RE = re.compile(r"^([^:]+\.py):([A-Za-z_][A-Za-z0-9_]*)$")
@@ -102,18 +104,11 @@ def load_packs(
     path: str | Path,
     known_action_refs: Set[str] = frozenset(),
     known_actions: Mapping[str, ActionSpec] | None = None,
-    on_loaded: Callable[[int, int], None] | None = None,
 ) -> list[PackSpec]:
     """Load every pack under `path`, then check each workflow's actions and inputs against
     the already registered actions (`known_actions`, or just their refs) plus all actions
-    and workflows of the packs loaded together (which win over registered ones).
-    `on_loaded(done, total)` is called after each pack is read (CLI progress)."""
-    dirs = find_pack_dirs(path)
-    loaded = []
-    for d in dirs:
-        loaded.append(_load_pack(d))
-        if on_loaded is not None:
-            on_loaded(len(loaded), len(dirs))
+    and workflows of the packs loaded together (which win over registered ones)."""
+    loaded = [_load_pack(d) for d in find_pack_dirs(path)]
     actions = {**(known_actions or {}), **all_actions(pack for pack, _ in loaded)}
     known = set(known_action_refs) | set(actions)
     for pack, sources in loaded:
@@ -123,8 +118,39 @@ def load_packs(
     return [pack for pack, _ in loaded]
 
 
-def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
-    doc = _load_doc(root / "pack.yaml")
+@dataclass(frozen=True)
+class PackLayout:
+    """The files of one pack directory, by kind (not read yet).
+
+    The kinds a pack holds are listed here and in `scan_pack`; a new kind (triggers/,
+    rules/, policies/) adds a field, a line in `scan_pack`, a loader below and a writer
+    in `attune_pg.packs`.
+    """
+
+    root: Path
+    pack_file: Path
+    actions: tuple[Path, ...]
+    workflows: tuple[Path, ...]
+
+
+def scan_pack(root: Path) -> PackLayout:
+    """List a pack's files; refuses two files defining the same name (a.yaml and a.yml)
+    and symlinks that point outside the pack."""
+    _refuse_links_out(root)
+    return PackLayout(
+        root=root,
+        pack_file=root / "pack.yaml",
+        actions=tuple(_yaml_files(root / "actions")),
+        workflows=tuple(_yaml_files(root / "workflows")),
+    )
+
+
+def load_pack_meta(
+    root: Path, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
+) -> PackSpec:
+    """pack.yaml alone: ref (= directory name), version, label, config. No actions yet."""
+    file = root / "pack.yaml"
+    doc = _load_doc(file, text, max_bytes)
     validate_document(doc, _PACK_VALIDATOR)
     data: dict[str, Any] = doc.data
     ref: str = data["ref"]
@@ -132,21 +158,62 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
     if ref != dirname:
         raise doc.error(f"pack ref {ref!r} must equal its directory name {dirname!r}", ("ref",))
     config_schema, config = _config(doc)
-    pack_path = str(root.resolve())
-    _refuse_links_out(root)
+    return PackSpec(
+        ref=ref,
+        label=data.get("label", ref),
+        version=data["version"],
+        path=str(root.resolve()),
+        description=data.get("description", ""),
+        config_schema=config_schema,
+        config=config,
+    )
+
+
+def load_action(
+    file: Path,
+    pack: str,
+    pack_path: str,
+    text: str | bytes | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> tuple[ActionSpec, int | None]:
+    """The action of one metadata file, and the line of its name (for duplicate errors)."""
+    return _load_action(file, pack, pack_path, text, max_bytes)
+
+
+def load_pack_workflow(
+    file: Path, pack: str, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
+) -> tuple[WorkflowSpec, Source]:
+    """One workflow file of a pack (ref `<pack>.<file stem>`), checked on its own."""
+    if text is None:
+        text = read_source(file, max_bytes)
+    return load_workflow_source(text, file=str(file), pack=pack, max_bytes=max_bytes)
+
+
+def check_references(
+    wf: WorkflowSpec, source: Source | None, known: Set[str], actions: Mapping[str, ActionSpec]
+) -> None:
+    """The actions a workflow calls exist (`known`) and its inputs fit them (`actions`)."""
+    check_actions(wf, known, source)
+    check_inputs(wf, actions, source)
+
+
+def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
+    layout = scan_pack(root)
+    meta = load_pack_meta(root)
+    ref, pack_path = meta.ref, meta.path
 
     actions: dict[str, ActionSpec] = {}
-    for file in _yaml_files(root / "actions"):
+    for file in layout.actions:
         action, line = _load_action(file, ref, pack_path)
         _refuse_duplicate(actions, action.ref, file, line)
         actions[action.ref] = action
 
     workflows: list[WorkflowSpec] = []
     sources: dict[str, Source] = {}
-    for file in _yaml_files(root / "workflows"):
+    for file in layout.workflows:
         wf, source = load_workflow_source(read_source(file), file=str(file), pack=ref)
         _refuse_duplicate(actions, wf.ref, file)
-        actions[wf.ref] = _workflow_action(wf, pack_path)
+        actions[wf.ref] = workflow_action(wf, pack_path)
         workflows.append(wf)
         sources[wf.ref] = source
 
@@ -156,17 +223,7 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
         check_actions(wf, set(actions) | foreign, sources[wf.ref])
         check_inputs(wf, actions, sources[wf.ref])
 
-    pack = PackSpec(
-        ref=ref,
-        label=data.get("label", ref),
-        version=data["version"],
-        path=pack_path,
-        description=data.get("description", ""),
-        config_schema=config_schema,
-        config=config,
-        actions=tuple(actions.values()),
-        workflows=tuple(workflows),
-    )
+    pack = replace(meta, actions=tuple(actions.values()), workflows=tuple(workflows))
     return pack, sources
 
 
@@ -185,8 +242,10 @@ def _refuse_links_out(root: Path) -> None:
                 )
 
 
-def _load_doc(file: Path) -> Document:
-    doc = load_yaml(read_source(file), file=str(file))
+def _load_doc(file: Path, text: str | bytes | None = None, max_bytes: int = MAX_BYTES) -> Document:
+    if text is None:
+        text = read_source(file, max_bytes)
+    doc = load_yaml(text, file=str(file), max_bytes=max_bytes)
     if not isinstance(doc.data, dict):
         raise doc.error(f"{file.name} must be a mapping")
     return doc
@@ -233,9 +292,14 @@ def _refuse_duplicate(
         )
 
 
-def _load_action(file: Path, pack: str, pack_path: str) -> tuple[ActionSpec, int | None]:
-    """The action of one metadata file, and the line of its name (for duplicate errors)."""
-    doc = _load_doc(file)
+def _load_action(
+    file: Path,
+    pack: str,
+    pack_path: str,
+    text: str | bytes | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> tuple[ActionSpec, int | None]:
+    doc = _load_doc(file, text, max_bytes)
     validate_document(doc, _ACTION_VALIDATOR)
     data: dict[str, Any] = doc.data
     entry_point: str | None = data.get("entry_point")
@@ -244,7 +308,7 @@ def _load_action(file: Path, pack: str, pack_path: str) -> tuple[ActionSpec, int
     output_schema = data.get("output_schema")
     try:
         parameters = parameters_schema(data.get("parameters"), ("parameters",))
-        if output_schema is not None:
+        if output_schema is not None and not fastschema.schema_valid(output_schema):
             Draft202012Validator.check_schema(output_schema)
     except Problem as problem:
         raise doc.problem(problem) from None
@@ -286,7 +350,8 @@ def _check_python_entry(doc: Document, actions_dir: Path, entry: str | None) -> 
         )
 
 
-def _workflow_action(wf: WorkflowSpec, pack_path: str) -> ActionSpec:
+def workflow_action(wf: WorkflowSpec, pack_path: str) -> ActionSpec:
+    """A workflow as an action: how other workflows nest it."""
     return ActionSpec(
         ref=wf.ref,
         runner="workflow",

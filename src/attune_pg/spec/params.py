@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from attune_pg.errors import ParameterError
+from attune_pg.spec import fastschema
 from attune_pg.spec.yaml_lines import Path, Problem, one_line
 
 # Keys a StackStorm-style entry may carry besides plain JSON Schema keywords.
@@ -57,7 +58,8 @@ def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any
         raise Problem(path, "parameters must be a mapping")
     schema = _from_json_schema(value, path) if is_json_schema(value) else _from_map(value, path)
     try:
-        Draft202012Validator.check_schema(schema)
+        if not fastschema.schema_valid(schema):
+            Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         raise Problem(
             (*path, *_schema_path(exc, value)), f"invalid schema: {one_line(exc.message, 160)}"
@@ -74,6 +76,8 @@ def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any
 def property_error(schema: Mapping[str, Any], name: str, value: Any) -> ValidationError | None:
     """The best error of `value` as property `name` of `schema` (validated in place, so
     `$ref`s into the schema's `$defs` resolve), or None."""
+    if fastschema.instance_valid(schema, {name: value}):
+        return None
     errors = Draft202012Validator(schema).iter_errors({name: value})
     found: ValidationError | None = best_match(
         e for e in errors if list(e.absolute_path)[:1] == [name]

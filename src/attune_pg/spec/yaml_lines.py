@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from typing import Any
 
 import yaml
@@ -37,6 +38,7 @@ Path = tuple[str | int, ...]
 _TAG = "tag:yaml.org,2002:"
 _MERGE = _TAG + "merge"
 _SCALAR_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null")}
+_STR, _SEQ, _MAP = _TAG + "str", _TAG + "seq", _TAG + "map"
 
 
 class Problem(Exception):
@@ -56,21 +58,28 @@ def one_line(text: str, limit: int = 300) -> str:
 
 @dataclass
 class Document:
-    """Parsed data plus where each part came from."""
+    """Parsed data plus where each part came from.
+
+    Lines are looked up in the composed node tree when asked for (`root`), so a file that
+    loads cleanly costs no line bookkeeping; `value_lines`/`key_lines` hold lines given
+    explicitly (documents built without YAML) and win over the tree.
+    """
 
     file: str
     data: Any
     value_lines: dict[Path, int] = field(default_factory=dict)
     key_lines: dict[Path, int] = field(default_factory=dict)
+    root: Node | None = field(default=None, repr=False)
 
     def line(self, path: Path) -> int | None:
         """Line of the node at `path` (its key's line for mapping values), else of its parent."""
-        for end in range(len(path), -1, -1):
-            sub = path[:end]
-            found = self.key_lines.get(sub) or self.value_lines.get(sub)
-            if found:
-                return found
-        return None
+        if self.value_lines or self.key_lines:
+            for end in range(len(path), -1, -1):
+                sub = path[:end]
+                found = self.key_lines.get(sub) or self.value_lines.get(sub)
+                if found:
+                    return found
+        return _tree_line(self.root, path)
 
     def field(self, path: Path) -> str:
         """`tasks[2] (build).retry.count`: indices in brackets, task names in parentheses."""
@@ -101,6 +110,46 @@ class Document:
         return self.error(problem.message, problem.path)
 
 
+def _tree_line(root: Node | None, path: Path) -> int | None:
+    """Walk the node tree along `path` as the data was built (a mapping's own keys before
+    merged ones, aliases followed); the line of the deepest part found."""
+    if root is None:
+        return None
+    node: Node = root
+    line = root.start_mark.line + 1
+    for part in path:
+        found: tuple[Node, Node] | None = None
+        if isinstance(node, SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                child: Node = node.value[part]
+                found = (child, child)
+        elif isinstance(node, MappingNode) and isinstance(part, str):
+            found = _find_key(node, part, 0)
+        if found is None:
+            return line
+        key_node, node = found
+        line = key_node.start_mark.line + 1
+    return line
+
+
+def _find_key(node: MappingNode, key: str, depth: int) -> tuple[Node, Node] | None:
+    merges: list[Node] = []
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            merges.append(value_node)
+        elif isinstance(key_node, ScalarNode) and str(key_node.value) == key:
+            return key_node, value_node
+    if depth > MAX_DEPTH:
+        return None
+    for merge in merges:
+        for source in merge.value if isinstance(merge, SequenceNode) else [merge]:
+            if isinstance(source, MappingNode):
+                found = _find_key(source, key, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
 def _child(node: Any, part: str | int) -> Any:
     if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
         return node[part]
@@ -129,6 +178,65 @@ class _Resolver(yaml.resolver.Resolver):
 # libyaml's parser when available (about 10x faster); both are iterative state machines, so
 # they never recurse however deep the input nests. Composing is ours, iterative and capped.
 _Parser: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+if hasattr(yaml, "CSafeLoader"):
+
+    class _CLoader(yaml.CSafeLoader):
+        """libyaml's own composer (C), with our resolver (no implicit timestamps)."""
+
+        yaml_implicit_resolvers = _Resolver.yaml_implicit_resolvers
+
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+            # Without path resolvers a scalar's tag depends on its text and on whether it
+            # was plain only; the same keys and values recur in every file: cache them.
+            if kind is ScalarNode:
+                return _scalar_tag(value, bool(implicit[0]))
+            return _SEQ if kind is SequenceNode else _MAP
+
+
+_RESOLVER = _Resolver()
+
+
+@lru_cache(maxsize=16384)
+def _scalar_tag(value: str, plain: bool) -> str:
+    tag: str = _RESOLVER.resolve(ScalarNode, value, (plain, not plain))  # type: ignore[no-untyped-call]
+    return tag
+
+
+@cache
+def _c_composer_is_safe() -> bool:
+    """libyaml >= 0.2.6 (PyYAML 6.0.4's wheels) refuses nesting deeper than 1000 levels in
+    its scanner, so its recursive composer cannot exhaust the C stack: then compose in C
+    (twice as fast as our composer). Older libyaml has no such cap: our iterative one."""
+    if not hasattr(yaml, "CSafeLoader"):
+        return False
+    block = "".join(" " * i + "a:\n" for i in range(1100)) + " " * 1100 + "b\n"
+    for probe in ("[" * 1100, block):
+        loader = yaml.CSafeLoader(probe)
+        try:
+            loader.get_single_node()
+        except yaml.YAMLError as exc:
+            if "maximum nesting depth" not in str(exc):
+                return False
+        else:
+            return False
+        finally:
+            loader.dispose()
+    return True
+
+
+def _compose_fast(text: str) -> Node | None:
+    if not _c_composer_is_safe():
+        return _compose(text)
+    loader = _CLoader(text)
+    try:
+        node: Node | None = loader.get_single_node()
+        return node
+    except yaml.YAMLError:
+        pass  # rare: let our composer word the error, exactly as it always did
+    finally:
+        loader.dispose()
+    return _compose(text)
 
 
 def _compose(text: str) -> Node | None:
@@ -210,14 +318,26 @@ def _tag(resolver: _Resolver, kind: type[Node], tag: str | None, value: Any, imp
     return tag
 
 
-def decode(source: str | bytes) -> str:
+def size_limit_error(max_bytes: int) -> SpecError:
+    return SpecError(f"file is larger than {human_size(max_bytes)}")
+
+
+def human_size(n: int) -> str:
+    """1048576 -> '1 MB', 1536 -> '1.5 KB' (the limit as a person wrote it)."""
+    for unit, size in (("MB", 1024 * 1024), ("KB", 1024)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
+
+
+def decode(source: str | bytes, max_bytes: int = MAX_BYTES) -> str:
     """The text of `source`, refusing oversized files and non-UTF-8 bytes (naming the line)."""
     if isinstance(source, str):
-        if len(source) > MAX_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-            raise SpecError("file is larger than 1 MB")
+        if len(source) > max_bytes or len(source.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise size_limit_error(max_bytes)
         return source
-    if len(source) > MAX_BYTES:
-        raise SpecError("file is larger than 1 MB")
+    if len(source) > max_bytes:
+        raise size_limit_error(max_bytes)
     try:
         return source.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -226,14 +346,14 @@ def decode(source: str | bytes) -> str:
         raise SpecError(f"invalid UTF-8 byte 0x{byte:02x}", line=line) from None
 
 
-def load_yaml(source: str | bytes, *, file: str) -> Document:
+def load_yaml(source: str | bytes, *, file: str, max_bytes: int = MAX_BYTES) -> Document:
     """Parse one YAML document into a `Document`; every failure is a one-line SpecError."""
     try:
-        text = decode(source)
+        text = decode(source, max_bytes)
     except SpecError as exc:
         raise exc.located(file) from None
     try:
-        root = _compose(text)
+        root = _compose_fast(text)
     except _TooDeep as exc:
         raise SpecError(str(exc.problem), file=file, line=_line(exc.problem_mark)) from None
     except yaml.MarkedYAMLError as exc:
@@ -254,8 +374,8 @@ def load_yaml(source: str | bytes, *, file: str) -> Document:
         raise SpecError(one_line(f"YAML error: {exc}"), file=file) from None
     if root is None:
         raise SpecError("file is empty", file=file)
-    doc = Document(file=file, data=None)
-    doc.data = _Builder(doc).build(root, ())
+    doc = Document(file=file, data=None, root=root)
+    doc.data = _Builder(doc).build(root, 0)
     return doc
 
 
@@ -275,7 +395,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
 
 
 class _Builder:
-    """Turns composed nodes into data, recording lines and enforcing the node cap."""
+    """Turns composed nodes into data, enforcing the node cap, the depth cap and the tags."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
@@ -285,27 +405,40 @@ class _Builder:
     def fail(self, node: Node, message: str) -> SpecError:
         return SpecError(one_line(message), file=self.doc.file, line=node.start_mark.line + 1)
 
-    def build(self, node: Node, path: Path) -> Any:
+    def build(self, node: Node, depth: int) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             raise self.fail(
                 node, f"document has more than {MAX_NODES} nodes after expanding aliases"
             )
-        if len(path) > MAX_DEPTH:
+        # The 65th nested collection is refused where it starts, as our composer does.
+        if depth >= MAX_DEPTH and not isinstance(node, ScalarNode):
             raise self.fail(node, f"document is nested deeper than {MAX_DEPTH} levels")
-        # setdefault: a mapping's own keys are built before merged ones and keep their lines.
-        self.doc.value_lines.setdefault(path, node.start_mark.line + 1)
+        tag = node.tag
         if isinstance(node, ScalarNode):
+            if tag == _STR:  # by far the most common: no constructor call
+                return node.value
             return self.scalar(node)
         if isinstance(node, SequenceNode):
-            if node.tag != _TAG + "seq":
-                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
-            return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+            if tag != _SEQ:
+                raise self.fail(node, f"unsupported YAML tag {tag!r}")
+            return [self.child(item, depth + 1) for item in node.value]
         if isinstance(node, MappingNode):
-            if node.tag != _TAG + "map":
-                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
-            return self.mapping(node, path)
+            if tag != _MAP:
+                raise self.fail(node, f"unsupported YAML tag {tag!r}")
+            return self.mapping(node, depth)
         raise self.fail(node, "unsupported YAML node")
+
+    def child(self, node: Node, depth: int) -> Any:
+        """`build`, with the commonest node (a plain string) handled without a call."""
+        if node.tag == _STR and node.__class__ is ScalarNode:
+            self.count += 1
+            if self.count > MAX_NODES:
+                raise self.fail(
+                    node, f"document has more than {MAX_NODES} nodes after expanding aliases"
+                )
+            return node.value
+        return self.build(node, depth)
 
     def scalar(self, node: ScalarNode) -> Any:
         if node.tag not in _SCALAR_TAGS:
@@ -315,7 +448,7 @@ class _Builder:
             raise self.fail(node, f"{node.value!r} is not a finite number")
         return value
 
-    def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+    def mapping(self, node: MappingNode, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         merges: list[Node] = []
         for key_node, value_node in node.value:
@@ -327,11 +460,10 @@ class _Builder:
             key = str(key_node.value)
             if key in out:
                 raise self.fail(key_node, f"duplicate key {key!r}")
-            self.doc.key_lines.setdefault((*path, key), key_node.start_mark.line + 1)
-            out[key] = self.build(value_node, (*path, key))
+            out[key] = self.child(value_node, depth + 1)
         # Merge keys fill in what the mapping does not say itself (YAML merge semantics).
         for source in self.merge_sources(merges):
-            for key, value in self.build(source, path).items():
+            for key, value in self.build(source, depth).items():
                 out.setdefault(key, value)
         return out
 

@@ -187,3 +187,50 @@ def queue_depth(conn: psycopg.Connection) -> list[Row]:
 
 def identity(conn: psycopg.Connection) -> Row:
     return _one(conn, Q.console_identity, {}, "the session")
+
+
+# ----------------------------------------------------------------- automation (0009, 0013)
+
+EVENT_PAGE = 50
+ENFORCEMENT_ROWS = 100
+
+
+def rules(conn: psycopg.Connection) -> list[Row]:
+    return _rows(conn, Q.console_rule_list, {})
+
+
+def rule(conn: psycopg.Connection, ref: str) -> Row:
+    return _one(conn, Q.console_rule_get, {"ref": ref}, f"rule {ref!r}")
+
+
+def triggers(conn: psycopg.Connection) -> list[Row]:
+    return _rows(conn, Q.console_trigger_list, {})
+
+
+def timers(conn: psycopg.Connection) -> list[Row]:
+    return _rows(conn, Q.console_timer_list, {})
+
+
+def policies(conn: psycopg.Connection) -> list[Row]:
+    return _rows(conn, Q.console_policy_list, {})
+
+
+def event_page(
+    conn: psycopg.Connection, *, trigger: str | None, before: int | None
+) -> tuple[list[Row], int | None]:
+    """Events newest first; the `before` of the next older page, or None at the end."""
+    params = {"trigger": trigger, "before": before, "limit": EVENT_PAGE + 1}
+    rows = _rows(conn, Q.console_event_page, params)
+    older = rows[EVENT_PAGE - 1]["id"] if len(rows) > EVENT_PAGE else None
+    return rows[:EVENT_PAGE], older
+
+
+def event(conn: psycopg.Connection, event_id: int) -> Row:
+    return _one(conn, Q.console_event_get, {"id": event_id}, f"event {event_id}")
+
+
+def enforcements(
+    conn: psycopg.Connection, *, event_id: int | None = None, rule_ref: str | None = None
+) -> list[Row]:
+    params = {"event": event_id, "rule": rule_ref, "limit": ENFORCEMENT_ROWS}
+    return _rows(conn, Q.console_enforcement_list, params)

@@ -78,9 +78,7 @@ def migrate(conn: psycopg.Connection, target: int | None = None) -> list[Migrati
             if migration.version in have or (target is not None and migration.version > target):
                 continue
             conn.execute(migration.sql.encode())
-            conn.execute(
-                Q.migration_record, {"version": migration.version, "name": migration.name}
-            )
+            conn.execute(Q.migration_record, {"version": migration.version, "name": migration.name})
             done.append(migration)
     return done
 

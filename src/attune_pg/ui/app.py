@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import psycopg
-import uvicorn
 from jinja2 import Environment, PackageLoader, select_autoescape
 from psycopg_pool import ConnectionPool
 from starlette.applications import Starlette
@@ -49,7 +48,7 @@ from attune_pg.spec.model import WorkflowSpec
 from attune_pg.spec.params import check_inquiry_response
 from attune_pg.store import console as store
 from attune_pg.store import inquiries
-from attune_pg.ui import forms, timeline
+from attune_pg.ui import forms, present, timeline
 from attune_pg.ui.live import Broadcaster, Change
 
 CSRF_COOKIE = "attune_csrf"
@@ -62,7 +61,6 @@ CONTROL_VERBS = ("cancel", "pause", "resume", "retry")
 CANCEL_POLICIES = ("allow_finish", "cancel_running")
 COALESCE_SECONDS = 0.25  # changes within this window reach a page as one event
 KEEPALIVE_SECONDS = 15.0
-JSON_LIMIT = 20_000  # characters of one JSON value shown on a page
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
@@ -92,7 +90,11 @@ class Console:
             lstrip_blocks=True,
         )
         self.pages.filters.update(
-            json=_json_text, when=_when, took=_took, count=_count, query=_query
+            json=present.json_text,
+            when=present.when,
+            took=present.took,
+            count=present.count,
+            query=present.query,
         )
         self.pages.globals.update(status_colours=STATUS_COLOURS)
         self.login = "?"
@@ -246,6 +248,59 @@ class Console:
 
         return self.render(request, "workers.html", **self.read(load))
 
+    def automation(self, request: Request) -> Response:
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            return {
+                "rules": store.rules(conn),
+                "triggers": store.triggers(conn),
+                "timers": store.timers(conn),
+                "policies": store.policies(conn),
+            }
+
+        return self.render(request, "automation.html", **self.read(load))
+
+    def rule(self, request: Request) -> Response:
+        ref = str(request.path_params["ref"])
+
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            found = store.rule(conn, ref)
+            return {"r": found, "enforcements": store.enforcements(conn, rule_ref=ref)}
+
+        try:
+            return self.render(request, "rule.html", **self.read(load))
+        except AttuneError as exc:
+            return self.failure(request, exc)
+
+    def events(self, request: Request) -> Response:
+        try:
+            before = _int_param(request.query_params, "before")
+        except ParameterError as exc:
+            return self.failure(request, exc)
+        trigger = request.query_params.get("trigger") or None
+
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            rows, older = store.event_page(conn, trigger=trigger, before=before)
+            triggers = [t["ref"] for t in store.triggers(conn)]
+            return {"events": rows, "older": older, "triggers": triggers}
+
+        part = request.query_params.get("part")
+        template = "events_rows.html" if part == "rows" else "events.html"
+        return self.render(request, template, trigger=trigger or "", **self.read(load))
+
+    def event(self, request: Request) -> Response:
+        event_id = int(request.path_params["id"])
+
+        def load(conn: psycopg.Connection) -> dict[str, Any]:
+            return {
+                "ev": store.event(conn, event_id),
+                "enforcements": store.enforcements(conn, event_id=event_id),
+            }
+
+        try:
+            return self.render(request, "event.html", **self.read(load))
+        except AttuneError as exc:
+            return self.failure(request, exc)
+
     # ------------------------------------------------------------ control (POST)
 
     async def control(self, request: Request) -> Response:
@@ -358,43 +413,14 @@ class Console:
             Route("/workflows", self.workflows),
             Route("/workflows/{ref:str}", self.workflow),
             Route("/workers", self.workers),
+            Route("/automation", self.automation),
+            Route("/rules/{ref:str}", self.rule),
+            Route("/events", self.events),
+            Route("/events/{id:int}", self.event),
             Route("/live", self.stream),
             Mount("/static", StaticFiles(packages=[("attune_pg.ui", "static")]), name="static"),
         ]
         return Starlette(routes=routes, lifespan=self.lifespan)
-
-
-class ConsoleServer(uvicorn.Server):
-    """uvicorn's server, closing the console's live streams first when asked to stop."""
-
-    def __init__(self, console: Console, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            console.app(),
-            host=host,
-            port=port,
-            log_level="warning",
-            timeout_graceful_shutdown=2,
-            lifespan="on",
-        )
-        super().__init__(config)
-        self.console = console
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    async def startup(self, sockets: Any = None) -> None:
-        self.loop = asyncio.get_running_loop()
-        await super().startup(sockets)
-
-    def handle_exit(self, sig: int, frame: Any) -> None:  # SIGINT / SIGTERM
-        self.stop()
-
-    def stop(self) -> None:
-        if self.loop is not None:
-            self.console.close_streams(self.loop)
-        self.should_exit = True
-
-    @property
-    def port(self) -> int:
-        return int(self.servers[0].sockets[0].getsockname()[1])
 
 
 # ----------------------------------------------------------------- helpers
@@ -470,38 +496,3 @@ def _time(raw: str, name: str) -> datetime | None:
     except ValueError:
         raise ParameterError(f"{name}: {raw!r} is not a date, a time or an age like 2h") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _json_text(value: Any) -> str:
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-    return text if len(text) <= JSON_LIMIT else text[:JSON_LIMIT] + "\n… (cut)"
-
-
-def _when(value: datetime | None) -> str:
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _took(start: datetime | None, end: datetime | None) -> str:
-    if start is None:
-        return ""
-    seconds = ((end or datetime.now(UTC)) - start).total_seconds()
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
-
-
-def _count(value: store.StatusCount) -> str:
-    return f"{value.count:,}" if value.exact else f"≥ {value.count:,}"
-
-
-def _query(params: Mapping[str, Any], **changes: Any) -> str:
-    """The current query string with `changes` applied (None removes a key)."""
-    merged = {k: v for k, v in params.items() if v not in ("", None)}
-    for key, value in changes.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return urlencode(merged)

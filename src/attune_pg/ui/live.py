@@ -23,8 +23,8 @@ log = logging.getLogger("attune_pg.ui")
 
 # attune_execution: '<id>:<status>' on every execution status change; attune_work: a task
 # became claimable (the next step of some execution); attune_control: an answer, a cancel, a
-# child that finished.
-CHANNELS = ("attune_execution", "attune_work", "attune_control")
+# child that finished; attune_event: an event was stored (an emit or a timer).
+CHANNELS = ("attune_execution", "attune_work", "attune_control", "attune_event")
 QUEUE_SIZE = 256
 
 

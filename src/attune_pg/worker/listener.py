@@ -18,8 +18,9 @@ from attune_pg import db
 log = logging.getLogger("attune_pg.worker")
 
 # attune_work: a task became claimable; attune_start: an execution was requested;
-# attune_control: a control request, an inquiry answer, a child finished, a cancel.
-CHANNELS = ("attune_work", "attune_start", "attune_control")
+# attune_control: a control request, an inquiry answer, a child finished, a cancel;
+# attune_catalog: a registration changed packs, actions or workflows (reload the catalogue).
+CHANNELS = ("attune_work", "attune_start", "attune_control", "attune_catalog")
 
 
 class Listener(threading.Thread):
@@ -45,7 +46,8 @@ class Listener(threading.Thread):
         while not self._stopping.is_set():
             try:
                 with db.connect(self._dsn, name="attune_worker_listen") as conn:
-                    for channel in CHANNELS:
+                    # The standard channels and any other the owner gave a hint for.
+                    for channel in dict.fromkeys((*CHANNELS, *self._hints)):
                         conn.execute(f"LISTEN {channel}")
                     self.connected.set()
                     if down:

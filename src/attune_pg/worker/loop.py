@@ -70,6 +70,8 @@ class Worker:
         self._event_hint = threading.Event()
         for hint in self._hints():
             hint.set()
+        # Set by NOTIFY attune_catalog (a registration changed something): reload actions.
+        self._catalog_hint = threading.Event()
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
         self._pending: list[work.Finished] = []  # finished, not yet committed
@@ -127,6 +129,7 @@ class Worker:
                 "attune_work": self._work_hint,
                 "attune_start": self._start_hint,
                 "attune_control": self._control_hint,
+                "attune_catalog": self._catalog_hint,
                 "attune_event": self._event_hint,
             },
             on_reconnect=lambda: self.observe.reconnected("listen"),
@@ -270,6 +273,9 @@ class Worker:
                 self._pending.append(self._runner.finished(entry, outcome))
 
     def _claim(self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env) -> None:
+        if self._catalog_hint.is_set():
+            self._catalog_hint.clear()
+            actions.refresh()
         if self._control_hint.is_set():
             self._control_hint.clear()
             self._cancel_requested(conn)

@@ -12,6 +12,7 @@ from typing import Any
 
 from attune_pg import jsonbounds
 from attune_pg.actions import MAX_RESULT_BYTES, ActionContext, ActionOutcome, run_action
+from attune_pg.actions import shutdown as stop_action_runners
 from attune_pg.errors import AttuneError
 from attune_pg.secrets import neutralize_tokens, redact_secrets
 from attune_pg.settings import Settings
@@ -148,3 +149,4 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        stop_action_runners()  # idle python hosts go with the worker

@@ -55,3 +55,10 @@ SELECT now()
 SELECT count(*) FROM attune.task_execution
  WHERE status = 'succeeded' AND finished_at >= %(t0)s AND finished_at < %(t1)s
    AND lease_owner IS NULL AND action_ref = 'core.noop'
+
+-- name: bench_result_mismatches
+-- How many tasks of the given workflows returned something other than the expected result
+-- (`attune-pg bench` checks a fast answer is also the right one).
+SELECT count(*) FILTER (WHERE result IS DISTINCT FROM %(expected)s::jsonb)
+FROM attune.task_execution
+WHERE workflow_execution_id = ANY(%(ids)s::bigint[])

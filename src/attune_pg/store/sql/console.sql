@@ -166,3 +166,63 @@ SELECT kind, ref, ready, delayed, running, waiting, pending, oldest_ready_at
 -- Who the console is connected as, and whether that role may start and control executions.
 SELECT session_user::text AS login,
        has_function_privilege('attune.cancel_execution(bigint, text)', 'EXECUTE') AS can_control
+
+-- name: console_rule_list
+SELECT ref, label, trigger_ref, action_ref, enabled, enforcements, executions, failures,
+       last_fired_at
+  FROM attune.rule_catalog
+ ORDER BY ref
+
+-- name: console_rule_get
+SELECT ref, pack_ref, label, description, trigger_ref, trigger_params, conditions, action_ref,
+       action_params, enabled, source_file, updated_at, enforcements, executions, failures,
+       last_fired_at
+  FROM attune.rule_catalog
+ WHERE ref = %(ref)s::text
+
+-- name: console_trigger_list
+SELECT ref, name, description, parameters, output, timer
+  FROM attune.trigger_catalog
+ ORDER BY ref
+
+-- name: console_timer_list
+SELECT rule_ref, trigger_ref, kind, params, action_ref, enabled, next_fire_at, due_in,
+       last_fired_at, fire_count
+  FROM attune.upcoming_timers
+
+-- name: console_policy_list
+SELECT p.ref, p.resource_ref, p.resource_kind, p.policy_type, p.threshold, p.on_limit,
+       p.attributes, p.enabled, coalesce(sum(u.used), 0) AS used,
+       coalesce(sum(u.waiting), 0) AS waiting
+  FROM attune.policy_catalog p
+  LEFT JOIN attune.concurrency_usage u ON u.policy_ref = p.ref
+ GROUP BY p.ref, p.resource_ref, p.resource_kind, p.policy_type, p.threshold, p.on_limit,
+          p.attributes, p.enabled
+ ORDER BY p.ref
+
+-- name: console_event_page
+-- Events newest first, keyset-paginated like executions, optionally of one trigger.
+SELECT e.id, e.trigger_ref, e.payload, e.rule_ref, e.status, e.error, e.emitted_by,
+       e.created_at, e.processed_at,
+       (SELECT count(*) FROM attune.enforcement_log f WHERE f.event_id = e.id) AS enforcements
+  FROM attune.event_log e
+ WHERE (%(trigger)s::text IS NULL OR e.trigger_ref = %(trigger)s::text)
+   AND (%(before)s::bigint IS NULL OR e.id < %(before)s::bigint)
+ ORDER BY e.id DESC
+ LIMIT %(limit)s::int
+
+-- name: console_event_get
+SELECT id, trigger_ref, payload, rule_ref, status, error, emitted_by, created_at, processed_at
+  FROM attune.event_log
+ WHERE id = %(id)s::bigint
+
+-- name: console_enforcement_list
+-- Enforcements of one event, or the latest of one rule.
+SELECT f.id, f.rule_ref, f.event_id, f.workflow_execution_id, f.status, f.error, f.created_at,
+       x.status AS execution_status
+  FROM attune.enforcement_log f
+  LEFT JOIN attune.execution_detail x ON x.id = f.workflow_execution_id
+ WHERE (%(event)s::bigint IS NULL OR f.event_id = %(event)s::bigint)
+   AND (%(rule)s::text IS NULL OR f.rule_ref = %(rule)s::text)
+ ORDER BY f.id DESC
+ LIMIT %(limit)s::int
