@@ -412,7 +412,7 @@ def test_filter_table_is_documented() -> None:
     assert set(FILTERS) == {
         "to_json", "from_json", "append", "prepend", "combine", "regex_match",
         "regex_search", "regex_replace", "basename", "dirname", "slice", "batch",
-        "filter", "join",
+        "filter", "join", "truthy",
     }  # fmt: skip
     for name, spec in FILTERS.items():
         assert callable(spec.func), name

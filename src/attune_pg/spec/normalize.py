@@ -21,6 +21,8 @@ from typing import Any, cast
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from attune_pg.errors import TemplateError
+
 from attune_pg.spec import fastschema
 from attune_pg.spec.model import (
     Backoff,
@@ -32,6 +34,8 @@ from attune_pg.spec.model import (
 )
 from attune_pg.spec.params import parameters_schema
 from attune_pg.spec.yaml_lines import Document, Path, Problem, one_line
+from attune_pg.template import check_syntax
+from attune_pg.template.compose import all_of
 
 SUCCEEDED = "{{ succeeded() }}"
 FAILED = "{{ failed() }}"
@@ -181,6 +185,20 @@ def _transitions(
         pairs = _publish(publish, publish_path, name, index, source) if publish is not None else ()
         out.append(Transition(when=when, publish=pairs, do=targets(do)))
 
+    def shorthand(key: str, publish: Any) -> None:
+        """`on_*: name | [names]`, or Attune's conditional list (see `_branches`)."""
+        here = (*path, key)
+        guard = SHORTHANDS[key]
+        value = raw[key]
+        if not is_conditional(value):
+            add(guard, publish, (*path, "publish"), value, here)
+            return
+        if publish is not None:  # published on success, whatever the conditions say
+            add(guard, publish, (*path, "publish"), None, (*path, "publish"))
+        for branch in _branches(value, [] if guard is None else [guard], here):
+            add(all_of(branch.guards), branch.publish, (*branch.origin, "publish"), branch.do,
+                branch.origin)  # fmt: skip
+
     if "decision" in raw:
         if "next" in raw:
             raise Problem(
@@ -189,14 +207,14 @@ def _transitions(
                 "write all the transitions under 'next' instead",
             )
         # Publish on success first, so the decision's branches see what it published.
-        if "publish" in raw or "on_success" in raw:
-            origin = "on_success" if "on_success" in raw else "publish"
-            add(SUCCEEDED, raw.get("publish"), (*path, "publish"), raw.get("on_success"),
-                (*path, origin))  # fmt: skip
+        if "on_success" in raw:
+            shorthand("on_success", raw.get("publish"))
+        elif "publish" in raw:
+            add(SUCCEEDED, raw["publish"], (*path, "publish"), None, (*path, "publish"))
         out.extend(_decision(raw["decision"], (*path, "decision"), name, source, len(out)))
         for key in raw:
             if key in SHORTHANDS and key != "on_success":
-                add(SHORTHANDS[key], None, (*path, key), raw[key], (*path, key))
+                shorthand(key, None)
         return tuple(out), True
 
     for key in raw:
@@ -204,13 +222,71 @@ def _transitions(
         if key == "next":
             for i, entry in enumerate(raw["next"]):
                 pub = entry.get("publish")
-                add(entry.get("when"), pub, (*here, i, "publish"), entry.get("do"), (*here, i))
+                if not is_conditional(entry.get("do")):
+                    add(entry.get("when"), pub, (*here, i, "publish"), entry.get("do"), (*here, i))
+                    continue
+                for branch in _branches([entry], [], (*here, i), first_origin=(*here, i)):
+                    add(all_of(branch.guards), branch.publish, (*branch.origin, "publish"),
+                        branch.do, branch.origin)  # fmt: skip
         elif key in SHORTHANDS:
-            pub = raw.get("publish") if key == "on_success" else None
-            add(SHORTHANDS[key], pub, (*path, "publish"), raw[key], here)
+            shorthand(key, raw.get("publish") if key == "on_success" else None)
         elif key == "publish" and "on_success" not in raw:
             add(SUCCEEDED, raw[key], here, None, here)
     return tuple(out), False
+
+
+def is_conditional(value: Any) -> bool:
+    """Does a transition's target hold conditional entries (`[{when: ..., do: ...}]`)?"""
+    return isinstance(value, list) and any(isinstance(item, dict) for item in value)
+
+
+@dataclass(frozen=True)
+class _Branch:
+    guards: tuple[str, ...]  # the conditions on the way here, all of which must hold
+    publish: Any
+    do: Any
+    origin: Path  # where the entry was written
+
+
+def _branches(
+    value: list[Any], guards: list[str], path: Path, first_origin: Path | None = None
+) -> list[_Branch]:
+    """Attune's conditional targets, flattened: `on_failure: [{when: a, do: [{when: b,
+    next: t}]}]` is the transition `failed() and a and b -> t`. Every entry whose
+    conditions hold fires, in the order written (as `next` entries do); a plain name in
+    the list is taken under the enclosing conditions alone. An entry that publishes and
+    holds further entries publishes when its own conditions hold."""
+    out: list[_Branch] = []
+    for i, item in enumerate(value):
+        here = first_origin if first_origin is not None else (*path, i)
+        if isinstance(item, str):
+            out.append(_Branch(tuple(guards), None, item, here))
+            continue
+        if "do" in item and "next" in item:
+            raise Problem(here, "a conditional entry takes 'do' or 'next', not both")
+        own = [*guards]
+        when = item.get("when")
+        if when is not None:
+            _check_condition(when, (*here, "when"))
+            own.append(when)
+        key = "do" if "do" in item else "next"
+        target = item.get(key)
+        if is_conditional(target):
+            if "publish" in item:
+                out.append(_Branch(tuple(own), item["publish"], None, here))
+            out.extend(_branches(target, own, (*here, key)))
+        else:
+            out.append(_Branch(tuple(own), item.get("publish"), target, here))
+    return out
+
+
+def _check_condition(text: str, path: Path) -> None:
+    """A condition's own syntax, checked before it is joined with others (so an error
+    quotes what the author wrote, at its line)."""
+    try:
+        check_syntax(text)
+    except TemplateError as exc:
+        raise Problem(path, str(exc)) from None
 
 
 def _decision(

@@ -43,7 +43,8 @@ from attune_pg.redact import KVLookup, SecretAwareKV, SecretSink
 from attune_pg.template.filters import FILTERS, Filter
 from attune_pg.template.limits import LIMITS
 from attune_pg.template.sandbox import _compile as _compile  # tests read its cache_info()
-from attune_pg.template.sandbox import check_syntax, is_template, render, truthy
+from attune_pg.template.sandbox import check_syntax, is_template, render
+from attune_pg.template.values import truthy
 from attune_pg.template.scope import MISSING, CurrentTask, Scope, build_scope
 
 __all__ = [

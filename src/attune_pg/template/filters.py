@@ -24,7 +24,7 @@ from attune_pg.template.limits import (
     _need_len,
 )
 from attune_pg.template.operators import _checked_percent
-from attune_pg.template.values import _text_size, _to_data, _to_text
+from attune_pg.template.values import _text_size, _to_data, _to_text, truthy
 
 # ---------------------------------------------------------------------------- filters
 
@@ -236,6 +236,9 @@ FILTERS: Final[Mapping[str, Filter]] = {
     ),
     "basename": Filter(_f_basename, "last component of a /-separated path"),
     "dirname": Filter(_f_dirname, "a /-separated path without its last component"),
+    "truthy": Filter(
+        truthy, "true or false as a `when` judges it (the text false/no/0/none/null is false)"
+    ),
 }
 
 _REMOVED_FILTERS: Final = frozenset({"random", "urlize", "xmlattr", "pprint"})

@@ -321,19 +321,3 @@ def _render_str(text: str, scope: Mapping[str, Any], where: str) -> Any:
         raise _error(
             where, text, exc, secrets if isinstance(secrets, SecretSink) else None
         ) from None
-
-
-_FALSE_TEXT: Final = frozenset({"", "false", "no", "0", "none", "null"})
-
-
-def truthy(value: Any) -> bool:
-    """Python truthiness, except that the strings false/no/0/none/null/'' are false.
-
-    `when`, `on_error` and transition conditions are templates; when one is not a single
-    ``{{ expr }}`` its value is text, so ``{{ a }} {{ b }}``-style or quoted results such as
-    "False" or "None" must not count as true just because the string is not empty.
-    Case and surrounding whitespace are ignored.
-    """
-    if isinstance(value, str):
-        return value.strip().lower() not in _FALSE_TEXT
-    return bool(value)
