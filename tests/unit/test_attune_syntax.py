@@ -13,8 +13,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from attune_pg.errors import SpecError
+from attune_pg import template
+from attune_pg.errors import SpecError, TemplateError
 from attune_pg.spec.loader import load_workflow_text
 from tests.unit.conductor_sim import Outcome, Row, Sim, drain
 
@@ -342,3 +345,282 @@ def test_identity_login_is_the_starting_login() -> None:
         """
     )
     assert sim.execution.output == {"who": "tester"}  # Execution.login, loaded by the store
+
+
+# ------------------------------------------------------------------ conditional lists
+
+# The shape of Attune's packs/core/workflows/install_packs.yaml (build_environments):
+# conditional lists under on_success/on_failure, one of them nesting `next:` entries.
+BUILD = """
+    parameters:
+      force: {type: boolean, default: false}
+      skip_tests: {type: boolean, default: false}
+      skip_env_build: {type: boolean, default: false}
+    vars: {status: null}
+    output_map: {status: "{{ vars.status }}"}
+    tasks:
+      - name: build
+        action: core.any
+        publish:
+          - status: built
+        on_success:
+          - when: "{{ not parameters.skip_tests }}"
+            do: run_tests
+          - when: "{{ parameters.skip_tests }}"
+            do: register
+        on_failure:
+          - when: "{{ parameters.force or parameters.skip_env_build }}"
+            do:
+              - when: "{{ not parameters.skip_tests }}"
+                next: run_tests
+              - when: "{{ parameters.skip_tests }}"
+                next: register
+          - when: "{{ not parameters.force and not parameters.skip_env_build }}"
+            do: cleanup
+      - {name: run_tests, action: core.noop, on_success: register}
+      - {name: register, action: core.noop}
+      - {name: cleanup, action: core.noop}
+"""
+
+
+@pytest.mark.parametrize(
+    ("build", "parameters", "ran", "status"),
+    [
+        ("succeeded", {}, ["build", "run_tests", "register"], "built"),
+        ("succeeded", {"skip_tests": True}, ["build", "register"], "built"),
+        # a failure with force: the nested entries choose between tests and register
+        ("failed", {"force": True}, ["build", "run_tests", "register"], None),
+        ("failed", {"force": True, "skip_tests": True}, ["build", "register"], None),
+        ("failed", {"skip_env_build": True, "skip_tests": True}, ["build", "register"], None),
+        ("failed", {}, ["build", "cleanup"], None),
+        # timed out is a failure too (failed() holds)
+        ("timed_out", {}, ["build", "cleanup"], None),
+    ],
+)
+def test_conditional_lists_with_nested_next(
+    build: str, parameters: dict[str, Json], ran: list[str], status: str | None
+) -> None:
+    sim = rehearse(BUILD, {"build": build}, parameters=parameters)
+    assert sequence(sim) == ran
+    assert sim.status == "succeeded", sim.execution.error  # every failure is handled
+    assert sim.execution.output == {"status": status}  # published on success only
+
+
+def test_conditional_list_publishes_even_when_no_condition_holds() -> None:
+    # Attune's download_packs: publish, then go on only if something was downloaded.
+    body = """
+        vars: {n: null}
+        output_map: {n: "{{ vars.n }}"}
+        tasks:
+          - name: download
+            action: core.any
+            publish:
+              - n: "{{ task.download.result.success_count }}"
+            on_success:
+              - when: "{{ task.download.result.success_count > 0 }}"
+                do: check
+            on_failure: cleanup
+          - {name: check, action: core.noop}
+          - {name: cleanup, action: core.noop}
+    """
+    some = rehearse(body, {"download": result({"success_count": 2})})
+    assert sequence(some) == ["download", "check"]
+    none = rehearse(body, {"download": result({"success_count": 0})})
+    assert sequence(none) == ["download"]
+    assert none.status == "succeeded" and none.execution.output == {"n": 0}
+
+
+def test_an_unmatched_conditional_failure_is_unhandled() -> None:
+    sim = rehearse(
+        """
+        parameters: {force: {type: boolean, default: false}}
+        tasks:
+          - name: a
+            action: core.any
+            on_failure:
+              - when: "{{ parameters.force }}"
+                do: b
+          - {name: b, action: core.noop}
+        """,
+        {"a": "failed"},
+    )
+    assert sequence(sim) == ["a"]
+    assert sim.status == "failed"
+    assert sim.execution.error["type"] == "TaskFailed"
+
+
+def test_conditional_entries_everywhere_a_transition_has_targets() -> None:
+    targets = """
+          - {name: x, action: core.noop}
+          - {name: y, action: core.noop}
+          - {name: z, action: core.noop}
+    """
+    in_next = """
+        parameters: {mode: {type: string, default: a}}
+        tasks:
+          - name: start
+            action: core.noop
+            next:
+              - when: "{{ succeeded() }}"
+                publish: [{seen: "{{ parameters.mode }}"}]
+                do:
+                  - when: "{{ parameters.mode == 'a' }}"
+                    do: [x, y]
+                  - z
+            on_complete:
+              - when: "{{ parameters.mode == 'b' }}"
+                next: y
+    """ + targets
+    assert sorted(sequence(rehearse(in_next))) == ["start", "x", "y", "z"]
+    assert sorted(sequence(rehearse(in_next, parameters={"mode": "b"}))) == ["start", "y", "z"]
+    with_decision = """
+        parameters: {mode: {type: string, default: a}}
+        tasks:
+          - name: start
+            action: core.noop
+            on_success:
+              - when: "{{ parameters.mode == 'a' }}"
+                do: x
+            decision:
+              - when: "{{ parameters.mode == 'b' }}"
+                next: y
+              - default: z
+    """ + targets
+    assert sequence(rehearse(with_decision)) == ["start", "x", "z"]
+    assert sequence(rehearse(with_decision, parameters={"mode": "b"})) == ["start", "y"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("on_success: [{when: '{{ a }}', do: b, next: b}]", "takes 'do' or 'next', not both"),
+        ("on_success: [{when: '{{ a ? }}', do: b}]", r"on_success\[0\]\.when: '\{\{ a \? \}\}'"),
+        ("on_success: [{when: '{{ a }}', do: nowhere}]", "nowhere"),
+        ("on_success: [{when: '{{ a }}', go: b}]", "unknown key 'go'"),
+        ("on_failure: [{when: '{{ a }}', do: [{when: '{{ b }}', default: b}]}]", "default"),
+    ],
+)
+def test_conditional_list_errors_name_the_entry(body: str, message: str) -> None:
+    text = (
+        f"tasks:\n  - name: a\n    action: core.noop\n    {body}\n"
+        "  - {name: b, action: core.noop}\n"
+    )
+    with pytest.raises(SpecError, match=message):
+        load(text)
+
+
+def test_output_schema_and_metadata_are_accepted_and_ignored() -> None:
+    wf = load(
+        """
+        output_schema:
+          registered_packs: {type: array, description: Successfully registered packs}
+        metadata:
+          description: |
+            free text
+          examples: [{name: one, input: {packs: [x]}}]
+          tags: [pack]
+        tasks:
+          - {name: a, action: core.noop}
+        """
+    )
+    assert wf.output is None  # not an output schema to validate against
+    sim = rehearse("output_schema: {x: {type: integer}}\ntasks: [{name: a, action: core.noop}]\n")
+    assert sim.status == "succeeded" and sim.execution.output is None
+
+
+_VALUES = st.sampled_from(
+    [True, False, 0, 1, 0.0, "", "x", "false", "No", " none ", "0", "null", [], [0], {},
+     {"a": 1}, None]
+)
+
+
+@given(
+    status=st.sampled_from(["succeeded", "failed", None]),
+    parts=st.lists(st.tuples(_VALUES, st.booleans()), min_size=1, max_size=4),
+)
+def test_joined_conditions_hold_exactly_when_each_does(
+    status: str | None, parts: list[tuple[Json, bool]]
+) -> None:
+    """`all_of` (how nested conditions become one `when`) agrees with judging each part
+    alone with `truthy`, for single expressions and for text templates alike."""
+    from attune_pg.template.compose import all_of
+
+    texts = [
+        f"{{{{ vars.v{i} }}}}" if single else f"{{{{ vars.v{i} }}}}{{{{ '' }}}}"
+        for i, (_, single) in enumerate(parts)
+    ]
+    if status is not None:
+        texts.insert(0, "{{ succeeded() }}")
+    scope = template.build_scope(
+        parameters={},
+        vars={f"v{i}": value for i, (value, _) in enumerate(parts)},
+        tasks={},
+        pack_config={},
+        system={},
+        kv=None,
+        current=template.CurrentTask(status or "succeeded"),
+    )
+    expected = all(template.truthy(template.render(t, scope, where="part")) for t in texts)
+    joined = all_of(texts)
+    assert joined is not None
+    assert template.truthy(template.render(joined, scope, where="joined")) is expected
+
+
+# ------------------------------------------------------------------ Attune's scope names
+
+def test_attune_scope_names() -> None:
+    class KV:
+        def get(self, key: str, default: Json = None) -> Json:
+            return {"region": "eu", "My Key": 7}.get(key, default)
+
+        def get_secret(self, key: str) -> Json:
+            raise AssertionError("a plain store is read with get")
+
+    scope = template.build_scope(
+        parameters={"app": "web"},
+        vars={"counter": 3, "parameters": "shadowed by the scope"},
+        tasks={},
+        pack_config={"token": "t0"},
+        system={"started_at": 1_700_000_000.5},
+        kv=KV(),
+    )
+
+    def r(text: str) -> Json:
+        return template.render(text, scope, where="t")
+
+    assert r("{{ variables.counter }}") == 3
+    assert r("{{ workflow.counter }}") == 3
+    assert r("{{ counter + 1 }}") == 4  # a variable by its bare name
+    assert r("{{ parameters.app }}") == "web"  # a scope wins over a variable's bare name
+    assert r("{{ config.token }}") == "t0"
+    assert r("{{ keystore.region }}-{{ keystore['My Key'] }}") == "eu-7"
+    assert r("{{ 'region' in keystore and 'other' not in keystore }}") is True
+    assert r("{{ system.workflow_start }}") == "2023-11-14T22:13:20.500000+00:00"
+    with pytest.raises(TemplateError, match="keystore: kv key 'other' is not set"):
+        r("{{ keystore.other }}")
+    with pytest.raises(TemplateError, match="'item' is undefined"):
+        template.render("{{ item }}", template.build_scope(
+            parameters={}, vars={"item": 1}, tasks={}, pack_config={}, system={}, kv=None
+        ), where="t")  # fmt: skip
+
+
+def test_keystore_secrets_leave_as_tokens() -> None:
+    class FlagKV:
+        data = {"api": ("s3cr3t", True), "plain": ("p", False)}
+
+        def is_secret(self, key: str) -> bool | None:
+            return self.data[key][1] if key in self.data else None
+
+        def get(self, key: str, default: Json = None) -> Json:
+            return self.data[key][0] if key in self.data else default
+
+        def get_secret(self, key: str) -> Json:
+            raise AssertionError("the value never enters a template")
+
+    scope = template.build_scope(
+        parameters={}, vars={}, tasks={}, pack_config={}, system={}, kv=FlagKV()
+    )
+    token = template.render("{{ kv.get_secret('api') }}", scope, where="t")
+    assert "s3cr3t" not in token
+    assert template.render("{{ keystore.api }}", scope, where="t") == token
+    assert template.render("{{ keystore.plain }}", scope, where="t") == "p"

@@ -368,8 +368,11 @@ def test_item_and_index_only_when_given() -> None:
 
 def test_scope_names() -> None:
     assert set(scope()) == {
-        "parameters", "vars", "workflow", "pack", "system", "kv", "task", "tasks",
-        "succeeded", "failed", "timed_out", "result", "error", "now", "uuid",
+        "parameters", "vars", "workflow", "variables", "pack", "config", "keystore", "system",
+        "kv", "task", "tasks", "succeeded", "failed", "timed_out", "result", "error", "now",
+        "uuid",
+        # the variables by their bare names (Attune's fallback)
+        "deployment_id", "healthy", "items",
     }  # fmt: skip
 
 

@@ -17,6 +17,19 @@ from attune_pg.template.ternary import rewrite
         ("{{ a ? b ? 1 : 2 : 3 }}", "{{(((( 1 ) if ( b ) else ( 2 ))) if ( a ) else ( 3 ))}}"),
         ("{{ f(a ? 1 : 2, 3) }}", "{{ f((( 1 ) if (a ) else ( 2)), 3) }}"),
         ("{{- a ? 1 : 2 -}}", "{{-(( 1 ) if ( a ) else ( 2 ))-}}"),
+        # a keyword argument keeps its name outside the conditional
+        ("{{ x | batch(size=a ? 1 : 2) }}", "{{ x | batch(size=(( 1 ) if (a ) else ( 2))) }}"),
+        # statements: the expressions they hold
+        ("{% if a ? b : c %}", "{% if (( b ) if ( a ) else ( c ))%}"),
+        ("{%- elif a ? b : c -%}", "{%- elif (( b ) if ( a ) else ( c ))-%}"),
+        ("{% set x = a ? 1 : 2 %}", "{% set x = (( 1 ) if ( a ) else ( 2 ))%}"),
+        ("{% for i in a ? x : y %}", "{% for i in (( x ) if (a ) else ( y ))%}"),
+        (
+            "{% for i in a ? x : y if i ? 1 : 0 %}",
+            "{% for i in (( x ) if (a ) else ( y)) if (( 1 ) if (i ) else ( 0 ))%}",
+        ),
+        ("{% with v = a ? 1 : 2, w = 3 %}", "{% with v =(( 1 ) if ( a ) else ( 2)), w = 3 %}"),
+        ("{% call f(a ? 1 : 2) %}", "{% call f((( 1 ) if (a ) else ( 2))) %}"),
     ],
 )
 def test_rewrite(text: str, expected: str) -> None:
@@ -32,6 +45,8 @@ def test_rewrite(text: str, expected: str) -> None:
         "{# is it ? yes : no #}",
         "{% raw %}{{ a ? b : c }}{% endraw %}",
         "{% if a %}?{% endif %}",  # text, not an expression
+        "{% if 'a ? b : c' in x %}{% endif %}",  # a statement's string literal
+        "{% for k, v in d.items() %}{% endfor %}",
         "{{ a ? 1 }}",  # no ':': left for Jinja to report
         "{{ x[1:2] }} ?",
     ],
@@ -54,6 +69,13 @@ def scope(**vars_: object) -> template.Scope:
         ("{{ vars.flag and vars.n > 5 ? 'big' : 'small' }}", "small"),
         ("{{ {'k': vars.flag ? [1] : []} }}", {"k": [1]}),
         ("{% raw %}{{ a ? b : c }}{% endraw %} {{ vars.flag ? 'y' : 'n' }}", "{{ a ? b : c }} y"),
+        ("{% if vars.flag ? vars.n > 2 : false %}yes{% else %}no{% endif %}", "yes"),
+        ("{% set s = vars.n > 5 ? 'big' : 'small' %}{{ s }}", "small"),
+        ("{% for i in vars.flag ? vars.x : [] %}{{ i }}{% endfor %}", "12"),
+        ("{% for i in vars.x if i > 1 ? true : false %}{{ i }}{% endfor %}", "2"),
+        ("{% with w = vars.flag ? 'on' : 'off' %}{{ w }}{% endwith %}", "on"),
+        ("{{ vars.x | batch(size=vars.flag ? 1 : 2) | list }}", [[1], [2]]),
+        ("{% if vars.n == 2 %}two{% elif vars.flag ? true : false %}flag{% endif %}", "flag"),
     ],
 )
 def test_renders(text: str, expected: object) -> None:

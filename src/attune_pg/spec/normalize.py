@@ -22,7 +22,6 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from attune_pg.errors import TemplateError
-
 from attune_pg.spec import fastschema
 from attune_pg.spec.model import (
     Backoff,

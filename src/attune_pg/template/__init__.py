@@ -44,8 +44,8 @@ from attune_pg.template.filters import FILTERS, Filter
 from attune_pg.template.limits import LIMITS
 from attune_pg.template.sandbox import _compile as _compile  # tests read its cache_info()
 from attune_pg.template.sandbox import check_syntax, is_template, render
-from attune_pg.template.values import truthy
 from attune_pg.template.scope import MISSING, CurrentTask, Scope, build_scope
+from attune_pg.template.values import truthy
 
 __all__ = [
     "FILTERS",

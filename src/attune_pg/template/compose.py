@@ -63,10 +63,7 @@ def all_of(parts: Sequence[str]) -> str | None:
         return "{{ " + " and ".join(terms) + " }}"
     *outer, last = parts
     last_expr = single_expression(last)
-    if last_expr is None:
-        body = last
-    else:
-        body = f"{{% if ({last_expr}) | truthy %}}true{{% endif %}}"
+    body = last if last_expr is None else f"{{% if ({last_expr}) | truthy %}}true{{% endif %}}"
     for number in range(len(outer) - 1, -1, -1):
         expr = single_expression(outer[number])
         if expr is None:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final, Protocol, runtime_checkable
 
+from jinja2.defaults import DEFAULT_NAMESPACE
+
 from attune_pg.errors import TemplateError
 from attune_pg.redact import KVLookup, SecretSink
 from attune_pg.secrets import secret_token
@@ -177,6 +179,44 @@ class _KVScope:
         return "<kv>"
 
 
+class _Keystore:
+    """Attune's ``keystore.<key>`` (and ``keystore['a key']``): the kv store by key.
+
+    A secret key renders as ``kv.get_secret`` does (a token with a `SecretFlagKV`
+    store: the value never enters the template), a plain key as ``kv.get``; a key that
+    is not set is an error naming it. Keys are looked up one at a time, never listed.
+    """
+
+    __slots__ = ("_kv", "_scope")
+
+    def __init__(self, kv: KVLookup | None, scope: _KVScope) -> None:
+        self._kv = kv
+        self._scope = scope
+
+    def __getitem__(self, key: object) -> Any:
+        store = self._scope._store(key)
+        assert isinstance(key, str)
+        if isinstance(store, SecretFlagKV):
+            flag = store.is_secret(key)
+            if flag is None:
+                raise TemplateError(f"keystore: kv key {key!r} is not set")
+            return self._scope.get_secret(key) if flag else store.get(key)
+        value = store.get(key, MISSING)
+        if value is MISSING:
+            raise TemplateError(f"keystore: kv key {key!r} is not set")
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        if self._kv is None or not isinstance(key, str):
+            return False
+        if isinstance(self._kv, SecretFlagKV):
+            return self._kv.is_secret(key) is not None
+        return self._kv.get(key, MISSING) is not MISSING
+
+    def __repr__(self) -> str:
+        return "<keystore>"
+
+
 def _transition_functions(current: CurrentTask | None) -> dict[str, Callable[[], Any]]:
     def need(name: str) -> CurrentTask:
         if current is None:
@@ -219,6 +259,21 @@ def _clock_functions(
     return {"now": now, "uuid": uuid}
 
 
+def _system(system: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`system`, plus Attune's ``workflow_start`` (when the execution started, as ISO 8601
+    text in UTC, like ``now()``) beside ``started_at`` (epoch seconds)."""
+    if "started_at" not in system or "workflow_start" in system:
+        return system
+    started = system["started_at"]
+    start = None if started is None else datetime.fromtimestamp(started, tz=UTC).isoformat()
+    return {**system, "workflow_start": start}
+
+
+# Names a workflow variable cannot be read by bare: the scopes and functions above,
+# Jinja's globals and the with-items names (even where they are absent, as in Attune).
+_NOT_BARE: Final = frozenset(DEFAULT_NAMESPACE) | {"item", "index"}
+
+
 def build_scope(
     *,
     parameters: Mapping[str, Any],
@@ -251,22 +306,35 @@ def build_scope(
     - ``succeeded() failed() timed_out() result() error()``: about `current`; without it they
       raise "succeeded() is only available in transitions".
     - ``item`` and ``index`` only when given.
-    - ``workflow``: Attune's name for ``vars`` (the same mapping).
+    - Attune's names (its executor's namespaces): ``workflow`` and ``variables`` are
+      ``vars`` (the same mapping); ``config`` is ``pack.config``; ``keystore.<key>``
+      reads the kv store by key (see `_Keystore`); ``system.workflow_start`` is the
+      start time as ISO 8601 text; and a variable may be read by its bare name
+      (``{{ counter }}`` for ``vars.counter``) unless a scope, function or Jinja
+      global has that name (``_NOT_BARE``), which wins.
     - ``now()``: `now` (epoch seconds from the database clock, passed in: this module
       reads no clock) as ISO 8601 text in UTC; ``now(timestamp=true)`` as integer epoch
       seconds. ``uuid()``: the next id from `uuids` (a deterministic source the
       conductor passes in). Without them, calling either is an error.
     """
     task_map = _TaskMap(tasks)
+    config = pack_config if pack_config is not None else {}
+    kv_scope = _KVScope(kv, secrets, token)
     scope = Scope(
+        {name: value for name, value in vars.items() if name not in _NOT_BARE},
+    )
+    scope.update(
         parameters=parameters,
         vars=vars,
-        pack={"config": pack_config if pack_config is not None else {}},
-        system=system,
-        kv=_KVScope(kv, secrets, token),
+        pack={"config": config},
+        system=_system(system),
+        kv=kv_scope,
         task=task_map,
         tasks=task_map,
         workflow=vars,
+        variables=vars,
+        config=config,
+        keystore=_Keystore(kv, kv_scope),
         **_transition_functions(current),
         **_clock_functions(now, uuids),
     )

@@ -92,9 +92,9 @@ def _rewrite_statement(body: str) -> str:
     if match is None:
         return body
     lead, keyword, rest = match.groups()
-    head = lead + keyword + ("" if rest[:1].isspace() else " ")
+    head = lead + keyword
     if keyword in ("if", "elif"):
-        return head + _rewrite_expression(rest)
+        return head + " " + _rewrite_expression(rest)
     if keyword == "set":
         assign = _ASSIGN.match(rest)
         if assign is None:
@@ -115,15 +115,13 @@ def _rewrite_for(rest: str) -> str:
     target, word_in, after = split
     split = _split_word(after, "if")
     if split is None:
-        return _text(target) + word_in + " " + _rewrite_expression(_text(after))
+        return _text(target) + word_in + _rewrite_expression(_text(after))
     iterable, word_if, condition = split
     return (
         _text(target)
         + word_in
-        + " "
         + _rewrite_expression(_text(iterable))
         + word_if
-        + " "
         + _rewrite_expression(_text(condition))
     )
 
@@ -146,15 +144,13 @@ def _split_word(
 
 def _rewrite_calls(text: str) -> str:
     """Only inside the groups of `text` (a statement's call arguments)."""
-    return _text(
-        [
-            _Group(i.open, _sequence(i.items, in_dict=i.open == "{", in_call=i.open == "("),
-                   i.close)  # fmt: skip
-            if isinstance(i, _Group)
-            else i
-            for i in _tree(_tokens(text))
-        ]
-    )
+    out: list[str | _Group] = []
+    for item in _tree(_tokens(text)):
+        if isinstance(item, _Group):
+            inner = _sequence(item.items, in_dict=item.open == "{", in_call=item.open == "(")
+            item = _Group(item.open, inner, item.close)
+        out.append(item)
+    return _text(out)
 
 
 def _next_block(text: str, i: int) -> int:
