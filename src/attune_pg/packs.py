@@ -48,7 +48,10 @@ from attune_pg.spec.normalize import Source
 from attune_pg.spec.packfiles import (
     check_references,
     find_pack_dirs,
+    linked_graph_bytes,
+    links_workflow,
     load_action,
+    load_linked_workflow,
     load_pack_meta,
     load_pack_workflow,
     scan_pack,
@@ -287,10 +290,14 @@ class _Run:
         work = _PackWork(meta=meta, pack_hash=content_hash(layout.pack_file, data))
         if any(w.meta.ref == meta.ref for w in self.works):
             raise SpecError(f"pack {meta.ref!r} is found twice", file=str(layout.pack_file))
+        linked: list[Path] = []
         for file in layout.actions:
             work.action_files.add(str(file))
             try:
                 data = self._read(file)
+                if links_workflow(data):  # Attune's action-linked workflow: a workflow
+                    linked.append(file)
+                    continue
                 action, line = load_action(
                     file, meta.ref, meta.path, data, self.options.max_file_bytes
                 )
@@ -302,15 +309,22 @@ class _Run:
                 self.invalid(exc)
                 continue
             work.actions[action.ref] = (action, content_hash(file, data))
-        for file in layout.workflows:
+        for file in [*layout.workflows, *linked]:
             ref = f"{meta.ref}.{file.stem}"
-            if ref in work.actions:
-                first = work.actions[ref][0].source_file
+            if ref in work.actions or ref in work.workflow_files:
+                first = (
+                    work.actions[ref][0].source_file
+                    if ref in work.actions
+                    else work.workflow_files[ref]
+                )
                 self.invalid(SpecError(f"{ref!r} is already defined by {first}", file=str(file)))
                 continue
             work.workflow_files[ref] = file
             try:
-                work.workflow_hashes[ref] = content_hash(file, self._read(file))
+                data = self._read(file)
+                if file in linked:  # the action file and the graph it links, together
+                    data += b"\0" + linked_graph_bytes(file, data, self.options.max_file_bytes)
+                work.workflow_hashes[ref] = content_hash(file, data)
             except SpecError as exc:
                 self.invalid(exc)
         for ref, (action, _) in work.actions.items():
@@ -413,14 +427,21 @@ class _Run:
             file = work.workflow_files[wref]
             try:
                 data = self._read(file)
-                wf, source = load_pack_workflow(file, ref, data, self.options.max_file_bytes)
+                if file.parent.name == "actions":  # an action file linking its graph
+                    wf, source, text = load_linked_workflow(
+                        file, ref, data, self.options.max_file_bytes
+                    )
+                    hashed = data + b"\0" + text
+                else:
+                    wf, source = load_pack_workflow(file, ref, data, self.options.max_file_bytes)
+                    text = hashed = data
             except SpecError as exc:
                 self.pending.discard(wref)
                 self.invalid(exc)
                 continue
             self.local[wref] = workflow_action(wf, work.meta.path)
             self.pending.discard(wref)
-            loaded.append((wf, source, data.decode("utf-8-sig"), content_hash(file, data)))
+            loaded.append((wf, source, text.decode("utf-8-sig"), content_hash(file, hashed)))
         self._fetch_registered(wf for wf, *_ in loaded)
         valid: list[tuple[WorkflowSpec, str, str]] = []
         for wf, source, text, h in loaded:

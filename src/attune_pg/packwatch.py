@@ -50,6 +50,9 @@ def signature(root: Path) -> Signature:
         _add_yaml(out, pack)
         for sub in _subdirs(pack):
             _add_yaml(out, sub)
+            if sub.name == "actions":  # actions/workflows/: graphs action files link
+                for linked in _subdirs(sub):
+                    _add_yaml(out, linked)
     return out
 
 

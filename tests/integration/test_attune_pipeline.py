@@ -20,7 +20,7 @@ from tests.helpers import start, tasks, wait_done
 
 REF = "examples.complete_deployment_workflow"
 GROUP = "deployment-approvers"
-PRISTINE = Path(__file__).parents[1] / "fixtures" / "attune" / "complete-workflow.yaml"
+PRISTINE = Path(__file__).parents[1] / "fixtures/attune/docs/examples/complete-workflow.yaml"
 
 PREFIX = ["start_workflow", "validate_inputs", "check_environment_type"]
 DEPLOY = [

@@ -49,7 +49,10 @@ def noop(input: dict[str, Any], context: ActionContext, cancel: threading.Event)
 
 
 def echo(input: dict[str, Any], context: ActionContext, cancel: threading.Event) -> ActionOutcome:
-    return checked(succeeded({"message": input.get("message")}))
+    message = input.get("message")
+    if input.get("uppercase") and isinstance(message, str):
+        message = message.upper()
+    return checked(succeeded({"message": message}))
 
 
 def sleep(input: dict[str, Any], context: ActionContext, cancel: threading.Event) -> ActionOutcome:

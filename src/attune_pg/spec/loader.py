@@ -64,10 +64,21 @@ def load_workflow_source(
 ) -> tuple[WorkflowSpec, Source]:
     """Like `load_workflow_text`, also returning where each part was written."""
     doc = load_yaml(text, file=file, max_bytes=max_bytes)
+    return load_workflow_document(doc, pack=pack)
+
+
+def load_workflow_document(
+    doc: Document, *, pack: str | None = None, ref: str | None = None
+) -> tuple[WorkflowSpec, Source]:
+    """A parsed workflow document; `ref` given (a workflow an action file links, whose
+    ref is the action's) or derived from `pack` and the file name."""
     if not isinstance(doc.data, dict):
         raise doc.error("a workflow file must be a mapping with label, version and tasks")
     validate_document(doc, _workflow_validator())
-    ref = _workflow_ref(doc, pack)
+    if ref is None:
+        ref = _workflow_ref(doc, pack)
+    elif doc.data.get("ref") not in (None, ref):
+        raise doc.error(f"ref {doc.data['ref']!r} must be {ref!r}", ("ref",))
     name = doc.data.get("name")
     if name is not None and name != ref.split(".", 1)[1]:
         raise doc.error(

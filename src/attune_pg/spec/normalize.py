@@ -31,7 +31,7 @@ from attune_pg.spec.model import (
     Transition,
     WorkflowSpec,
 )
-from attune_pg.spec.params import parameters_schema
+from attune_pg.spec.params import output_schema, parameters_schema
 from attune_pg.spec.yaml_lines import Document, Path, Problem, one_line
 from attune_pg.template import check_syntax
 from attune_pg.template.compose import all_of
@@ -69,7 +69,7 @@ def normalize_workflow(doc: Document, *, ref: str) -> tuple[WorkflowSpec, Source
     data: dict[str, Any] = doc.data
     source = Source(doc)
     tasks = tuple(_task(raw, ("tasks", i), source) for i, raw in enumerate(data["tasks"]))
-    output = data.get("output")
+    output = output_schema(data.get("output"))
     if output is not None:
         _check_schema(output, ("output",))
     spec = WorkflowSpec(
@@ -295,10 +295,12 @@ def _decision(
     out: list[Transition] = []
     for i, entry in enumerate(entries):
         source.transitions[(name, first + i)] = (*path, i)
-        if "default" in entry:
+        if entry.get("default") not in (None, False):
             if i != len(entries) - 1:
                 raise Problem((*path, i), "'default' must be the last decision entry")
-            out.append(Transition(when=None, do=targets(entry["default"]), decision=True))
+            # {default: task}, or {default: true, next: task} as Attune's parser reads it
+            target = entry["next"] if entry["default"] is True else entry["default"]
+            out.append(Transition(when=None, do=targets(target), decision=True))
         else:
             out.append(Transition(when=entry["when"], do=targets(entry["next"]), decision=True))
     return tuple(out)

@@ -9,6 +9,11 @@ Layout (DESIGN section 5):
                               description, parameters, output_schema, timeout
     <pack>/actions/<a>.py     code of python actions (entry_point "file.py:function")
     <pack>/workflows/<w>.yaml (or .yml) workflows, ref <pack>.<w>; each is also an action
+    <pack>/actions/<a>.yaml   with `workflow_file:` (Attune's action-linked workflow): the
+                              workflow <pack>.<a>, its ref, label, description, parameters,
+                              output and tags from this file, its graph (version, vars,
+                              tasks, output_map, ...) from the file it names, relative to
+                              actions/ (Attune: actions/workflows/<a>.workflow.yaml)
 
 Files whose names start with "." (editor leftovers) are ignored.
 """
@@ -27,10 +32,15 @@ from jsonschema.exceptions import SchemaError
 from attune_pg.errors import ParameterError, SpecError
 from attune_pg.spec import fastschema
 from attune_pg.spec.checks import check_actions, check_inputs
-from attune_pg.spec.loader import load_workflow_source, read_source, validate_document
+from attune_pg.spec.loader import (
+    load_workflow_document,
+    load_workflow_source,
+    read_source,
+    validate_document,
+)
 from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
-from attune_pg.spec.params import parameters_schema, validate_parameters
+from attune_pg.spec.params import output_schema, parameters_schema, validate_parameters
 from attune_pg.spec.yaml_lines import MAX_BYTES, Document, Problem, load_yaml, one_line
 
 _NAME = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"
@@ -65,8 +75,32 @@ ACTION_SCHEMA: dict[str, Any] = {
     },
 }
 
+# An action file that links a workflow (Attune: `workflow_file`): the action-level keys.
+LINKED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["workflow_file"],
+    "additionalProperties": False,
+    "properties": {
+        "workflow_file": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "pattern": _NAME},
+        "ref": {"type": "string"},
+        "label": {"type": "string", "minLength": 1},
+        "description": {"type": "string"},
+        "enabled": {
+            "const": True,
+            "description": "true (a disabled workflow: attune-pg workflows disable REF)",
+        },
+        "parameters": {"type": "object"},
+        "output": {"type": "object"},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+    },
+}
+# What the action file gives the workflow; its own keys win over the graph file's.
+_LINKED_KEYS = ("label", "description", "parameters", "output", "tags")
+
 _PACK_VALIDATOR = Draft202012Validator(PACK_SCHEMA)
 _ACTION_VALIDATOR = Draft202012Validator(ACTION_SCHEMA)
+_LINKED_VALIDATOR = Draft202012Validator(LINKED_SCHEMA)
 
 
 BUNDLED = "packs"  # <pack>/packs/<other>/: packs shipped with a pack, registered with it
@@ -183,10 +217,85 @@ def load_action(
 def load_pack_workflow(
     file: Path, pack: str, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
 ) -> tuple[WorkflowSpec, Source]:
-    """One workflow file of a pack (ref `<pack>.<file stem>`), checked on its own."""
+    """One workflow file of a pack (ref `<pack>.<file stem>`), checked on its own; for an
+    action file that links one (`links_workflow`), that workflow."""
     if text is None:
         text = read_source(file, max_bytes)
+    if file.parent.name == "actions":
+        wf, source, _ = load_linked_workflow(file, pack, text, max_bytes)
+        return wf, source
     return load_workflow_source(text, file=str(file), pack=pack, max_bytes=max_bytes)
+
+
+def links_workflow(text: bytes) -> bool:
+    """Does this action file link a workflow (Attune's `workflow_file:` key)?"""
+    if b"workflow_file" not in text:
+        return False  # the common case, without parsing the file twice
+    try:
+        data = load_yaml(text, file="").data
+    except SpecError:
+        return False  # reported as the action file's own error
+    return isinstance(data, dict) and "workflow_file" in data
+
+
+def load_linked_workflow(
+    file: Path, pack: str, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
+) -> tuple[WorkflowSpec, Source, bytes]:
+    """The workflow an action file links: (spec, where its parts were written, the graph
+    file's bytes). Errors in the action-level keys name the action file, errors in the
+    graph the graph file."""
+    meta = _load_doc(file, text, max_bytes)
+    validate_document(meta, _LINKED_VALIDATOR)
+    data: dict[str, Any] = meta.data
+    ref = f"{pack}.{file.stem}"
+    for key, want in (("ref", ref), ("name", file.stem)):
+        if key in data and data[key] != want:
+            raise meta.error(f"{key} {data[key]!r} must be {want!r} (<pack>.<file name>)", (key,))
+    try:
+        if "parameters" in data:
+            parameters_schema(data["parameters"], ("parameters",))
+        output = output_schema(data.get("output"))
+        if output is not None and not fastschema.schema_valid(output):
+            Draft202012Validator.check_schema(output)
+    except Problem as problem:
+        raise meta.problem(problem) from None
+    except SchemaError as exc:
+        raise meta.error(
+            f"invalid JSON Schema: {one_line(exc.message, 160)}", ("output", *exc.path)
+        ) from None
+    graph_file = _linked_path(meta, file.parent, data["workflow_file"])
+    graph_text = read_source(graph_file, max_bytes)
+    graph = load_yaml(graph_text, file=str(graph_file), max_bytes=max_bytes)
+    if not isinstance(graph.data, dict):
+        raise graph.error("a workflow file must be a mapping with version and tasks")
+    merged = {**graph.data, **{k: data[k] for k in _LINKED_KEYS if k in data}}
+    if "label" not in merged:
+        merged["label"] = ref
+    doc = Document(file=graph.file, data=merged, root=graph.root)
+    wf, source = load_workflow_document(doc, ref=ref)
+    return wf, source, graph_text
+
+
+def linked_graph_bytes(file: Path, text: bytes, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of the graph file an action file links (for its content hash)."""
+    meta = _load_doc(file, text, max_bytes)
+    name = meta.data.get("workflow_file")
+    if not isinstance(name, str):
+        validate_document(meta, _LINKED_VALIDATOR)  # raises the located schema error
+        raise meta.error("workflow_file must be a string", ("workflow_file",))
+    return read_source(_linked_path(meta, file.parent, name), max_bytes)
+
+
+def _linked_path(doc: Document, actions_dir: Path, name: str) -> Path:
+    rel = PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise doc.error(f"workflow_file {name!r} must be inside the actions directory",
+                        ("workflow_file",))  # fmt: skip
+    path = actions_dir / rel
+    if not path.is_file():
+        raise doc.error(f"workflow_file {name!r} does not exist in {actions_dir}",
+                        ("workflow_file",))  # fmt: skip
+    return path
 
 
 def check_references(
@@ -203,15 +312,20 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
     ref, pack_path = meta.ref, meta.path
 
     actions: dict[str, ActionSpec] = {}
+    linked: list[Path] = []
     for file in layout.actions:
-        action, line = _load_action(file, ref, pack_path)
+        text = read_source(file)
+        if links_workflow(text):
+            linked.append(file)
+            continue
+        action, line = _load_action(file, ref, pack_path, text)
         _refuse_duplicate(actions, action.ref, file, line)
         actions[action.ref] = action
 
     workflows: list[WorkflowSpec] = []
     sources: dict[str, Source] = {}
-    for file in layout.workflows:
-        wf, source = load_workflow_source(read_source(file), file=str(file), pack=ref)
+    for file in [*layout.workflows, *linked]:
+        wf, source = load_pack_workflow(file, ref)
         _refuse_duplicate(actions, wf.ref, file)
         actions[wf.ref] = workflow_action(wf, pack_path)
         workflows.append(wf)

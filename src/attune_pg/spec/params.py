@@ -50,6 +50,33 @@ def is_json_schema(value: Mapping[str, Any]) -> bool:
     return isinstance(props, dict) and not isinstance(props.get("type"), str)
 
 
+# Every JSON Schema keyword: a mapping using none of them, all of whose values are
+# mappings, is Attune's flat property map (`output: {headline: {type: string}}`).
+_KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | {
+    "$schema", "$id", "$defs", "definitions", "$comment", "$anchor", "title", "description",
+    "default", "examples", "deprecated", "readOnly", "writeOnly", "format",
+}  # fmt: skip
+
+
+def output_schema(value: Any) -> Any:
+    """An `output` declaration as JSON Schema: a JSON Schema as it is, or Attune's flat
+    property map (what its action files and `docs/workflows/dynamic-parameter-forms.md`
+    write) as ``{type: object, properties: {...}, required: [the ones marked
+    required: true]}``. Unlike parameters, other properties stay allowed."""
+    if not isinstance(value, dict) or not value or set(value) & _KEYWORDS:
+        return value
+    if not all(isinstance(entry, dict) for entry in value.values()):
+        return value
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, entry in value.items():
+        entry = dict(entry)
+        if isinstance(entry.get("required"), bool) and entry.pop("required"):
+            required.append(name)
+        properties[name] = entry
+    return {"type": "object", "properties": properties, "required": required}
+
+
 def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any]:
     """Normalise a parameter declaration (or None) into the canonical JSON Schema object."""
     if value is None:

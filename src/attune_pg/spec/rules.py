@@ -14,6 +14,11 @@
       order_id: "{{ event.payload.id }}"
     enabled: true
 
+As Attune's docs write rules (docs/examples/timer-types-example.yaml), `trigger: {type,
+parameters}` may stand for trigger_ref/trigger_params and `action: {ref, parameters}` for
+action_ref/action_params; and when `ref` is given, `name` is a free-form name (those
+examples call `monitoring.health_check` "health_check_rule").
+
 `check_rule` does the checks that need the other definitions: the trigger and action
 exist, `trigger_params` fit the trigger's parameters (and a timer can be scheduled),
 `action_params` fit the action's schema; every template compiles.
@@ -41,9 +46,29 @@ OPERATORS = ("equals", "not_equals", "contains")
 
 RULE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["trigger_ref", "action_ref"],
+    # trigger_ref or trigger, action_ref or action: checked by `_one_of`
     "additionalProperties": False,
     "properties": {
+        "trigger": {
+            "type": "object",
+            "required": ["type"],
+            "additionalProperties": False,
+            "properties": {
+                "type": {"type": "string", "pattern": r"^[^.\s]+\.[^\s]+$"},
+                "parameters": {"type": "object"},
+            },
+            "description": "Attune's docs: {type: trigger_ref, parameters: trigger_params}",
+        },
+        "action": {
+            "type": "object",
+            "required": ["ref"],
+            "additionalProperties": False,
+            "properties": {
+                "ref": {"type": "string", "pattern": r"^[^.\s]+\.[^\s]+$"},
+                "parameters": {"type": "object"},
+            },
+            "description": "Attune's docs: {ref: action_ref, parameters: action_params}",
+        },
         "ref": {"type": "string"},
         "name": {"type": "string"},
         "label": {"type": "string", "minLength": 1},
@@ -117,13 +142,17 @@ def load_rule(file: Path, pack: str) -> tuple[RuleSpec, Document]:
     doc = load_yaml(read_source(file), file=str(file))
     if not isinstance(doc.data, dict):
         raise doc.error(f"{file.name} must be a mapping")
+    _one_of(doc, ("trigger_ref", "trigger"), ("action_ref", "action"))
     validate_document(doc, _VALIDATOR)
     data: dict[str, Any] = doc.data
     ref = f"{pack}.{file.stem}"
-    for key in ("ref", "name"):
+    # With a ref, `name` is free-form (Attune's docs); without, it names the file.
+    for key in ("ref",) if "ref" in data else ("name",):
         given = data.get(key)
         if given is not None and given not in (ref, file.stem):
             raise doc.error(f"{key} {given!r} must be {ref!r} (<pack>.<file name>)", (key,))
+    trigger = data.get("trigger") or {}
+    action = data.get("action") or {}
     conditions = data.get("conditions")
     normalized: dict[str, Any] | None = None
     if isinstance(conditions, dict) and conditions.get("expression"):
@@ -132,16 +161,17 @@ def load_rule(file: Path, pack: str) -> tuple[RuleSpec, Document]:
         normalized = {"expression": text}
     elif isinstance(conditions, list) and conditions:
         normalized = {"criteria": conditions}
-    params = data.get("action_params") or {}
-    for path, text in _strings(params, ("action_params",)):
+    params_at = ("action", "parameters") if "action" in data else ("action_params",)
+    params = (action.get("parameters") if "action" in data else data.get("action_params")) or {}
+    for path, text in _strings(params, params_at):
         _syntax(doc, text, path)
     rule = RuleSpec(
         ref=ref,
-        trigger_ref=data["trigger_ref"],
-        action_ref=data["action_ref"],
+        trigger_ref=data.get("trigger_ref") or trigger["type"],
+        action_ref=data.get("action_ref") or action["ref"],
         label=data.get("label") or ref,
         description=data.get("description", ""),
-        trigger_params=data.get("trigger_params") or {},
+        trigger_params=(data.get("trigger_params") or trigger.get("parameters")) or {},
         conditions=normalized,
         action_params=params,
         enabled=data.get("enabled", True),
@@ -150,13 +180,38 @@ def load_rule(file: Path, pack: str) -> tuple[RuleSpec, Document]:
     return rule, doc
 
 
+_NESTED: dict[str, tuple[str, ...]] = {
+    "trigger_ref": ("trigger", "type"),
+    "trigger_params": ("trigger", "parameters"),
+    "action_ref": ("action", "ref"),
+    "action_params": ("action", "parameters"),
+}
+
+
+class _Located:
+    """`doc.error` at a flat path (`action_params.x`), pointed at the nested key instead
+    when the rule is written in Attune's docs' shape (`action.parameters.x`)."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+
+    def error(self, message: str, path: tuple[str | int, ...] = ()) -> SpecError:
+        head = path[0] if path else None
+        if isinstance(head, str) and head in _NESTED and head not in self.doc.data:
+            nested = _NESTED[head]
+            if nested[0] in self.doc.data:
+                path = (*nested, *path[1:])
+        return self.doc.error(message, path)
+
+
 def check_rule(
     rule: RuleSpec,
-    doc: Document,
+    raw: Document,
     triggers: Mapping[str, TriggerSpec],
     actions: Mapping[str, ActionSpec],
 ) -> RuleSpec:
     """The rule with its trigger_params' defaults applied, or a located SpecError."""
+    doc = _Located(raw)
     trigger = triggers.get(rule.trigger_ref)
     if trigger is None:
         raise doc.error(f"unknown trigger {rule.trigger_ref!r}", ("trigger_ref",))
@@ -176,7 +231,7 @@ def check_rule(
     return RuleSpec(**{**rule.to_dict(), "trigger_params": params})
 
 
-def _check_action_params(rule: RuleSpec, doc: Document, action: ActionSpec) -> None:
+def _check_action_params(rule: RuleSpec, doc: _Located, action: ActionSpec) -> None:
     schema = action.parameters
     props: dict[str, Any] = schema.get("properties") or {}
     for key, value in rule.action_params.items():
@@ -200,6 +255,16 @@ def _check_action_params(rule: RuleSpec, doc: Document, action: ActionSpec) -> N
                 f"missing required parameter {name!r} for {action.ref!r}",
                 ("action_params",) if rule.action_params else ("action_ref",),
             )
+
+
+def _one_of(doc: Document, *pairs: tuple[str, str]) -> None:
+    """trigger_ref or trigger (and action_ref or action): one of each, said in one line."""
+    data = doc.data
+    for flat, nested in pairs:
+        if flat in data and nested in data:
+            raise doc.error(f"give {flat!r} or {nested!r}, not both", (nested,))
+        if flat not in data and nested not in data:
+            raise doc.error(f"missing required key {flat!r} (or {nested!r})")
 
 
 def _syntax(doc: Document, text: str, path: tuple[str | int, ...]) -> None:
