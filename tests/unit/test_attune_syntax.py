@@ -624,3 +624,22 @@ def test_keystore_secrets_leave_as_tokens() -> None:
     assert "s3cr3t" not in token
     assert template.render("{{ keystore.api }}", scope, where="t") == token
     assert template.render("{{ keystore.plain }}", scope, where="t") == "p"
+
+
+def test_a_declared_parameter_not_given_reads_as_null() -> None:
+    # install_packs.yaml passes `ref_spec: "{{ parameters.ref_spec }}"` whether or not a
+    # ref was asked for (three of its own four examples give none).
+    body = """
+        parameters:
+          ref_spec: {type: string}
+          packs: {type: array, default: []}
+        output_map: {spec: "{{ parameters.ref_spec }}", packs: "{{ parameters.packs }}"}
+        tasks:
+          - {name: a, action: core.noop}
+    """
+    sim = rehearse(body)
+    assert sim.status == "succeeded", sim.execution.error
+    assert sim.execution.output == {"spec": None, "packs": []}
+    assert sim.execution.parameters == {"packs": []}  # stored as given (defaults applied)
+    typo = rehearse(body.replace("parameters.ref_spec }}", "parameters.ref_spc }}"))
+    assert typo.status == "failed" and "ref_spc" in typo.execution.error["message"]

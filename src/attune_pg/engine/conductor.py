@@ -43,7 +43,7 @@ from attune_pg.secrets import (
     token_keys,
 )
 from attune_pg.spec.model import DEFAULT_ITERATION_CAP, TaskSpec
-from attune_pg.spec.params import secret_parameters, validate_parameters
+from attune_pg.spec.params import secret_parameters, validate_parameters, with_unset
 
 Json = Any
 
@@ -310,7 +310,7 @@ class Conductor:
         """The template scope; with `task`, the scope of that task's input (and items):
         secrets render as tokens signed for that task only (secrets.py)."""
         attempt = self._attempt if current is not None else 1
-        parameters: Mapping[str, Json] = self.parameters
+        parameters: Mapping[str, Json] = with_unset(self.spec.parameters, self.parameters)
         token = None
         if task is not None:
             binding = Binding(self.execution.id, task, self.ctx.signing_key)

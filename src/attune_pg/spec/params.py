@@ -77,6 +77,17 @@ def output_schema(value: Any) -> Any:
     return {"type": "object", "properties": properties, "required": required}
 
 
+def with_unset(schema: Mapping[str, Any], values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`values` as templates see them: a declared parameter that was not given and has no
+    default reads as null (Attune's install_packs.yaml passes `parameters.ref_spec` on
+    whether or not a ref was asked for); an undeclared name stays an error."""
+    props = schema.get("properties") or {}
+    unset = [name for name in props if name not in values]
+    if not unset:
+        return values
+    return {**dict.fromkeys(unset), **values}
+
+
 def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any]:
     """Normalise a parameter declaration (or None) into the canonical JSON Schema object."""
     if value is None:
