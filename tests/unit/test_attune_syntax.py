@@ -643,3 +643,30 @@ def test_a_declared_parameter_not_given_reads_as_null() -> None:
     assert sim.execution.parameters == {"packs": []}  # stored as given (defaults applied)
     typo = rehearse(body.replace("parameters.ref_spec }}", "parameters.ref_spc }}"))
     assert typo.status == "failed" and "ref_spc" in typo.execution.error["message"]
+
+
+def test_visual_builder_metadata_and_workflow_tasks() -> None:
+    # Attune's parser keeps `__chart_meta__` (its visual builder's canvas data) on tasks and
+    # transitions, and has a `type: workflow` task (its action is a workflow).
+    wf = load(
+        """
+        tasks:
+          - name: a
+            type: workflow
+            action: tests.child
+            __chart_meta__: {x: 10, y: 20}
+            next:
+              - when: "{{ succeeded() }}"
+                do: b
+                __chart_meta__: {text: ok, color: green}
+          - name: b
+            action: core.noop
+            on_success:
+              - when: "{{ true }}"
+                do: c
+                __chart_meta__: {waypoints: []}
+          - {name: c, action: core.noop}
+        """
+    )
+    assert wf.task("a").kind == "action" and wf.task("a").action == "tests.child"
+    assert [t.do for t in wf.task("a").next] == [("b",)]

@@ -84,3 +84,21 @@ def test_legacy_criteria() -> None:
         )
         == "skip"
     )
+
+
+def test_attunes_rule_template_names() -> None:
+    # Attune's template resolver: event.trigger; its rule docs: system.timestamp,
+    # system.rule.ref, system.event.id.
+    rule = _rule(
+        None,
+        {
+            "trigger": "{{ event.trigger }}",
+            "at": "{{ system.timestamp }}",
+            "rule": "{{ system.rule.ref }}",
+            "event": "{{ system.event.id }}",
+        },
+    )
+    verdict = evaluate(rule, EVENT, {})
+    assert verdict.parameters == {
+        "trigger": "shop.order_placed", "at": "2026-01-01", "rule": "shop.r", "event": 7,
+    }  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from textwrap import dedent
 
@@ -163,3 +164,63 @@ def test_actions_dir_must_be_a_directory(tmp_path: Path) -> None:
     write(tmp_path / "p" / "actions", "oops")
     with pytest.raises(SpecError, match="not a directory"):
         load_pack_dir(tmp_path / "p")
+
+
+# ------------------------------------------------------- action files linking a workflow
+
+ATTUNE_EXAMPLES = Path(__file__).parents[1] / "fixtures/attune/packs/examples"
+
+
+def _linked(tmp_path: Path, edit: Callable[[str], str] = lambda t: t) -> Path:
+    import shutil
+
+    pack = tmp_path / "examples"
+    shutil.copytree(ATTUNE_EXAMPLES, pack)
+    (pack / "pack.yaml").write_text('ref: examples\nversion: "1"\n')
+    action = pack / "actions" / "news_via_copilot.yaml"
+    action.write_text(edit(action.read_text(encoding="utf-8")), encoding="utf-8")
+    (pack / "actions" / "prompt_copilot.yaml").write_text(
+        "name: prompt_copilot\nrunner: builtin\nentry_point: echo\n"
+        "parameters: {copilot_token_key_ref: {}, prompt: {}}\n"
+    )
+    return pack
+
+
+def test_a_linked_workflow_is_a_workflow_of_the_pack(tmp_path: Path) -> None:
+    pack = load_pack_dir(_linked(tmp_path))
+    (wf,) = pack.workflows
+    assert (wf.ref, wf.label, wf.version) == (
+        "examples.news_via_copilot", "News via Copilot", "1.0",
+    )  # fmt: skip
+    assert wf.source_file and wf.source_file.endswith("news_via_copilot.workflow.yaml")
+    assert wf.parameters["required"] == ["copilot_token_key_ref"]
+    assert wf.tags == ("example", "copilot", "ai", "mcp", "workflow", "demo")
+    assert {a.ref for a in pack.actions} == {"examples.prompt_copilot", "examples.news_via_copilot"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("enabled: true", "enabled: false"),
+         r"news_via_copilot\.yaml:12: enabled: false is not supported in a file; .*"
+         r"workflows disable examples\.news_via_copilot"),
+        (lambda t: t.replace("ref: examples.news_via_copilot", "ref: examples.other"),
+         r"news_via_copilot\.yaml:9: ref: ref 'examples\.other' must be"),
+        (lambda t: t.replace("workflows/news_via_copilot.workflow.yaml", "../../x.yaml"),
+         r"workflow_file '\.\./\.\./x\.yaml' must be inside the actions directory"),
+        (lambda t: t.replace("    type: string\n    description: \"Attune key", "    type: text\n"
+                             "    description: \"Attune key"),
+         r"news_via_copilot\.yaml:\d+: parameters\.copilot_token_key_ref"),
+        (lambda t: t + "runner_type: shell\n", r"unknown key 'runner_type'"),
+    ],
+)  # fmt: skip
+def test_linked_workflow_errors_name_the_action_file(
+    tmp_path: Path, edit: Callable[[str], str], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        load_pack_dir(_linked(tmp_path, edit))
+
+
+def test_without_a_label_a_linked_workflow_is_labelled_by_its_ref(tmp_path: Path) -> None:
+    pack = load_pack_dir(_linked(tmp_path, lambda t: t.replace('label: "News via Copilot"\n', "")))
+    assert pack.workflows[0].label == "examples.news_via_copilot"

@@ -16,7 +16,7 @@ import click
 from attune_pg import packs
 from attune_pg.cli.common import connection, dsn_option, errors_to_exit, table, to_json
 from attune_pg.cli.progress import Stages, progress_option
-from attune_pg.errors import SkippedInvalid
+from attune_pg.errors import SkippedInvalid, SpecError
 from attune_pg.spec.loader import load_workflow_file
 from attune_pg.spec.yaml_lines import MAX_BYTES
 from attune_pg.store import catalog, read
@@ -250,9 +250,23 @@ def workflows_show(ref: str, dsn: str | None) -> None:
 def workflows_validate(file: Path, max_file_size: int) -> None:
     """Check a workflow file offline (no database): syntax, schema and semantics."""
     from attune_pg.spec.loader import load_workflow_source, read_source
+    from attune_pg.spec.packfiles import links_workflow, load_linked_workflow
 
     resolved = file.resolve()
+    if resolved.parent.name == "actions":  # Attune's action file linking its workflow
+        text = read_source(file, max_file_size)
+        if links_workflow(text):
+            owner = resolved.parent.parent.name
+            spec = load_linked_workflow(file, owner, text, max_file_size)[0]
+            click.echo(f"{file}: ok ({spec.ref}, {len(spec.all_tasks())} tasks)")
+            return
     pack = resolved.parent.parent.name if resolved.parent.name == "workflows" else None
+    if pack == "actions":  # actions/workflows/<x>.workflow.yaml: a linked graph
+        raise SpecError(
+            "a workflow graph in actions/workflows/ is validated through the action file"
+            " that links it (workflow_file:)",
+            file=str(file),
+        )
     if max_file_size == MAX_BYTES:
         spec = load_workflow_file(file, pack=pack)
     else:

@@ -1,11 +1,13 @@
 """Does a rule fire on an event, and with which parameters? Pure.
 
-Templates see `event` (`id`, `trigger_ref`, `payload`, `created`), `trigger` (the same
-object, as Attune's docs write `trigger.payload.x`), `rule` (`ref`) and `pack.config`
-(the rule's pack). Conditions use the workflow template engine: an `expression` must be
-truthy; the legacy `criteria` must all hold. A condition or an action_params template
-that fails to evaluate does not fire the rule: the verdict carries the error, which the
-enforcement records.
+Templates see `event` (`id`, `trigger_ref` (also `trigger`, as Attune's template
+resolver names it), `payload`, `created`), `trigger` (the same object, as Attune's docs
+write `trigger.payload.x`), `rule` (`ref`), `pack.config` (the rule's pack) and, as
+Attune's rule docs write them, `system.timestamp` (the event's `created`),
+`system.rule.ref` and `system.event.id`. Conditions use the workflow template engine:
+an `expression` must be truthy; the legacy `criteria` must all hold. A condition or an
+action_params template that fails to evaluate does not fire the rule: the verdict carries
+the error, which the enforcement records.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class EventView:
         return {
             "id": self.id,
             "trigger_ref": self.trigger_ref,
+            "trigger": self.trigger_ref,
             "payload": self.payload,
             "created": self.created,
         }
@@ -47,8 +50,13 @@ class Verdict:
 
 def _scope(rule: RuleSpec, event: EventView, pack_config: Mapping[str, Json]) -> template.Scope:
     view = event.as_dict()
+    system = {"timestamp": event.created, "rule": {"ref": rule.ref}, "event": {"id": event.id}}
     return template.Scope(
-        event=view, trigger=view, rule={"ref": rule.ref}, pack={"config": dict(pack_config)}
+        event=view,
+        trigger=view,
+        rule={"ref": rule.ref},
+        pack={"config": dict(pack_config)},
+        system=system,
     )
 
 

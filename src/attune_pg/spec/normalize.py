@@ -27,6 +27,7 @@ from attune_pg.spec.model import (
     Backoff,
     CancellationPolicy,
     RetryPolicy,
+    TaskKind,
     TaskSpec,
     Transition,
     WorkflowSpec,
@@ -126,7 +127,8 @@ def _int(value: Any) -> int | None:
 
 def _task(raw: dict[str, Any], path: Path, source: Source) -> TaskSpec:
     name: str = raw["name"]
-    kind = raw.get("type", "action")
+    # Attune's `type: workflow` is a task whose action is a workflow: an action task here.
+    kind: TaskKind = "parallel" if raw.get("type") == "parallel" else "action"
     if kind == "parallel":
         for key in _NOT_ON_PARALLEL:
             if key in raw:

@@ -86,10 +86,7 @@ LINKED_SCHEMA: dict[str, Any] = {
         "ref": {"type": "string"},
         "label": {"type": "string", "minLength": 1},
         "description": {"type": "string"},
-        "enabled": {
-            "const": True,
-            "description": "true (a disabled workflow: attune-pg workflows disable REF)",
-        },
+        "enabled": {"const": True},
         "parameters": {"type": "object"},
         "output": {"type": "object"},
         "tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
@@ -245,6 +242,12 @@ def load_linked_workflow(
     file's bytes). Errors in the action-level keys name the action file, errors in the
     graph the graph file."""
     meta = _load_doc(file, text, max_bytes)
+    if meta.data.get("enabled") is False:
+        raise meta.error(
+            "false is not supported in a file; register the workflow and run"
+            f" `attune-pg workflows disable {pack}.{file.stem}`",
+            ("enabled",),
+        )
     validate_document(meta, _LINKED_VALIDATOR)
     data: dict[str, Any] = meta.data
     ref = f"{pack}.{file.stem}"
