@@ -48,7 +48,10 @@ from attune_pg.spec.normalize import Source
 from attune_pg.spec.packfiles import (
     check_references,
     find_pack_dirs,
+    graph_ref,
+    is_graph_file,
     linked_graph_bytes,
+    linked_graphs,
     links_workflow,
     load_action,
     load_linked_workflow,
@@ -309,8 +312,10 @@ class _Run:
                 self.invalid(exc)
                 continue
             work.actions[action.ref] = (action, content_hash(file, data))
-        for file in [*layout.workflows, *linked]:
-            ref = f"{meta.ref}.{file.stem}"
+        linked_to = linked_graphs((f, self._read(f)) for f in linked)
+        unlinked = [g for g in layout.graphs if g.resolve() not in linked_to]
+        for file in [*layout.workflows, *linked, *unlinked]:
+            ref = graph_ref(file, meta.ref) if is_graph_file(file) else f"{meta.ref}.{file.stem}"
             if ref in work.actions or ref in work.workflow_files:
                 first = (
                     work.actions[ref][0].source_file

@@ -208,6 +208,20 @@ def test_action_linked_workflow_registers_and_runs(
     assert changed.packs[0].updated == ["examples.news_via_copilot"]
 
 
+def test_graphs_no_action_links_register_as_workflows(
+    conn: psycopg.Connection, attune_examples: Path
+) -> None:
+    graphs = attune_examples / "actions" / "workflows"
+    (graphs / "solo.workflow.yaml").write_text(
+        'version: "1"\ntasks:\n  - {name: only, action: core.noop}\n'
+    )
+    result = packs.register(conn, attune_examples)
+    assert sorted(result.packs[0].added) == ["examples.news_via_copilot", "examples.solo"]
+    (graphs / "solo.workflow.yaml").unlink()
+    again = packs.register(conn, attune_examples)
+    assert again.packs[0].removed == ["examples.solo"]
+
+
 def test_linked_workflow_errors_name_the_right_file(
     conn: psycopg.Connection, attune_examples: Path
 ) -> None:

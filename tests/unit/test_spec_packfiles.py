@@ -224,3 +224,25 @@ def test_linked_workflow_errors_name_the_action_file(
 def test_without_a_label_a_linked_workflow_is_labelled_by_its_ref(tmp_path: Path) -> None:
     pack = load_pack_dir(_linked(tmp_path, lambda t: t.replace('label: "News via Copilot"\n', "")))
     assert pack.workflows[0].label == "examples.news_via_copilot"
+
+
+def test_a_graph_no_action_links_is_a_workflow_of_its_own(tmp_path: Path) -> None:
+    # Attune's loader reads actions/workflows/ too: x.workflow.yaml is <pack>.x
+    pack_dir = _linked(tmp_path)
+    graphs = pack_dir / "actions" / "workflows"
+    (graphs / "standalone.workflow.yaml").write_text(
+        'version: "2"\ntasks:\n  - {name: only, action: core.noop}\n'
+    )
+    (graphs / "named.yaml").write_text(
+        'label: Named\nversion: "1"\ntasks:\n  - {name: only, action: core.noop}\n'
+    )
+    refs = {wf.ref: wf.label for wf in load_pack_dir(pack_dir).workflows}
+    assert refs == {
+        "examples.news_via_copilot": "News via Copilot",
+        "examples.standalone": "examples.standalone",
+        "examples.named": "Named",
+    }
+    (pack_dir / "workflows").mkdir()
+    (pack_dir / "workflows" / "named.yaml").write_text((graphs / "named.yaml").read_text())
+    with pytest.raises(SpecError, match=r"'examples\.named' is already defined"):
+        load_pack_dir(pack_dir)

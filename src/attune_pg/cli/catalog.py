@@ -250,7 +250,12 @@ def workflows_show(ref: str, dsn: str | None) -> None:
 def workflows_validate(file: Path, max_file_size: int) -> None:
     """Check a workflow file offline (no database): syntax, schema and semantics."""
     from attune_pg.spec.loader import load_workflow_source, read_source
-    from attune_pg.spec.packfiles import links_workflow, load_linked_workflow
+    from attune_pg.spec.packfiles import (
+        linked_graphs,
+        links_workflow,
+        load_linked_workflow,
+        load_pack_workflow,
+    )
 
     resolved = file.resolve()
     if resolved.parent.name == "actions":  # Attune's action file linking its workflow
@@ -261,12 +266,19 @@ def workflows_validate(file: Path, max_file_size: int) -> None:
             click.echo(f"{file}: ok ({spec.ref}, {len(spec.all_tasks())} tasks)")
             return
     pack = resolved.parent.parent.name if resolved.parent.name == "workflows" else None
-    if pack == "actions":  # actions/workflows/<x>.workflow.yaml: a linked graph
-        raise SpecError(
-            "a workflow graph in actions/workflows/ is validated through the action file"
-            " that links it (workflow_file:)",
-            file=str(file),
-        )
+    if pack == "actions":  # actions/workflows/<x>.workflow.yaml: a graph
+        actions = sorted(resolved.parent.parent.glob("*.y*ml"))
+        if resolved in linked_graphs((f, read_source(f, max_file_size)) for f in actions):
+            raise SpecError(
+                "this workflow graph is linked by an action file (workflow_file:):"
+                " validate that file",
+                file=str(file),
+            )
+        owner = resolved.parent.parent.parent.name
+        spec = load_pack_workflow(resolved, owner, read_source(file, max_file_size),
+                                  max_file_size)[0]  # fmt: skip
+        click.echo(f"{file}: ok ({spec.ref}, {len(spec.all_tasks())} tasks)")
+        return
     if max_file_size == MAX_BYTES:
         spec = load_workflow_file(file, pack=pack)
     else:

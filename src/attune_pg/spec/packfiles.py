@@ -14,6 +14,9 @@ Layout (DESIGN section 5):
                               output and tags from this file, its graph (version, vars,
                               tasks, output_map, ...) from the file it names, relative to
                               actions/ (Attune: actions/workflows/<a>.workflow.yaml)
+    <pack>/actions/workflows/<w>[.workflow].yaml  that no action file links: a workflow
+                              <pack>.<w> of its own (as Attune's loader reads that folder),
+                              labelled by its ref unless it has a label
 
 Files whose names start with "." (editor leftovers) are ignored.
 """
@@ -162,6 +165,7 @@ class PackLayout:
     pack_file: Path
     actions: tuple[Path, ...]
     workflows: tuple[Path, ...]
+    graphs: tuple[Path, ...] = ()  # actions/workflows/*.yaml: linked by actions, or not
 
 
 def scan_pack(root: Path) -> PackLayout:
@@ -173,6 +177,7 @@ def scan_pack(root: Path) -> PackLayout:
         pack_file=root / "pack.yaml",
         actions=tuple(_yaml_files(root / "actions")),
         workflows=tuple(_yaml_files(root / "workflows")),
+        graphs=tuple(_yaml_files(root / "actions" / "workflows")),
     )
 
 
@@ -221,7 +226,44 @@ def load_pack_workflow(
     if file.parent.name == "actions":
         wf, source, _ = load_linked_workflow(file, pack, text, max_bytes)
         return wf, source
+    if is_graph_file(file):
+        return _load_graph(file, pack, text, max_bytes)
     return load_workflow_source(text, file=str(file), pack=pack, max_bytes=max_bytes)
+
+
+def is_graph_file(file: Path) -> bool:
+    """Is `file` in a pack's actions/workflows/ (Attune's folder of workflow graphs)?"""
+    return file.parent.name == "workflows" and file.parent.parent.name == "actions"
+
+
+def graph_ref(file: Path, pack: str) -> str:
+    """`<pack>.<name>` of a graph file: `deploy.workflow.yaml` is `deploy`, as in Attune."""
+    return f"{pack}.{file.stem.removesuffix('.workflow')}"
+
+
+def linked_graphs(actions: Iterable[tuple[Path, bytes]]) -> set[Path]:
+    """The graph files the given action files link (those that link one)."""
+    out: set[Path] = set()
+    for file, text in actions:
+        if not links_workflow(text):
+            continue
+        name = load_yaml(text, file=str(file)).data.get("workflow_file")
+        if isinstance(name, str):
+            out.add((file.parent / name).resolve())
+    return out
+
+
+def _load_graph(
+    file: Path, pack: str, text: str | bytes, max_bytes: int
+) -> tuple[WorkflowSpec, Source]:
+    """A graph file in actions/workflows/ that no action links: a workflow of its own."""
+    doc = load_yaml(text, file=str(file), max_bytes=max_bytes)
+    if not isinstance(doc.data, dict):
+        raise doc.error("a workflow file must be a mapping with version and tasks")
+    ref = graph_ref(file, pack)
+    if "label" not in doc.data:
+        doc = Document(file=doc.file, data={**doc.data, "label": ref}, root=doc.root)
+    return load_workflow_document(doc, ref=ref)
 
 
 def links_workflow(text: bytes) -> bool:
@@ -325,9 +367,11 @@ def _load_pack(root: Path) -> tuple[PackSpec, dict[str, Source]]:
         _refuse_duplicate(actions, action.ref, file, line)
         actions[action.ref] = action
 
+    linked_to = linked_graphs((f, read_source(f)) for f in linked)
+    unlinked = [g for g in layout.graphs if g.resolve() not in linked_to]
     workflows: list[WorkflowSpec] = []
     sources: dict[str, Source] = {}
-    for file in [*layout.workflows, *linked]:
+    for file in [*layout.workflows, *linked, *unlinked]:
         wf, source = load_pack_workflow(file, ref)
         _refuse_duplicate(actions, wf.ref, file)
         actions[wf.ref] = workflow_action(wf, pack_path)
