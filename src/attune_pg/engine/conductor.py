@@ -310,7 +310,7 @@ class Conductor:
         """The template scope; with `task`, the scope of that task's input (and items):
         secrets render as tokens signed for that task only (secrets.py)."""
         attempt = self._attempt if current is not None else 1
-        parameters: Mapping[str, Json] = with_unset(self.spec.parameters, self.parameters)
+        parameters: Mapping[str, Json] = self.parameters
         token = None
         if task is not None:
             binding = Binding(self.execution.id, task, self.ctx.signing_key)
@@ -323,7 +323,7 @@ class Conductor:
                     if parameters.get(name) == secret_token(key):
                         parameters[name] = signed_token(key, binding)
         return template.build_scope(
-            parameters=parameters,
+            parameters=with_unset(self.spec.parameters, parameters),
             vars=self.vars,
             tasks=render.task_views(self.latest),
             pack_config=self.execution.pack_config,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -77,15 +77,42 @@ def output_schema(value: Any) -> Any:
     return {"type": "object", "properties": properties, "required": required}
 
 
+class _WithUnset(Mapping[str, Any]):
+    """The given parameters, whose declared-but-unset names read as None by key or
+    attribute (`parameters.ref_spec`) while the mapping itself holds only what was given:
+    `{{ parameters }}`, `'ref_spec' in parameters` and iteration see the given ones."""
+
+    __slots__ = ("_declared", "_values")
+
+    def __init__(self, values: Mapping[str, Any], declared: frozenset[str]) -> None:
+        self._values = values
+        self._declared = declared
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._values:
+            return self._values[key]
+        if key in self._declared:
+            return None
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 def with_unset(schema: Mapping[str, Any], values: Mapping[str, Any]) -> Mapping[str, Any]:
     """`values` as templates see them: a declared parameter that was not given and has no
     default reads as null (Attune's install_packs.yaml passes `parameters.ref_spec` on
-    whether or not a ref was asked for); an undeclared name stays an error."""
+    whether or not a ref was asked for); an undeclared name stays an error, and the
+    mapping as a whole (`{{ parameters }}`) is only what was given."""
     props = schema.get("properties") or {}
-    unset = [name for name in props if name not in values]
-    if not unset:
-        return values
-    return {**dict.fromkeys(unset), **values}
+    unset = frozenset(name for name in props if name not in values)
+    return _WithUnset(values, unset) if unset else values
 
 
 def parameters_schema(value: Any, path: Path = ("parameters",)) -> dict[str, Any]:
