@@ -100,7 +100,7 @@ END $$;
 CREATE FUNCTION attune.rx_list(tags jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF jsonb_path_exists(tags, '$[*] ? (@.size() == 0)') THEN
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(tags) t WHERE t = '[]') THEN
         PERFORM attune.rx_defer('a list literal holding an undefined value');
     END IF;
     RETURN coalesce((SELECT jsonb_agg(t -> 0 ORDER BY n) FROM jsonb_array_elements(tags)
