@@ -29,8 +29,11 @@ def test_hundred_events_half_matching_are_enforced_in_the_emitting_transaction(
     register("shop")
     with conn.transaction():
         ids = [
-            _emit(conn, "shop.order_placed", {"id": i, "total": 500 if i % 2 == 0 else 5,
-                                              "tags": ["vip"]})  # fmt: skip
+            _emit(
+                conn,
+                "shop.order_placed",
+                {"id": i, "total": 500 if i % 2 == 0 else 5, "tags": ["vip"]},
+            )
             for i in range(100)
         ]
         # Before commit, in the emitting transaction itself: 50 enforcements, each with
@@ -75,12 +78,19 @@ def test_a_rule_the_compiler_cannot_translate_is_matched_by_a_worker_exactly_onc
     packs.register(conn, pack)
     paths = dict(conn.execute("SELECT ref, match_path FROM attune.rule WHERE pack_ref = 'mix'"))
     assert paths == {"mix.in_sql": "sql", "mix.by_worker": "worker"}
-    (note,) = conn.execute("SELECT match_note FROM attune.rule WHERE ref = 'mix.by_worker'").fetchone() or ()
+    (note,) = (
+        conn.execute("SELECT match_note FROM attune.rule WHERE ref = 'mix.by_worker'").fetchone()
+        or ()
+    )
     assert note == "conditions.expression: the method call .startswith()"
     event = _emit(conn, "mix.ping", {"n": 2, "s": "abc"})
     # The SQL rule fired at once; the other waits for a worker.
-    assert [r["rule_ref"] for r in _rows(conn, "SELECT rule_ref FROM attune.enforcement")] == ["mix.in_sql"]
-    (pending,) = _rows(conn, "SELECT status, deferred_rules FROM attune.event WHERE id = %s", (event,))
+    assert [r["rule_ref"] for r in _rows(conn, "SELECT rule_ref FROM attune.enforcement")] == [
+        "mix.in_sql"
+    ]
+    (pending,) = _rows(
+        conn, "SELECT status, deferred_rules FROM attune.event WHERE id = %s", (event,)
+    )
     assert pending == {"status": "pending", "deferred_rules": ["mix.by_worker"]}
     stats = automation.process_events(conn)
     assert (stats.events, stats.enforcements) == (1, 1)
@@ -92,7 +102,11 @@ def test_a_rule_the_compiler_cannot_translate_is_matched_by_a_worker_exactly_onc
     # `rules list` and `rules show` say which path each rule uses.
     from attune_pg.store import automation_read
 
-    listed = {r["ref"]: r["matched_by"] for r in automation_read.rules(conn) if r["ref"].startswith("mix.")}
+    listed = {
+        r["ref"]: r["matched_by"]
+        for r in automation_read.rules(conn)
+        if r["ref"].startswith("mix.")
+    }
     assert listed == {"mix.by_worker": "worker", "mix.in_sql": "sql"}
     shown = automation_read.rule(conn, "mix.by_worker")
     assert shown["matched_by_worker_because"] == note
@@ -114,12 +128,19 @@ def test_a_value_only_python_treats_exactly_is_deferred_for_that_event_only(
     packs.register(conn, pack)
     whole = _emit(conn, "fl.ping", {"x": 3})  # an integer remainder: SQL
     fraction = _emit(conn, "fl.ping", {"x": 3.5})  # a float remainder: Python
-    assert _count(conn, "SELECT count(*) FROM attune.enforcement WHERE event_id = %s", (whole,)) == 1
-    (row,) = _rows(conn, "SELECT status, deferred_rules FROM attune.event WHERE id = %s", (fraction,))
+    assert (
+        _count(conn, "SELECT count(*) FROM attune.enforcement WHERE event_id = %s", (whole,)) == 1
+    )
+    (row,) = _rows(
+        conn, "SELECT status, deferred_rules FROM attune.event WHERE id = %s", (fraction,)
+    )
     assert row == {"status": "pending", "deferred_rules": ["fl.mod"]}
     automation.process_events(conn)
     # 3.5 % 2 == 1.5: Python does not fire it either; the event is done.
-    assert _count(conn, "SELECT count(*) FROM attune.enforcement WHERE event_id = %s", (fraction,)) == 0
+    assert (
+        _count(conn, "SELECT count(*) FROM attune.enforcement WHERE event_id = %s", (fraction,))
+        == 0
+    )
     assert _count(conn, "SELECT count(*) FROM attune.event WHERE status = 'pending'") == 0
 
 
@@ -142,7 +163,10 @@ def test_a_condition_error_in_sql_records_why_and_other_rules_still_fire(
     rows = {r["rule_ref"]: r for r in _rows(conn, "SELECT * FROM attune.enforcement")}
     assert rows["err.bad"]["status"] == "failed"
     assert rows["err.bad"]["error"]["type"] == "ConditionError"
-    assert "'>' not supported between instances of 'str' and 'int'" in rows["err.bad"]["error"]["message"]
+    assert (
+        "'>' not supported between instances of 'str' and 'int'"
+        in rows["err.bad"]["error"]["message"]
+    )
     assert rows["err.good"]["status"] == "succeeded"
     done = _rows(conn, "SELECT parameters FROM attune.workflow_execution")
     assert done == [{"parameters": {"message": "many"}}]
@@ -167,7 +191,10 @@ def test_hostile_rule_text_never_reaches_the_sql(evil: str) -> None:
         ref="t.r",
         trigger_ref="t.t",
         action_ref="core.noop",
-        conditions={"expression": f"{{{{ event.payload['{quoted}'] == '{quoted}' or '{quoted}' in event.payload.tags }}}}"},
+        conditions={
+            "expression": f"{{{{ event.payload['{quoted}'] == '{quoted}'"
+            f" or '{quoted}' in event.payload.tags }}}}"
+        },
         action_params={evil: f"{{{{ event.payload['{quoted}'] ~ '{quoted}' }}}}", "lit": evil},
     )
     compiled = compile_rule(rule)
@@ -177,12 +204,37 @@ def test_hostile_rule_text_never_reaches_the_sql(evil: str) -> None:
         assert not set(sql) & set("'\"\\;`\n"), sql
         words = set(re.findall(r"[A-Za-z_][A-Za-z_0-9.]*", sql))
         assert words <= {
-            "attune." + w for w in [
-                "rx_cond", "rx_val", "rx_eq", "rx_attr", "rx_in", "rx_truth", "rx_out",
-                "rx_concat", "rx_tag", "rx_render",
+            "attune." + w
+            for w in [
+                "rx_cond",
+                "rx_val",
+                "rx_eq",
+                "rx_attr",
+                "rx_in",
+                "rx_truth",
+                "rx_out",
+                "rx_concat",
+                "rx_tag",
+                "rx_render",
             ]
-        } | {"SELECT", "CASE", "WHEN", "THEN", "ELSE", "END", "FROM", "AS", "l.v", "l",
-             "v", "to_jsonb", "jsonb_build_object", "jsonb_build_array", "NULL", "jsonb"}, words
+        } | {
+            "SELECT",
+            "CASE",
+            "WHEN",
+            "THEN",
+            "ELSE",
+            "END",
+            "FROM",
+            "AS",
+            "l.v",
+            "l",
+            "v",
+            "to_jsonb",
+            "jsonb_build_object",
+            "jsonb_build_array",
+            "NULL",
+            "jsonb",
+        }, words
     assert evil in compiled.args
 
 
@@ -194,7 +246,7 @@ def test_hostile_rule_text_matches_as_plain_data(conn: psycopg.Connection, tmp_p
         {
             "triggers/ping.yaml": "name: ping\n",
             "rules/r.yaml": "trigger_ref: evil.ping\naction_ref: core.echo\n"
-            "conditions: {expression: \"event.payload.k == \\\"" + evil + "\\\"\"}\n"
+            'conditions: {expression: "event.payload.k == \\"' + evil + '\\""}\n'
             "action_params: {message: \"{{ event.payload.k ~ '$1' }}\"}\n",
         },
     )
@@ -216,9 +268,16 @@ def test_a_payload_over_the_json_limits_is_refused_naming_the_limit(
         deep = [deep]
     with pytest.raises(psycopg.errors.ProgramLimitExceeded) as caught, conn.transaction():
         _emit(conn, "shop.order_placed", {"id": 1, "total": 1, "deep": deep})
-    assert "payload of trigger 'shop.order_placed': nested deeper than 8 levels (setting json_max_depth)" in str(caught.value)
+    assert (
+        "payload of trigger 'shop.order_placed': nested deeper than 8 levels"
+        " (setting json_max_depth)"
+        in str(caught.value)
+    )
     conn.execute("UPDATE attune.setting SET value = '200' WHERE name = 'json_max_bytes'")
-    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="over the limit of 200 bytes"), conn.transaction():
+    with (
+        pytest.raises(psycopg.errors.ProgramLimitExceeded, match="over the limit of 200 bytes"),
+        conn.transaction(),
+    ):
         _emit(conn, "shop.order_placed", {"id": 1, "total": 1, "note": "x" * 300})
     assert _count(conn, "SELECT count(*) FROM attune.event") == 0
 
@@ -244,14 +303,18 @@ def _crossed_releases(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> lis
     ids = {}
     for name, key in (("a1", "a"), ("b1", "b"), ("a2", "a"), ("b2", "b")):
         row = conn.execute(
-            "INSERT INTO attune.workflow_execution (workflow_ref, parameters) VALUES ('slots.job', %s)"
+            "INSERT INTO attune.workflow_execution (workflow_ref, parameters)"
+            " VALUES ('slots.job', %s)"
             " RETURNING id",
             (Jsonb({"k": key}),),
         ).fetchone()
         assert row is not None
         ids[name] = row[0]
     conn.execute("UPDATE attune.workflow_execution SET status = 'running'")
-    assert dict(conn.execute("SELECT key, used FROM attune.concurrency_slot")) == {'["a"]': 2, '["b"]': 2}
+    assert dict(conn.execute("SELECT key, used FROM attune.concurrency_slot")) == {
+        '["a"]': 2,
+        '["b"]': 2,
+    }
     barrier = threading.Barrier(2, timeout=20)
     errors: list[BaseException] = []
 
@@ -259,9 +322,14 @@ def _crossed_releases(conn: psycopg.Connection, dsn: str, tmp_path: Path) -> lis
         try:
             with db.connect(dsn) as mine, mine.transaction():
                 mine.execute("SET LOCAL deadlock_timeout = '100ms'")
-                mine.execute("UPDATE attune.workflow_execution SET status = 'failed' WHERE id = %s", (first,))
+                mine.execute(
+                    "UPDATE attune.workflow_execution SET status = 'failed' WHERE id = %s", (first,)
+                )
                 barrier.wait()
-                mine.execute("UPDATE attune.workflow_execution SET status = 'failed' WHERE id = %s", (second,))
+                mine.execute(
+                    "UPDATE attune.workflow_execution SET status = 'failed' WHERE id = %s",
+                    (second,),
+                )
         except BaseException as exc:
             errors.append(exc)
 
@@ -292,8 +360,13 @@ def test_releasing_slots_of_two_keys_in_crossed_order_does_not_deadlock(
     conn: psycopg.Connection, dsn: str, tmp_path: Path
 ) -> None:
     assert _crossed_releases(conn, dsn, tmp_path) == []
-    assert dict(conn.execute("SELECT key, used FROM attune.concurrency_slot")) == {'["a"]': 0, '["b"]': 0}
-    assert _count(conn, "SELECT count(*) FROM attune.workflow_execution WHERE status = 'failed'") == 4
+    assert dict(conn.execute("SELECT key, used FROM attune.concurrency_slot")) == {
+        '["a"]': 0,
+        '["b"]': 0,
+    }
+    assert (
+        _count(conn, "SELECT count(*) FROM attune.workflow_execution WHERE status = 'failed'") == 4
+    )
 
 
 def test_a_release_queued_in_a_transaction_frees_the_slot_for_its_own_next_start(
@@ -303,7 +376,8 @@ def test_a_release_queued_in_a_transaction_frees_the_slot_for_its_own_next_start
         tmp_path,
         "one",
         {
-            "workflows/job.yaml": "label: job\nversion: '1'\ntasks:\n  - {name: a, action: core.noop}\n",
+            "workflows/job.yaml": "label: job\nversion: '1'\n"
+            "tasks:\n  - {name: a, action: core.noop}\n",
             "policies/only_one.yaml": "name: only_one\nresource_ref: one.job\n"
             "policy_type: action.concurrency\nparameters: {threshold: 1, action: delay}\n",
         },
@@ -312,13 +386,18 @@ def test_a_release_queued_in_a_transaction_frees_the_slot_for_its_own_next_start
     with conn.transaction():
         first = conn.execute("SELECT attune.start_execution('one.job', '{}')").fetchone()
         assert first is not None
-        conn.execute("UPDATE attune.workflow_execution SET status = 'canceled' WHERE id = %s", (first[0],))
+        conn.execute(
+            "UPDATE attune.workflow_execution SET status = 'canceled' WHERE id = %s", (first[0],)
+        )
         second = conn.execute("SELECT attune.start_execution('one.job', '{}')").fetchone()
         assert second is not None
         # The queued release was applied before this acquire: it runs, not delayed.
-        (delayed,) = conn.execute(
-            "SELECT delayed FROM attune.workflow_execution WHERE id = %s", (second[0],)
-        ).fetchone() or ()
+        (delayed,) = (
+            conn.execute(
+                "SELECT delayed FROM attune.workflow_execution WHERE id = %s", (second[0],)
+            ).fetchone()
+            or ()
+        )
         assert delayed is False
     worker_thread()
     assert wait_done(conn, second[0])["status"] == "succeeded"

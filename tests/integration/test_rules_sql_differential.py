@@ -138,7 +138,9 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def _check(conn: psycopg.Connection, rule: RuleSpec, payload: dict[str, Any], seen: Counter[str]) -> None:
+def _check(
+    conn: psycopg.Connection, rule: RuleSpec, payload: dict[str, Any], seen: Counter[str]
+) -> None:
     compiled = compile_rule(rule)
     if compiled.path == "worker":
         seen["worker"] += 1
@@ -150,7 +152,8 @@ def _check(conn: psycopg.Connection, rule: RuleSpec, payload: dict[str, Any], se
              FROM (SELECT attune.rule_evaluate(%(ref)s, %(match)s, %(params)s, %(args)s,
                           jsonb_build_object('event', e, 'trigger', e,
                                              'rule', jsonb_build_object('ref', %(ref)s::text),
-                                             'pack', jsonb_build_object('config', %(config)s::jsonb))) AS r
+                                             'pack', jsonb_build_object(
+                                                 'config', %(config)s::jsonb))) AS r
                      FROM (SELECT jsonb_build_object('id', 1, 'trigger_ref', 't.t',
                                                      'payload', %(payload)s::jsonb,
                                                      'created', %(created)s::text) AS e) s) t""",
@@ -166,7 +169,10 @@ def _check(conn: psycopg.Connection, rule: RuleSpec, payload: dict[str, Any], se
     ).fetchone()
     assert row is not None
     outcome, parameters, error = row
-    context = f"\nrule: {rule.conditions} {rule.action_params}\npayload: {stored!r}\npython: {python}\nsql: {row}"
+    context = (
+        f"\nrule: {rule.conditions} {rule.action_params}\npayload: {stored!r}"
+        f"\npython: {python}\nsql: {row}"
+    )
     if outcome == "defer":
         seen["defer"] += 1
         return
@@ -249,7 +255,10 @@ _criteria = st.lists(
 @_SETTINGS
 @given(criteria=_criteria, payload=payloads)
 def test_legacy_criteria_decide_as_the_python_engine(
-    conn: psycopg.Connection, tally: Counter[str], criteria: list[dict[str, Any]], payload: dict[str, Any]
+    conn: psycopg.Connection,
+    tally: Counter[str],
+    criteria: list[dict[str, Any]],
+    payload: dict[str, Any],
 ) -> None:
     rule = RuleSpec(
         ref="t.r", trigger_ref="t.t", action_ref="core.noop", conditions={"criteria": criteria}

@@ -187,9 +187,11 @@ class _Compiler:
                 self.text_arg(n.data) if isinstance(n, nodes.TemplateData) else self.expr(n)
                 for n in output.nodes
             ]
-            return "attune.rx_render(jsonb_build_array(" + ", ".join(
-                p if p.startswith("($2->>") else f"attune.rx_tag({p})" for p in parts
-            ) + "))"
+            return (
+                "attune.rx_render(jsonb_build_array("
+                + ", ".join(p if p.startswith("($2->>") else f"attune.rx_tag({p})" for p in parts)
+                + "))"
+            )
         except Unsupported as exc:
             raise Unsupported(f"{where}: {exc}") from None
 
@@ -245,11 +247,12 @@ class _Compiler:
 
     def _And(self, node: nodes.And) -> str:
         left, right = self.expr(node.left), self.expr(node.right)
-        return f"(SELECT CASE WHEN attune.rx_truth(l.v) THEN {right} ELSE l.v END FROM (SELECT {left} AS v) l)"
+        # The left side once (a subquery), the right side only when Python evaluates it.
+        return f"(SELECT CASE WHEN attune.rx_truth(l.v) THEN {right} ELSE l.v END{_LEFT(left)})"
 
     def _Or(self, node: nodes.Or) -> str:
         left, right = self.expr(node.left), self.expr(node.right)
-        return f"(SELECT CASE WHEN attune.rx_truth(l.v) THEN l.v ELSE {right} END FROM (SELECT {left} AS v) l)"
+        return f"(SELECT CASE WHEN attune.rx_truth(l.v) THEN l.v ELSE {right} END{_LEFT(left)})"
 
     def _CondExpr(self, node: nodes.CondExpr) -> str:
         if node.expr2 is None:
@@ -306,16 +309,15 @@ class _Compiler:
 
     # ------------------------------------------------------------ filters, tests
 
-    def _args(
-        self, node: nodes.Filter | nodes.Test, names: Sequence[str]
-    ) -> dict[str, nodes.Node]:
+    def _args(self, node: nodes.Filter | nodes.Test, names: Sequence[str]) -> dict[str, nodes.Node]:
         """Positional and keyword arguments by name; anything else is unsupported."""
         if node.dyn_args is not None or node.dyn_kwargs is not None:
             raise Unsupported(f"*args/**kwargs in {node.name!r}")
         if len(node.args) > len(names):
             raise Unsupported(f"{len(node.args)} arguments to {node.name!r}")
-        out = dict(zip(names, node.args, strict=False))
-        for kw in node.kwargs:
+        out: dict[str, nodes.Node] = dict(zip(names, node.args, strict=False))
+        keywords: list[Any] = list(node.kwargs)  # nodes.Keyword (typed loosely by Jinja)
+        for kw in keywords:
             if kw.key not in names or kw.key in out:
                 raise Unsupported(f"the argument {kw.key!r} of {node.name!r}")
             out[kw.key] = kw.value
@@ -353,15 +355,23 @@ class _Compiler:
             a = self._args(node, ("default",) if name == "float" else ("default", "base"))
             if "base" in a:
                 raise Unsupported("int with a base")
-            fallback = self.expr(a["default"]) if "default" in a else self.arg(0 if name == "int" else 0.0)
+            fallback = (
+                self.expr(a["default"]) if "default" in a else self.arg(0 if name == "int" else 0.0)
+            )
             return f"attune.rx_f_{name}({value}, attune.rx_tag({fallback}))"
         if name == "round":
             a = self._args(node, ("precision", "method"))
-            precision = 0 if "precision" not in a else self._const(
-                a["precision"], (int,), "round with a precision that is not a literal integer"
+            precision = (
+                0
+                if "precision" not in a
+                else self._const(
+                    a["precision"], (int,), "round with a precision that is not a literal integer"
+                )
             )
-            method = "common" if "method" not in a else self._const(
-                a["method"], (str,), "round with a method that is not a literal"
+            method = (
+                "common"
+                if "method" not in a
+                else self._const(a["method"], (str,), "round with a method that is not a literal")
             )
             if not 0 <= precision <= 15 or method not in ("common", "ceil", "floor"):
                 raise Unsupported(f"round({precision!r}, {method!r})")
@@ -370,7 +380,11 @@ class _Compiler:
             a = self._args(node, ("d", "attribute"))
             if "attribute" in a:
                 raise Unsupported("join with an attribute")
-            sep = "" if "d" not in a else self._const(a["d"], (str,), "join with a separator that is not a literal")
+            sep = (
+                ""
+                if "d" not in a
+                else self._const(a["d"], (str,), "join with a separator that is not a literal")
+            )
             return f"attune.rx_f_join({value}, {self.text_arg(sep)})"
         raise Unsupported(f"the filter {name!r}")
 
@@ -385,7 +399,9 @@ class _Compiler:
             return f"to_jsonb(attune.rx_parity({value}, {int(name == 'odd')}))"
         if name == "divisibleby":
             a = self._args(node, ("num",))
-            num = self._const(a.get("num"), (int,), "divisibleby with a number that is not a literal integer")
+            num = self._const(
+                a.get("num"), (int,), "divisibleby with a number that is not a literal integer"
+            )
             if num == 0:
                 raise Unsupported("divisibleby(0)")
             return f"to_jsonb(attune.rx_divisible({value}, {self.arg(num)}))"
@@ -398,6 +414,10 @@ class _Compiler:
                 return f"to_jsonb(attune.rx_in({value}, {other}))"
             return f"to_jsonb(attune.rx_{_TEST_COMPARE[name]}({value}, {other}))"
         raise Unsupported(f"the test {name!r}")
+
+
+def _LEFT(left: str) -> str:  # upper case: it reads as SQL
+    return f" FROM (SELECT {left} AS v) l"
 
 
 def _build(function: str, items: list[str], per: int) -> str:
