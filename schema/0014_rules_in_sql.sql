@@ -640,7 +640,11 @@ BEGIN
     WHEN 'str' THEN RETURN v #>> '{}';
     WHEN 'bool' THEN RETURN CASE WHEN v = 'true' THEN 'True' ELSE 'False' END;
     WHEN 'none' THEN RETURN 'None';
-    WHEN 'int' THEN RETURN v::text;
+    WHEN 'int' THEN
+        IF length(v::text) > 4000 THEN
+            PERFORM attune.rx_defer('an integer of over 4,000 digits');  -- Python refuses str()
+        END IF;
+        RETURN v::text;
     ELSE RETURN attune.rx_textlen(attune.rx_dumps(v));
     END CASE;
 END $$;

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,31 @@ def test_hundred_events_half_matching_are_enforced_in_the_emitting_transaction(
         assert sorted(r["event_id"] for r in rows) == ids[::2]
     # Nothing is left for a worker to do.
     assert automation.process_events(conn).events == 0
+
+
+def test_the_event_fields_templates_see_are_the_python_engines(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    pack = _pack(
+        tmp_path,
+        "meta",
+        {
+            "triggers/ping.yaml": "name: ping\n",
+            "rules/r.yaml": "trigger_ref: meta.ping\naction_ref: core.echo\naction_params:\n"
+            "  message: '{{ event.id }}|{{ trigger.trigger_ref }}|{{ event.created }}"
+            "|{{ rule.ref }}'\n",
+        },
+    )
+    packs.register(conn, pack)
+    event = _emit(conn, "meta.ping", {})
+    (row,) = _rows(
+        conn,
+        "SELECT x.parameters, e.created_at FROM attune.workflow_execution x, attune.event e"
+        " WHERE e.id = %s",
+        (event,),
+    )
+    created = row["created_at"].astimezone(UTC).isoformat()  # as the worker path writes it
+    assert row["parameters"] == {"message": f"{event}|meta.ping|{created}|meta.r"}
 
 
 def test_a_rule_the_compiler_cannot_translate_is_matched_by_a_worker_exactly_once(
