@@ -280,3 +280,27 @@ tasks:
     # keystore.<secret> is a token: the action got the value, nothing stored shows it
     (echo,) = [t for t in tasks(conn, row["id"]) if t["task_name"] == "use_secret"]
     assert "s3cr3t-value" not in str(echo["input"]) and "s3cr3t-value" not in str(echo["result"])
+
+
+def test_attunes_rule_names_decide_in_sql_as_on_a_worker(conn: psycopg.Connection) -> None:
+    from collections import Counter
+
+    from attune_pg.spec.rule_sql import compile_rule
+    from attune_pg.spec.rules import RuleSpec
+    from tests.integration.test_rules_sql_differential import _check
+
+    def rule(condition: str, params: dict[str, Any]) -> RuleSpec:
+        return RuleSpec(ref="t.r", trigger_ref="t.t", action_ref="core.noop",
+                        conditions={"expression": condition}, action_params=params)  # fmt: skip
+
+    seen: Counter[str] = Counter()
+    # event.trigger (Attune's resolver) compiles to the event's trigger_ref
+    trigger = rule("{{ event.trigger == 't.t' }}",
+                   {"a": "{{ event.trigger }}", "b": "{{ trigger['trigger'] }}"})  # fmt: skip
+    assert compile_rule(trigger).path == "sql"
+    _check(conn, trigger, {"n": 1}, seen)
+    assert seen == Counter(fire=1)
+    # system.* (Attune's rule docs) is the Python engine's: such a rule takes the worker path
+    system = rule("{{ true }}", {"at": "{{ system.timestamp }}", "r": "{{ system.rule.ref }}"})
+    compiled = compile_rule(system)
+    assert compiled.path == "worker" and "system" in (compiled.note or "")

@@ -68,6 +68,13 @@ _KIND_TESTS: Final = frozenset(
 )  # fmt: skip
 
 
+def _event_key(base: nodes.Node, key: str) -> str:
+    """`event.trigger` (Attune's template resolver's name) is the event's trigger_ref."""
+    if key == "trigger" and isinstance(base, nodes.Name) and base.name in ("event", "trigger"):
+        return "trigger_ref"
+    return key
+
+
 class Unsupported(Exception):
     """A construct the SQL compiler does not translate; the message names it."""
 
@@ -213,6 +220,8 @@ class _Compiler:
         return self.arg(value)
 
     def _Name(self, node: nodes.Name) -> str:
+        if node.name == "system":  # Attune's system.timestamp/rule/event: engine/rules.py
+            raise Unsupported("Attune's system.* names")
         if node.name in SCOPE_NAMES:
             return f"($1->{self.text_arg(node.name)})"
         if node.name in _ENV.globals:
@@ -227,7 +236,7 @@ class _Compiler:
         return [f"attune.rx_tag({self.expr(i)})" for i in items]
 
     def _Getattr(self, node: nodes.Getattr) -> str:
-        return self._key(self.expr(node.node), node.attr)
+        return self._key(self.expr(node.node), _event_key(node.node, node.attr))
 
     def _key(self, obj: str, name: str) -> str:
         if name in METHOD_NAMES:
@@ -237,7 +246,7 @@ class _Compiler:
     def _Getitem(self, node: nodes.Getitem) -> str:
         arg = node.arg
         if isinstance(arg, nodes.Const) and type(arg.value) is str:
-            return self._key(self.expr(node.node), arg.value)
+            return self._key(self.expr(node.node), _event_key(node.node, arg.value))
         if isinstance(arg, nodes.Const) and type(arg.value) is int:
             return f"attune.rx_item({self.expr(node.node)}, {self.arg(arg.value)})"
         raise Unsupported("a subscript that is not a literal string or integer")
