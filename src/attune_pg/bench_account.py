@@ -12,8 +12,8 @@ The cumulative statistics (commits, tuples) are flushed by each backend at most 
 second while it is busy; one that goes idle less than a second after its last flush
 waits 10 s (PostgreSQL's PGSTAT_IDLE_INTERVAL) before flushing the rest, and no backend
 can make another flush. So `settle()` waits 11 s before a reading: exact, at the price
-of a few idle-worker polls (well under 0.01 commits per step at N = 5000). The bench's own transactions (its polls) are counted by the caller
-and taken off the commits.
+of a few idle-worker polls (well under 0.01 commits per step at N = 5000). The bench's
+own transactions (its polls) are counted by the caller and taken off the commits.
 """
 
 from __future__ import annotations

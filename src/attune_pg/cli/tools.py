@@ -222,8 +222,9 @@ def _scenarios(dsn: str | None, names: str, *, progress: bool | None, **options:
         chosen = list(SCENARIOS)
     unknown = [n for n in chosen if n not in SCENARIOS]
     if unknown or not chosen:
+        what = ", ".join(unknown) if unknown else repr(names)
         raise click.BadParameter(
-            f"{', '.join(unknown) or names!r}: choose from {', '.join(SCENARIOS)} or all",
+            f"{what}: choose from {', '.join(SCENARIOS)} or all",
             param_hint="--scenario",
         )
     stages = Stages(progress)
