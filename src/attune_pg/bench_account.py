@@ -111,6 +111,7 @@ class Cost:
     deleted: int
     hot_updated: int
     wal_bytes: int
+    wal_fpi: int
     worker_cpu: float
     pg_cpu: float | None
 
@@ -128,7 +129,8 @@ class Cost:
             f" {self.per_step(self.tuples):.1f} tuples written"
             f" ({self.per_step(self.inserted):.1f} ins, {self.per_step(self.updated):.1f} upd"
             f" [{self.per_step(self.hot_updated):.1f} HOT], {self.per_step(self.deleted):.1f} del),"
-            f" {self.per_step(self.wal_bytes):,.0f} WAL bytes,"
+            f" {self.per_step(self.wal_bytes):,.0f} WAL bytes"
+            f" ({self.per_step(self.wal_fpi):.2f} full-page images),"
             f" CPU ms: workers {self.per_step(self.worker_cpu) * 1000:.3f}, PostgreSQL {pg}"
         )
 
@@ -165,6 +167,7 @@ class Meter:
             deleted=sb.deleted - sa.deleted,
             hot_updated=sb.hot_updated - sa.hot_updated,
             wal_bytes=sb.wal_bytes - sa.wal_bytes,
+            wal_fpi=sb.wal_fpi - sa.wal_fpi,
             worker_cpu=b.worker_cpu - a.worker_cpu,
             pg_cpu=pg,
         )

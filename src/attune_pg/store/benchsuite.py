@@ -26,6 +26,7 @@ class ServerCounters:
     deleted: int
     hot_updated: int
     wal_bytes: int
+    wal_fpi: int  # full-page images (the first change of a page after a checkpoint)
     backend_pid: int
 
 

@@ -1,13 +1,15 @@
 -- name: bench_counters
 -- What the server has done so far, for `attune-pg bench`'s per-step accounting: committed
 -- and rolled-back transactions of this database, tuples written to attune's tables (as
--- the statistics collector counts them: flushed by each backend at most once a second
--- while busy and when it goes idle), the WAL position in bytes, and this session's
+-- the cumulative statistics count them: flushed by each backend at most once a second
+-- while busy, and up to 10 s after it went idle), the WAL position in bytes, the full-page
+-- images written to the WAL (the first change of a page after a checkpoint), this session's
 -- backend pid (its parent is the postmaster, whose CPU the bench reads from /proc).
 SELECT d.xact_commit, d.xact_rollback,
        coalesce(t.ins, 0)::bigint, coalesce(t.upd, 0)::bigint, coalesce(t.del, 0)::bigint,
        coalesce(t.hot, 0)::bigint,
        pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
+       (SELECT wal_fpi FROM pg_stat_wal)::bigint,
        pg_backend_pid()
   FROM pg_stat_database d,
        LATERAL (SELECT sum(n_tup_ins) AS ins, sum(n_tup_upd) AS upd, sum(n_tup_del) AS del,
