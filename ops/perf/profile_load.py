@@ -55,6 +55,12 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=250)
     ap.add_argument("--out", default="/tmp/attune-profile")
     ap.add_argument("--no-pyspy", action="store_true")
+    ap.add_argument(
+        "--wall",
+        action="store_true",
+        help="sample every thread, idle or not (where the wall time goes), not only the"
+        " thread holding the GIL",
+    )
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,8 +85,9 @@ def main() -> int:
                             [
                                 str(Path(sys.executable).parent / "py-spy"), "record",
                                 "--pid", str(p.pid), "--duration", str(int(a.seconds)),
-                                "--rate", str(a.rate), "--format", "raw", "--gil",
-                                "--nonblocking", "-o", str(out / f"worker{i}.txt"),
+                                "--rate", str(a.rate), "--format", "raw", "--nonblocking",
+                                *(["--idle", "--threads"] if a.wall else ["--gil"]),
+                                "-o", str(out / f"worker{i}.txt"),
                             ],
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
@@ -102,11 +109,14 @@ def main() -> int:
             rows = conn.execute(
                 "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ',"
                 " 'g'), 110) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM"
-                " pg_database WHERE datname = current_database())"
+                " pg_database WHERE datname = current_database()) AND toplevel"
                 " ORDER BY total_exec_time DESC LIMIT 30"
             ).fetchall()
             total_ms = sum(float(r[1]) for r in rows)
-            print(f"statements: {total_ms:.0f} ms in the top 30 = {total_ms / steps:.3f} ms/step")
+            print(
+                f"top-level statements: {total_ms:.0f} ms in the top 30 ="
+                f" {total_ms / steps:.3f} ms/step (triggers included in their statement)"
+            )
             for calls, ms, nrows, q in rows:
                 print(
                     f"  {ms / steps * 1000:7.1f} us/step {calls / steps:6.3f} calls/step"
