@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 from attune_pg import db, packs, shipped
 from attune_pg.bench_suite import Poller, start_workers, suite_pack, warm_up
 from attune_pg.store import benchdata, benchsuite, migrate
@@ -56,6 +58,11 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/attune-profile")
     ap.add_argument("--no-pyspy", action="store_true")
     ap.add_argument(
+        "--hold",
+        action="store_true",
+        help="hold an idle REPEATABLE READ snapshot during the load (what degrades?)",
+    )
+    ap.add_argument(
         "--wall",
         action="store_true",
         help="sample every thread, idle or not (where the wall time goes), not only the"
@@ -77,6 +84,12 @@ def main() -> int:
             poller = Poller(conn)
             target = a.workers * a.concurrency * 4
             conn.execute("SELECT pg_stat_statements_reset()")
+            holder = None
+            if a.hold:
+                holder = psycopg.connect(
+                    dsn, options="-c idle_in_transaction_session_timeout=0"
+                )
+                benchsuite.hold_snapshot(holder)
             t0 = benchdata.clock(conn)
             if not a.no_pyspy:
                 for i, p in enumerate(procs):
@@ -94,12 +107,16 @@ def main() -> int:
                         )
                     )
             end = time.monotonic() + a.seconds
+            open_ids: list[int] = []
             while time.monotonic() < end:
-                missing = target - benchsuite.backlog(conn, TAG)
+                open_ids = benchsuite.still_open(conn, open_ids) if open_ids else []
+                missing = target - len(open_ids)
                 if missing > target // 4:
-                    poller.start(a.ref, missing, TAG)
+                    open_ids += poller.start(a.ref, missing, TAG)
                 time.sleep(0.05)
             t1 = benchdata.clock(conn)
+            if holder is not None:
+                holder.close()
             for spy in spies:
                 spy.wait(60)
             done = benchsuite.finished_between(conn, TAG, t0, t1)

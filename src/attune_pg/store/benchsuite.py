@@ -75,9 +75,10 @@ def finished_between(conn: psycopg.Connection, tag: str, t0: datetime, t1: datet
     return int(row[0]) if row else 0
 
 
-def backlog(conn: psycopg.Connection, tag: str) -> int:
-    row = conn.execute(Q.bench_backlog_count, {"tag": tag}).fetchone()
-    return int(row[0]) if row else 0
+def still_open(conn: psycopg.Connection, ids: list[int]) -> list[int]:
+    rows = conn.execute(Q.bench_workflows_open, {"ids": ids}).fetchall()
+    return [int(r[0]) for r in rows]
+
 
 
 def hold_snapshot(conn: psycopg.Connection) -> None:
