@@ -22,7 +22,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -54,11 +54,15 @@ def _enforce(
     fired: list[tuple[str, int, dict[str, object]]] = []  # rule, event, parameters
     failed: list[tuple[str, int, None, str, dict[str, object] | None]] = []
     for event in events:
-        view = EventView(event.id, event.trigger_ref, event.payload, event.created_at.isoformat())
+        # `created` in UTC, as emit_event writes it for the rules it matches in SQL.
+        created = event.created_at.astimezone(UTC).isoformat()
+        view = EventView(event.id, event.trigger_ref, event.payload, created)
         for row in by_trigger.get(event.trigger_ref, ()):
             rule = row.rule
             if event.rule_ref is not None and rule.ref != event.rule_ref:
                 continue
+            if event.deferred is not None and rule.ref not in event.deferred:
+                continue  # emit_event matched it in SQL (each pair has one path)
             verdict = evaluate(rule, view, row.pack_config)
             if verdict.outcome == "skip":
                 continue

@@ -46,13 +46,14 @@ def rules_group() -> None:
 @dsn_option
 @errors_to_exit
 def rules_list(dsn: str | None) -> None:
-    """Every rule, with how often it fired."""
+    """Every rule, with how often it fired and who matches it (MATCHED_BY: `sql`, in
+    emit_event's transaction, or `worker`: see `rules show REF` for why)."""
     with connection(dsn) as conn:
         rows = store.rules(conn)
     table(
         rows,
-        ["ref", "trigger_ref", "action_ref", "enabled", "enforcements", "failures",
-         "last_fired_at"],
+        ["ref", "trigger_ref", "action_ref", "enabled", "matched_by", "enforcements",
+         "failures", "last_fired_at"],
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from attune_pg.engine.timers import first_fire
 from attune_pg.spec.automation import PackAutomation
 from attune_pg.spec.policies import PolicySpec
+from attune_pg.spec.rule_sql import compile_rule
 from attune_pg.spec.rules import RuleSpec
 from attune_pg.spec.triggers import TriggerSpec
 from attune_pg.store.queries import Q
@@ -119,6 +120,7 @@ def register(conn: psycopg.Connection, packs: Sequence[PackAutomation]) -> None:
 
 
 def _write_rule(conn: psycopg.Connection, pack: str, rule: RuleSpec) -> None:
+    compiled = compile_rule(rule)
     conn.execute(
         Q.rule_upsert,
         {
@@ -133,6 +135,11 @@ def _write_rule(conn: psycopg.Connection, pack: str, rule: RuleSpec) -> None:
             "action_params": Jsonb(rule.action_params),
             "enabled": rule.enabled,
             "source_file": rule.source_file,
+            "match_path": compiled.path,
+            "match_note": compiled.note,
+            "match_sql": compiled.match_sql,
+            "params_sql": compiled.params_sql,
+            "match_args": Jsonb(compiled.args),
         },
     )
 
@@ -167,6 +174,8 @@ class EventRow:
     payload: dict[str, Json]
     rule_ref: str | None  # a timer's event: only this rule
     created_at: datetime
+    # The rules emit_event left to workers; None: every enabled rule of the trigger.
+    deferred: list[str] | None = None
 
 
 @dataclass(frozen=True)

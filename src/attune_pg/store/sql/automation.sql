@@ -21,11 +21,18 @@ VALUES (%(ref)s, %(pack)s, %(name)s, %(description)s, %(parameters)s, %(output)s
 -- name: rule_upsert
 -- Upserted, not replaced: a timer (keyed by its rule) keeps its schedule across a
 -- re-registration that does not change it.
+-- match_*: the conditions and action_params compiled to SQL (spec/rule_sql.py), which
+-- emit_event evaluates; match_path 'worker' when they could not be compiled.
 INSERT INTO attune.rule (ref, pack_ref, label, description, trigger_ref, trigger_params,
-                         conditions, action_ref, action_params, enabled, source_file)
+                         conditions, action_ref, action_params, enabled, source_file,
+                         match_path, match_note, match_sql, params_sql, match_args)
 VALUES (%(ref)s, %(pack)s, %(label)s, %(description)s, %(trigger_ref)s, %(trigger_params)s,
-        %(conditions)s, %(action_ref)s, %(action_params)s, %(enabled)s, %(source_file)s)
+        %(conditions)s, %(action_ref)s, %(action_params)s, %(enabled)s, %(source_file)s,
+        %(match_path)s, %(match_note)s, %(match_sql)s, %(params_sql)s, %(match_args)s)
 ON CONFLICT (ref) DO UPDATE SET
+    match_path = EXCLUDED.match_path, match_note = EXCLUDED.match_note,
+    match_sql = EXCLUDED.match_sql, params_sql = EXCLUDED.params_sql,
+    match_args = EXCLUDED.match_args,
     pack_ref = EXCLUDED.pack_ref, label = EXCLUDED.label, description = EXCLUDED.description,
     trigger_ref = EXCLUDED.trigger_ref, trigger_params = EXCLUDED.trigger_params,
     conditions = EXCLUDED.conditions, action_ref = EXCLUDED.action_ref,
@@ -79,8 +86,9 @@ SELECT attune.policy_repair()
 -- ------------------------------------------------------------ events and rules
 
 -- name: event_claim
--- Pending events, oldest first; a batch is matched in one transaction.
-SELECT e.id, e.trigger_ref, e.payload, e.rule_ref, e.created_at
+-- Pending events, oldest first; a batch is matched in one transaction. deferred_rules:
+-- the rules emit_event left to workers (NULL: an event from before schema 14, all rules).
+SELECT e.id, e.trigger_ref, e.payload, e.rule_ref, e.created_at, e.deferred_rules
   FROM attune.event e
  WHERE e.status = 'pending'
  ORDER BY e.id
@@ -88,7 +96,7 @@ SELECT e.id, e.trigger_ref, e.payload, e.rule_ref, e.created_at
  LIMIT %(n)s
 
 -- name: event_claim_one
-SELECT e.id, e.trigger_ref, e.payload, e.rule_ref, e.created_at
+SELECT e.id, e.trigger_ref, e.payload, e.rule_ref, e.created_at, e.deferred_rules
   FROM attune.event e
  WHERE e.id = %(id)s AND e.status = 'pending'
    FOR UPDATE SKIP LOCKED
@@ -176,14 +184,14 @@ SELECT extract(epoch FROM min(next_fire_at) - now())::float8
 SELECT attune.emit_event(%(trigger)s, %(payload)s)
 
 -- name: rule_list_all
-SELECT a.rule_ref AS ref, a.trigger_ref, a.action_ref, a.enabled, a.enforcements,
-       a.executions, a.failures, a.last_fired_at
-  FROM attune.rule_activity a ORDER BY a.rule_ref
+SELECT a.rule_ref AS ref, a.trigger_ref, a.action_ref, a.enabled, r.match_path AS matched_by,
+       a.enforcements, a.executions, a.failures, a.last_fired_at
+  FROM attune.rule_activity a JOIN attune.rule r ON r.ref = a.rule_ref ORDER BY a.rule_ref
 
 -- name: rule_show
 SELECT r.ref, r.label, r.description, r.trigger_ref, r.trigger_params, r.conditions,
        r.action_ref, r.action_params, r.enabled, r.source_file, r.registered_at, r.updated_at,
-       a.enforcements, a.executions, a.failures, a.last_fired_at
+       r.match_path AS matched_by, r.match_note AS matched_by_worker_because, a.enforcements, a.executions, a.failures, a.last_fired_at
   FROM attune.rule r JOIN attune.rule_activity a ON a.rule_ref = r.ref
  WHERE r.ref = %(ref)s
 
