@@ -84,6 +84,8 @@ class ScenarioResult:
     seconds: float = 0.0
     succeeded: int = 0
     latency_ms: tuple[float, float, float] | None = None
+    # submitted -> first task started (the wake-up scenario's figure)
+    start_ms: tuple[float, float, float] | None = None
     cost: Cost | None = None
     notes: list[str] = field(default_factory=list)
     ok: bool = True
@@ -112,6 +114,12 @@ class ScenarioResult:
             p50, p95, p99 = self.latency_ms
             lines.append(
                 f"  claimable->started: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms"
+            )
+        if self.start_ms is not None:
+            p50, p95, p99 = self.start_ms
+            lines.append(
+                f"  submitted->first task started: p50 {p50:.2f} ms, p95 {p95:.2f} ms,"
+                f" p99 {p99:.2f} ms"
             )
         if self.cost is not None:
             lines.append("  " + self.cost.line())
@@ -395,6 +403,7 @@ def _wakeup(conn: psycopg.Connection, meter: Meter, samples: int) -> ScenarioRes
         steps=steps,
         succeeded=succeeded,
         latency_ms=benchsuite.claim_latency(conn, ids),
+        start_ms=benchsuite.start_latency(conn, ids),
         cost=meter.cost(before, after, steps, poller.transactions),
         notes=["(costs include the idle workers' polls and heartbeats over the run)"],
         ok=succeeded == len(ids),

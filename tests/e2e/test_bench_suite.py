@@ -42,6 +42,7 @@ def test_the_local_scenarios_report_rates_latency_and_costs(dsn: str) -> None:
         assert scenario.latency_ms is not None and scenario.latency_ms[0] >= 0
     text = result.report()
     assert "python / builtin no-op:" in text and "items/s" in text
+    assert by["wakeup"].start_ms is not None and by["wakeup"].start_ms[0] > 0
     assert text.count("per step:") == 5 and "CPU ms: workers" in text
 
 

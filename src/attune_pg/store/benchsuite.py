@@ -69,6 +69,14 @@ def claim_latency(conn: psycopg.Connection, ids: list[int]) -> tuple[float, floa
     return float(p50), float(p95), float(p99)
 
 
+def start_latency(conn: psycopg.Connection, ids: list[int]) -> tuple[float, float, float]:
+    row = conn.execute(Q.bench_start_latency, {"ids": ids}).fetchone()
+    if row is None or row[0] is None:
+        return (0.0, 0.0, 0.0)
+    p50, p95, p99 = row[0]
+    return float(p50), float(p95), float(p99)
+
+
 def finished_between(conn: psycopg.Connection, tag: str, t0: datetime, t1: datetime) -> int:
     """Executions of the load tagged `tag` that succeeded in [t0, t1) (DB clock)."""
     row = conn.execute(Q.bench_finished_between, {"tag": tag, "t0": t0, "t1": t1}).fetchone()

@@ -153,3 +153,13 @@ SELECT pg_total_relation_size('attune.task_execution'),
        pg_total_relation_size('attune.execution_event'),
        pg_total_relation_size('attune.workflow_execution'),
        pg_total_relation_size('attune.task_state')
+
+-- name: bench_start_latency
+-- Submitted (the execution's created_at) to its first task started, in ms: what a client
+-- waits before its work begins (the peers-bench latency).
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+       (ORDER BY extract(epoch FROM f.first - e.created_at) * 1000)
+  FROM attune.workflow_execution e
+  JOIN LATERAL (SELECT min(t.started_at) AS first FROM attune.task_execution t
+                 WHERE t.workflow_execution_id = e.id) f ON true
+ WHERE e.id = ANY(%(ids)s::bigint[])
