@@ -170,3 +170,27 @@ def test_defaults_are_checked_through_refs() -> None:
         parameters_schema(declared)
     assert info.value.path == ("parameters", "properties", "port", "default")
     assert info.value.message == "default 0 is less than the minimum of 1"
+
+
+def test_validators_are_cached_per_schema_and_never_follow_later_edits() -> None:
+    from attune_pg.spec import params
+
+    schema = parameters_schema({"n": {"type": "integer"}, "tag": {"type": "string",
+                                "pattern": "^[a-z]+$"}})  # fmt: skip
+    assert validate_parameters(schema, {"n": 1, "tag": "ok"}, where="w") == {"n": 1, "tag": "ok"}
+    key_count = len(params._VALIDATORS)
+    # The same schema again (another dict with the same content): the cached validators.
+    again = parameters_schema({"n": {"type": "integer"}, "tag": {"type": "string",
+                               "pattern": "^[a-z]+$"}})  # fmt: skip
+    validate_parameters(again, {"n": 2, "tag": "ok"}, where="w")
+    assert len(params._VALIDATORS) == key_count
+    # A regular expression is Python's to judge, and an error still names the parameter.
+    with pytest.raises(ParameterError, match="tag"):
+        validate_parameters(schema, {"n": 1, "tag": "NOT"}, where="w")
+    with pytest.raises(ParameterError, match="n"):
+        validate_parameters(schema, {"n": "one", "tag": "ok"}, where="w")
+    # Editing the caller's dict afterwards validates against the edited schema.
+    schema["properties"]["n"]["type"] = "string"
+    assert validate_parameters(schema, {"n": "one", "tag": "ok"}, where="w")["n"] == "one"
+    with pytest.raises(ParameterError, match="n"):
+        validate_parameters(schema, {"n": 1, "tag": "ok"}, where="w")

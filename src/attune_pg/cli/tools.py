@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -83,6 +84,36 @@ def demo(name: str, dsn: str | None) -> None:
     show_default=True,
     help="With --prune: length of each alternating window with and without pruning.",
 )
+@click.option(
+    "--scenario",
+    "scenarios",
+    default=None,
+    help="Instead: the performance scenarios, a comma list of single, three, python,"
+    " items, wakeup, history, snapshot (or all), each with its costs per task step"
+    " (commits, tuples written, WAL bytes, CPU ms in the workers and in PostgreSQL);"
+    " --workflows sets N.",
+)
+@click.option(
+    "--history-rows",
+    type=click.IntRange(min=3),
+    default=1_000_000,
+    show_default=True,
+    help="With --scenario history: finished task rows loaded into the database compared.",
+)
+@click.option(
+    "--history-rounds",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="With --scenario history: alternating rounds on the empty and the full database.",
+)
+@click.option(
+    "--hold-seconds",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="With --scenario snapshot: how long the REPEATABLE READ snapshot is held.",
+)
 @progress_option
 @dsn_option
 @errors_to_exit
@@ -101,11 +132,29 @@ def bench(
     window_seconds: float,
     progress: bool | None,
     register_n: int | None,
+    scenarios: str | None,
+    history_rows: int,
+    history_rounds: int,
+    hold_seconds: float,
     dsn: str | None,
 ) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
     from attune_pg.bench import ACTIONS, compare, run_bench, run_items_bench
 
+    if scenarios:
+        _scenarios(
+            dsn,
+            scenarios,
+            workflows=workflows,
+            workers=workers,
+            concurrency=concurrency,
+            idle_samples=idle_samples or 50,
+            history_rows=history_rows,
+            history_rounds=history_rounds,
+            hold_seconds=hold_seconds,
+            progress=progress,
+        )
+        return
     if register_n:
         from attune_pg.bench_register import run_register_bench
 
@@ -162,6 +211,27 @@ def bench(
     if summary:
         click.echo(summary)
     if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+def _scenarios(dsn: str | None, names: str, *, progress: bool | None, **options: Any) -> None:
+    from attune_pg.bench_suite import SCENARIOS, run_suite
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if chosen == ["all"]:
+        chosen = list(SCENARIOS)
+    unknown = [n for n in chosen if n not in SCENARIOS]
+    if unknown or not chosen:
+        what = ", ".join(unknown) if unknown else repr(names)
+        raise click.BadParameter(
+            f"{what}: choose from {', '.join(SCENARIOS)} or all",
+            param_hint="--scenario",
+        )
+    stages = Stages(progress)
+    result = run_suite(dsn, chosen, progress=stages, **options)
+    stages.close()
+    click.echo(result.report())
+    if not result.ok:
         sys.exit(1)
 
 

@@ -65,6 +65,25 @@ def instance_valid(schema: Any, instance: Any) -> bool:
         return False
 
 
+def compiled(schema: Any) -> Any | None:
+    """A compiled validator of a (valid) user schema whose "valid" can be trusted, or None
+    (no jsonschema-rs, a schema with regular expressions, one it cannot compile)."""
+    if jsonschema_rs is None or _uses_regex(schema):
+        return None
+    try:
+        return jsonschema_rs.Draft202012Validator(schema)
+    except Exception:
+        return None
+
+
+def is_valid(validator: Any, instance: Any) -> bool:
+    """True if a validator from `compiled` certainly accepts `instance`."""
+    try:
+        return bool(validator.is_valid(instance))
+    except Exception:  # e.g. an integer too large for it: the slow path decides
+        return False
+
+
 def _uses_regex(value: Any) -> bool:
     """Does the schema hold a regular expression (or dynamic refs, rare and subtle)?"""
     stack = [value]
