@@ -22,7 +22,7 @@ from attune_pg.advance import AdvanceStats
 from attune_pg.engine.state import Attempt
 from attune_pg.errors import ServiceError
 from attune_pg.machine import WORKFLOW_TERMINAL
-from attune_pg.store.work import ClaimedTask
+from attune_pg.store.claims import ClaimedTask
 
 state_log = logging.getLogger("attune_pg.state")
 log = logging.getLogger("attune_pg.worker")
@@ -68,9 +68,7 @@ class Observer:
         self.metrics = WorkerMetrics(self.worker_id, self._concurrency)
         self.metrics.watch_slots(running, self._concurrency)
         try:
-            self._server = MetricsServer(
-                self.metrics, dsn, self._metrics_host, self._metrics_port
-            )
+            self._server = MetricsServer(self.metrics, dsn, self._metrics_host, self._metrics_port)
         except OSError as exc:
             raise ServiceError(
                 f"cannot serve metrics on {self._metrics_host}:{self._metrics_port}:"
