@@ -158,7 +158,7 @@ def worker_thread(dsn: str) -> Iterator[Callable[..., object]]:
 @pytest.fixture
 def worker_procs(dsn: str, tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start `attune-worker` processes; every one is stopped at teardown, even on failure."""
-    from attune_pg.workerproc import start_worker, stop_worker
+    from attune_pg.worker.procs import start_worker, stop_worker
 
     procs = []
 

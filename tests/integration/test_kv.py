@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from attune_pg import template
 from attune_pg.cli import cli
 from attune_pg.cli.kv import register as register_kv
+from attune_pg.engine.plan import SnapshotKV
 from attune_pg.errors import ActionError, AttuneError, TemplateError
 from attune_pg.secrets import (
     Binding,
@@ -22,7 +23,6 @@ from attune_pg.secrets import (
     signed_token,
 )
 from attune_pg.store import kv, load, lock
-from attune_pg.engine.plan import SnapshotKV
 from tests.helpers import start, tasks, wait_done
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
