@@ -615,7 +615,7 @@ def test_with_items_failing_item_fails_the_task_and_stops_releasing() -> None:
     step(sim, "each", Outcome("succeeded", "rc"), item=2)
     state = sim.state("each")
     assert state.status == "failed"
-    # Items 3 and 4 never ran: null, so positions match item indices (work.item_results).
+    # Items 3 and 4 never ran: null, so positions match item indices (store.load.item_results).
     assert state.result == {
         "results": ["ra", "rb", "rc", None, None],
         "failed_items": [1],
