@@ -512,7 +512,7 @@ def _judge_parks(
             out.append(f)
         else:
             status, error = verdict
-            out.append(replace(f, status=TaskStatus(status), error=error, park=None))
+            out.append(replace(f, status=status, error=error, park=None))
     return out
 
 

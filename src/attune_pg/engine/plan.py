@@ -20,7 +20,7 @@ from attune_pg import jsonbounds
 from attune_pg.engine.run import error_of
 from attune_pg.engine.state import Attempt, Execution
 from attune_pg.errors import ParameterError, TemplateError
-from attune_pg.machine import WorkflowStatus
+from attune_pg.machine import TaskStatus, WorkflowStatus
 from attune_pg.redact import redact
 from attune_pg.secrets import secret_parameter_key, secret_token
 from attune_pg.spec.model import TaskSpec, WorkflowSpec
@@ -166,18 +166,18 @@ def judge_parks(
     executions: Mapping[int, Execution],
     runnable: frozenset[str] | set[str],
     limits: ParkLimits,
-) -> dict[int, tuple[str, dict[str, Json] | None]]:
+) -> dict[int, tuple[TaskStatus, dict[str, Json] | None]]:
     """Parks that may not wait, by task execution id -> (status, error) they end with
     instead: a nested workflow that cannot start fails its task rather than waiting
     forever; an execution that is canceling (its root was canceled) parks nothing.
     Takes from the tree's budget for every child it lets start."""
-    out: dict[int, tuple[str, dict[str, Json] | None]] = {}
+    out: dict[int, tuple[TaskStatus, dict[str, Json] | None]] = {}
     for park in parks:
         execution = executions.get(park.execution_id)
         if execution is None:
             continue
         if execution.status == W.CANCELING:
-            out[park.task_execution_id] = ("canceled", None)
+            out[park.task_execution_id] = (TaskStatus.CANCELED, None)
             continue
         if park.kind != "workflow":
             continue
@@ -202,7 +202,7 @@ def judge_parks(
                 " nested executions as it may (setting max_descendants)",
             )
         if problem is not None:
-            out[park.task_execution_id] = ("failed", problem)
+            out[park.task_execution_id] = (TaskStatus.FAILED, problem)
     return out
 
 
