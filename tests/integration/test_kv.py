@@ -307,3 +307,46 @@ def test_task_input_stores_a_token_not_the_secret(
     assert misuse["status"] == "failed"
     assert "kv key 'api_token' is secret; use kv.get_secret" in misuse["error"]["message"]
     assert PASSWORD not in _everything_stored(conn)
+
+
+COMPUTED_KEYS = """\
+label: kv keys computed by templates
+version: "1.0.0"
+parameters:
+  region: {type: string}
+vars:
+  - zone: "{{ kv.get('zone_' ~ parameters.region) }}"
+tasks:
+  - name: call
+    action: core.echo
+    with_items: "{{ [1, 2] }}"
+    input:
+      message: >-
+        {{ vars.zone }} {{ kv.get('host_' ~ item, 'none') }} {{ kv.get_secret('tok_' ~ item) }}
+"""
+
+
+def test_kv_keys_computed_by_templates_are_loaded_on_a_rerun(
+    conn: psycopg.Connection,
+    register: Callable[[Path | str], None],
+    worker_thread: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    # None of these keys is written literally in the workflow: the advance cannot load
+    # them before the conductor runs, so its templates' misses rerun the transaction.
+    kv.set_value(conn, "zone_eu", "eu-west")
+    kv.set_value(conn, "host_1", "alpha")
+    kv.set_value(conn, "tok_1", "s1", secret=True)
+    kv.set_value(conn, "tok_2", "s2", secret=True)
+    pack = _pack(tmp_path)
+    (pack / "workflows" / "computed.yaml").write_text(COMPUTED_KEYS)
+    register(pack)
+    worker_thread()
+    row = wait_done(conn, start(conn, "kvtest.computed", {"region": "eu"}))
+    assert row["status"] == "succeeded", row["error"]
+    messages = sorted(t["input"]["message"] for t in tasks(conn, row["id"]))
+    key = lock.signing_key(conn)
+    assert messages == sorted(
+        f"eu-west {host} {signed_token(tok, Binding(row['id'], 'call', key))}"
+        for host, tok in (("alpha", "tok_1"), ("none", "tok_2"))
+    )
