@@ -98,10 +98,12 @@ def test_list_open_cancel_and_answer_in_a_browser(
     slow = start(conn, "console.slow")
     ask = start(conn, "console.ask_count")
     until(
-        lambda: conn.execute(
-            "SELECT count(*) FROM attune.inquiry WHERE workflow_execution_id = %s", (ask,)
-        ).fetchone()
-        == (1,)
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM attune.inquiry WHERE workflow_execution_id = %s", (ask,)
+            ).fetchone()
+            == (1,)
+        )
     )
     with console(dsn, allow_control=True) as base:
         # The list, and a new execution appearing live (server-sent events, no reload).

@@ -202,6 +202,4 @@ def test_timer_ticks_and_their_events_are_counted_by_the_worker_that_fires_them(
         for s in family.samples
     }
     assert samples[("attune_timers_fired_total", (("timer", "clock.tick"),))] == fired
-    assert (
-        samples[("attune_events_emitted_total", (("trigger", "core.intervaltimer"),))] == fired
-    )
+    assert samples[("attune_events_emitted_total", (("trigger", "core.intervaltimer"),))] == fired

@@ -671,7 +671,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
             "UPDATE attune.workflow_execution SET depth = 0, root_id = NULL WHERE id = %s",
             "UPDATE attune.task_execution SET action_ref = 'core.local'"
             " WHERE workflow_execution_id = %s",
-            "UPDATE attune.task_execution SET input = '{\"cmd\": [\"id\"]}'"
+            'UPDATE attune.task_execution SET input = \'{"cmd": ["id"]}\''
             " WHERE workflow_execution_id = %s",
             "UPDATE attune.task_execution SET task_name = 'apply', attempt = 9"
             " WHERE workflow_execution_id = %s",
@@ -680,7 +680,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
             "UPDATE attune.inquiry SET responded_by = 'boss', schema = '{}'"
             " WHERE workflow_execution_id = %s",
             # A running execution's parameters are frozen (a trigger, for every role).
-            "UPDATE attune.workflow_execution SET parameters = '{\"change\": \"rm -rf\"}'"
+            'UPDATE attune.workflow_execution SET parameters = \'{"change": "rm -rf"}\''
             " WHERE id = %s",
             "INSERT INTO attune.execution_event (workflow_execution_id, kind) VALUES (%s, 'x')",
             "INSERT INTO attune.execution_event (workflow_execution_id, kind, actor)"
@@ -708,9 +708,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
         assert worker.execute("SELECT octet_length(key) FROM attune.signing_key").fetchone() == (
             32,
         )
-        assert worker.execute("SELECT attune.setting_int('max_descendants')").fetchone() == (
-            10000,
-        )
+        assert worker.execute("SELECT attune.setting_int('max_descendants')").fetchone() == (10000,)
     with db.connect(submitter_dsn) as submitter:
         _refused(submitter, "SELECT key FROM attune.signing_key")
         _refused(submitter, "UPDATE attune.setting SET value = '0' WHERE name = 'priority_min'")

@@ -1193,9 +1193,7 @@ def test_cancel_keeps_the_window_open_for_items_waiting_on_a_child() -> None:
         conductor.add_state(state)
     # Items 1 and 2 wait on child executions; item 3 is being run by a worker.
     conductor.control({("each", 1): LiveRows(running=1, waiting_on_child=2)})
-    written = {
-        c.state.name: c.state for c in conductor.flush() if isinstance(c, WriteTaskState)
-    }
+    written = {c.state.name: c.state for c in conductor.flush() if isinstance(c, WriteTaskState)}
     state = written["each"]
     assert (state.status, state.items_done, state.items_released) == ("running", 1, 4)
 
