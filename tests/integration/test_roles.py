@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -22,7 +21,7 @@ from psycopg.types.json import Jsonb
 from attune_pg import db
 from attune_pg.store import kv, migrate
 from attune_pg.worker.loop import Worker, WorkerConfig
-from tests.helpers import start, tasks, wait_done
+from tests.helpers import poll_until, start, tasks, wait_done
 
 ROLES = ("attune_reader", "attune_submitter", "attune_worker")
 
@@ -163,11 +162,7 @@ def _worker(worker_dsn: str) -> Iterator[Worker]:
 
 
 def _wait_for(what: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
+    return poll_until(what, "the role's worker", timeout=timeout)
 
 
 # ----------------------------------------------------------------- the roles themselves
