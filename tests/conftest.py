@@ -158,7 +158,7 @@ def worker_thread(dsn: str) -> Iterator[Callable[..., object]]:
 @pytest.fixture
 def worker_procs(dsn: str, tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start `attune-worker` processes; every one is stopped at teardown, even on failure."""
-    from attune_pg.workerproc import start_worker, stop_worker
+    from attune_pg.worker.procs import start_worker, stop_worker
 
     procs = []
 
@@ -180,3 +180,17 @@ def worker_procs(dsn: str, tmp_path: Path) -> Iterator[Callable[..., object]]:
     yield _start
     for proc in procs:
         stop_worker(proc, timeout=10)
+
+
+_FOLDER_MARKS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration,
+                 "e2e": pytest.mark.e2e}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by its folder (`-m unit`, `-m integration`, `-m e2e`), so a
+    selection never depends on a file remembering its own marker."""
+    for item in items:
+        folder = Path(str(item.path)).parent.name
+        mark = _FOLDER_MARKS.get(folder)
+        if mark is not None:
+            item.add_marker(mark)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
+T = TypeVar("T")
 
 
 def start(conn: psycopg.Connection, ref: str, params: dict[str, Any] | None = None) -> int:
@@ -22,20 +24,52 @@ def start(conn: psycopg.Connection, ref: str, params: dict[str, Any] | None = No
     return int(row[0])
 
 
+def poll_until(
+    check: Callable[[], T | None],
+    what: str = "the condition",
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """The tests' one poll loop: call `check` until it returns something truthy and return
+    that; AssertionError naming `what` after `timeout` s. Exceptions of the `ignore`
+    types count as "not yet" (a page swapping a region, a server restarting)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except ignore as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{what}: not within {timeout}s" + (f" ({last!r})" if last else "")
+            )
+        time.sleep(interval)
+
+
 def wait_done(conn: psycopg.Connection, execution_id: int, timeout: float = 30.0) -> dict[str, Any]:
     """Wait until the execution is terminal; return its row."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last: dict[str, Any] = {}
+
+    def terminal() -> dict[str, Any] | None:
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
                 "SELECT * FROM attune.workflow_execution WHERE id = %s", (execution_id,)
             ).fetchone()
         assert row is not None
-        if row["status"] in TERMINAL:
-            return row
-        if time.monotonic() > deadline:
-            raise AssertionError(f"execution {execution_id} still {row['status']} after {timeout}s")
-        time.sleep(0.02)
+        last.update(row)
+        return row if row["status"] in TERMINAL else None
+
+    try:
+        return poll_until(terminal, f"execution {execution_id}", timeout=timeout, interval=0.02)
+    except AssertionError:
+        raise AssertionError(
+            f"execution {execution_id} still {last.get('status')} after {timeout}s"
+        ) from None
 
 
 def tasks(conn: psycopg.Connection, execution_id: int) -> list[dict[str, Any]]:

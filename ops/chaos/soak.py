@@ -59,7 +59,7 @@ from psycopg.types.json import Jsonb
 
 from attune_pg import machine, packs
 from attune_pg.store import migrate
-from attune_pg.workerproc import start_worker, stop_worker
+from attune_pg.worker.procs import start_worker, stop_worker
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg
 
 from attune_pg import db, packs, shipped
-from attune_pg.bench_suite import Poller, start_workers, suite_pack, warm_up
+from attune_pg.cli.bench_suite import Poller, start_workers, suite_pack, warm_up
 from attune_pg.store import benchdata, benchsuite, migrate
-from attune_pg.workerproc import stop_worker
+from attune_pg.worker.procs import stop_worker
 
 TAG = "bench-profile"
 

@@ -1,21 +1,28 @@
-"""THE transaction: lock workflow rows, fence results, run the conductor, apply.
+"""THE transaction: lock -> load -> conduct -> apply, for a whole batch of executions.
 
-Two entry points, each one transaction for a whole batch of executions:
+Three entry points, each one transaction for a batch:
 - `start_requested`: executions INSERTed as `requested` become `running`.
 - `complete`: finished task attempts are fenced and their workflows advanced.
+- `request_pass`: control requests (cancel, pause, retry) are carried out, and waiting
+  tasks whose inquiry or child ended are finished and advanced.
 
-A batch costs a fixed number of statements however many executions it holds
-(lock, fence, load states, one write per kind; DESIGN §3.3). Rows are locked in
-id order, so two workers advancing overlapping batches queue instead of
-deadlocking. A Python error while conducting one execution fails that execution
-with the error (it must not wedge the queue or loop forever); a stale guarded
-write rolls the batch back and it is retried one execution at a time.
+Each is the same four steps: lock the workflow rows in id order (store/lock.py; the
+fence of the attempts rides on it, store/fence.py), load what the conductor needs
+(engine/plan.py says what, store/load.py reads it), conduct (the pure conductor turns
+the snapshot and the events into commands), apply (store/apply.py, one statement per
+kind of write, whose answers to `AggregateItems` are the next round's events). A batch
+costs a fixed number of statements however many executions it holds (DESIGN §3.3).
+This module and batch.py (the rounds of one transaction) decide nothing themselves.
 
-No poison pills: any other error of a batch (a row the database refuses, a value
-that cannot be encoded) is retried one execution at a time too, and an execution
-that fails alone is quarantined (failed with an error naming the cause, its open
-rows closed), so one bad row never stops the others. Outages (connection lost,
-deadlocks) are not ours to judge: they propagate to the worker loop, which retries.
+A Python error while conducting one execution fails that execution with the error (it
+must not wedge the queue or loop forever); a stale guarded write rolls the batch back
+and it is retried one execution at a time. No poison pills: any other error of a batch
+(a row the database refuses, a value that cannot be encoded) is retried one execution
+at a time too, and an execution that fails alone is quarantined (failed with an error
+naming the cause, its open rows closed), so one bad row never stops the others.
+Outages (connection lost, deadlocks) are not ours to judge: they propagate to the
+worker loop, which retries. A kv key that a template computes (so it could not be
+loaded beforehand) reruns the transaction with that key loaded.
 """
 
 from __future__ import annotations
@@ -23,90 +30,31 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from functools import partial
 
 import psycopg
 
-from attune_pg import jsonbounds
+from attune_pg.batch import AdvanceStats, Batch, Env, ExecutionChange, advance, transaction
+from attune_pg.engine import plan
 from attune_pg.engine.conductor import Conductor, error_of
 from attune_pg.engine.state import (
-    Attempt,
-    Command,
-    Context,
     Execution,
-    TaskState,
-    WriteExecution,
+    ParkTask,
+    Snapshot,
 )
-from attune_pg.errors import DatabaseUnavailable, ParameterError
-from attune_pg.redact import redact
-from attune_pg.secrets import secret_parameter_key, secret_token
-from attune_pg.settings import Settings
+from attune_pg.errors import StaleWrite
+from attune_pg.machine import TaskStatus
 from attune_pg.spec.model import ActionSpec
-from attune_pg.spec.params import secret_parameters, validate_parameters
-from attune_pg.store import apply, control, kv, migrate, work
-from attune_pg.store import settings as settings_store
-from attune_pg.store.catalog import DbKV
+from attune_pg.store import fence, load, lock, requests
+from attune_pg.store.fence import Finished
 from attune_pg.store.queries import Q
 
 log = logging.getLogger("attune_pg.advance")
 
 Json = object
 
-
-@dataclass
-class AdvanceStats:
-    started: int = 0
-    advanced: int = 0
-    stale: int = 0
-    errors: int = 0
-    quarantined: int = 0
-    # What the committed transaction changed, for the worker's logs and metrics (no SQL
-    # of their own): attempts that reached a final status or `waiting`, and execution
-    # status changes.
-    attempts: list[Attempt] = field(default_factory=list)
-    executions: list[ExecutionChange] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ExecutionChange:
-    """A status change of an execution written by this transaction (for logs, metrics)."""
-
-    id: int
-    workflow: str
-    before: str | None
-    status: str
-    error_type: str | None
-    seconds: float | None  # since it started, when it has
-    trace_id: str | None
-
-
-@dataclass(frozen=True)
-class Env:
-    """What a worker reads once (and refreshes now and then): the owner's limits and the
-    key secret tokens are signed with."""
-
-    settings: Settings
-    signing_key: bytes
-
-    @classmethod
-    def load(cls, conn: psycopg.Connection) -> Env:
-        try:
-            return cls(settings_store.load(conn), work.signing_key(conn))
-        except psycopg.errors.UndefinedTable as exc:
-            # Treated as an outage: one log line, then wait until `attune-pg init` ran.
-            raise DatabaseUnavailable(
-                f"the schema is older than this worker needs (version"
-                f" {migrate.REQUIRED_SCHEMA}): run attune-pg init as the owner ({exc})"
-            ) from exc
-
-
-def _limits(settings: Settings) -> dict[str, int]:
-    """The conductor's share of the owner's limits."""
-    return {
-        "iteration_cap": settings.max_iterations,
-        "max_items": settings.max_items,
-        "max_context_bytes": settings.max_context_bytes,
-    }
+__all__ = ["AdvanceStats", "Env", "ExecutionChange", "complete", "request_pass", "start_requested"]
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -123,85 +71,7 @@ def _quarantine_error(execution_id: int, what: str, exc: BaseException) -> dict[
     )
 
 
-class _Batch:
-    """Conductors of one transaction, and the executions that hit a bug."""
-
-    def __init__(
-        self,
-        conn: psycopg.Connection,
-        stats: AdvanceStats,
-        now: float = 0.0,
-        executions: Sequence[Execution] = (),
-    ) -> None:
-        self.conn = conn
-        self.stats = stats
-        self.now = now
-        self.conductors: dict[int, Conductor] = {}
-        self.failures: list[tuple[int, dict[str, Json]]] = []
-        self.roots: dict[int, int] = {}
-        self.executions = {e.id: e for e in executions}
-
-    def add(self, execution: Execution, conductor: Conductor) -> None:
-        self.conductors[execution.id] = conductor
-        self.roots[execution.id] = execution.root_id
-
-    def bug(self, execution_id: int, exc: Exception) -> None:
-        log.exception("advancing execution %s failed", execution_id)
-        self.stats.errors += 1
-        self.conductors.pop(execution_id, None)
-        self.failures.append(
-            (execution_id, error_of("InternalError", f"{type(exc).__name__}: {exc}"[:1000]))
-        )
-
-    def note(self, flushed: Sequence[tuple[int, Sequence[Command]]]) -> None:
-        """Record the execution status changes about to be written (stats.executions)."""
-        for execution_id, commands in flushed:
-            execution = self.conductors[execution_id].execution
-            for command in commands:
-                if isinstance(command, WriteExecution) and command.status != command.before:
-                    self._changed(execution, command.before, command.status, command.error)
-
-    def _changed(self, execution: Execution, before: str | None, status: str, error: Json) -> None:
-        started = execution.started_at
-        self.stats.executions.append(
-            ExecutionChange(
-                execution.id,
-                execution.ref,
-                before,
-                status,
-                str(error.get("type")) if isinstance(error, dict) else None,
-                None if started is None or not self.now else max(self.now - started, 0.0),
-                execution.trace_id,
-            )
-        )
-
-    def write(self) -> None:
-        """Apply every conductor's commands, then any with-items aggregations they
-        asked for (which may cascade), until nothing is left to write."""
-        pending = dict(self.conductors)
-        while pending:
-            flushed = [(eid, c.flush()) for eid, c in sorted(pending.items())]
-            self.note(flushed)
-            aggregates = apply.apply_batch(self.conn, flushed, self.roots)
-            pending = {}
-            for execution_id, agg in aggregates:
-                conductor = self.conductors.get(execution_id)
-                if conductor is None:
-                    continue
-                results, failed = work.item_results(
-                    self.conn, execution_id, agg.task_name, agg.iteration
-                )
-                try:
-                    conductor.items_aggregated(agg.task_name, agg.iteration, results, failed)
-                    pending[execution_id] = conductor
-                except Exception as exc:
-                    self.bug(execution_id, exc)
-        if self.failures:
-            work.fail_executions(self.conn, self.failures)
-            for execution_id, error in self.failures:
-                gone = self.executions.get(execution_id)
-                if gone is not None:
-                    self._changed(gone, gone.status, "failed", error)
+# ----------------------------------------------------------------- start
 
 
 def start_requested(
@@ -213,8 +83,7 @@ def start_requested(
     env = env or Env.load(conn)
     stats = AdvanceStats()
     try:
-        with conn.transaction():
-            _start(conn, actions, env, stats, requested=limit)
+        transaction(conn, stats, partial(_start, conn, actions, env, requested=limit))
         return stats
     except Exception as exc:
         if _is_outage(exc):
@@ -224,8 +93,7 @@ def start_requested(
     ids = [row[0] for row in conn.execute(Q.execution_requested_ids, {"n": limit})]
     for execution_id in ids:
         try:
-            with conn.transaction():
-                _start(conn, actions, env, stats, one=execution_id)
+            transaction(conn, stats, partial(_start, conn, actions, env, one=execution_id))
         except Exception as exc:
             if _is_outage(exc):
                 raise
@@ -239,97 +107,73 @@ def _start(
     actions: Mapping[str, ActionSpec],
     env: Env,
     stats: AdvanceStats,
+    hints: set[str],
     *,
     requested: int = 0,
     one: int | None = None,
 ) -> None:
-    executions, now = work.lock_executions(
+    executions, now = lock.lock_executions(
         conn, requested=requested, one=one, settings=env.settings
     )
     if not executions:
         return
-    batch = _Batch(conn, stats, now, executions)
-    ctx = Context(now, actions, DbKV(conn), env.signing_key)
-    for execution in executions:
+    batch = Batch(conn, stats, env, hints, now, executions)
+    stashed = {e.id: plan.stashed_secret_keys(e) for e in executions}
+    secrets = load.secret_values(conn, (k for keys in stashed.values() for k in keys.values()))
+    snapshots = [Snapshot(e) for e in executions]
+    ctx = batch.context(snapshots, actions)
+    for snapshot in snapshots:
+        execution = snapshot.execution
         try:
-            refused = _check_secret_parameters(conn, execution)
-            if refused is not None:
-                batch.failures.append((execution.id, refused))
-                continue
-            conductor = Conductor(execution, {}, ctx, **_limits(env.settings))
-            conductor.start()
-            batch.add(execution, conductor)
-            stats.started += 1
+            refused = plan.refuse_secret_parameters(execution, secrets)
         except Exception as exc:
             batch.bug(execution.id, exc)
+            continue
+        if refused is not None:
+            batch.failures.append((execution.id, refused))
+            continue
+        before = stats.errors
+        batch.conduct(snapshot, ctx, Conductor.start)
+        if stats.errors == before:
+            stats.started += 1
     batch.write()
-    work.charge_budgets(conn, executions)
+    lock.charge_budgets(conn, executions)
 
 
 def _quarantine(conn: psycopg.Connection, failures: list[tuple[int, dict[str, Json]]]) -> None:
     with conn.transaction():
-        work.quarantine(conn, failures)
+        lock.quarantine(conn, failures)
 
 
-def _check_secret_parameters(
-    conn: psycopg.Connection, execution: Execution
-) -> dict[str, Json] | None:
-    """Validate the real values of `secret: true` parameters, which the INSERT already
-    moved to kv (schema 0006), so the row only holds references. The error, if any,
-    never shows a value."""
-    names = secret_parameters(execution.spec.parameters)
-    keys = {
-        n: secret_parameter_key(execution.id, n)
-        for n in names
-        if execution.parameters.get(n) == secret_token(secret_parameter_key(execution.id, n))
-    }
-    if not keys:
-        return None
-    lookup = kv.secret_lookup(conn)
-    real = dict(execution.parameters)
-    for name, key in keys.items():
-        try:
-            real[name] = lookup(key)
-        except KeyError:
-            return error_of("ParameterError", f"secret parameter {name!r} is missing from kv")
-    try:
-        validate_parameters(
-            execution.spec.parameters, real, where=f"workflow {execution.spec.ref!r}"
-        )
-    except ParameterError as exc:
-        values = [v for n, v in real.items() if n in keys and isinstance(v, str) and v]
-        return error_of("ParameterError", redact(str(exc), values))
-    return None
+# ----------------------------------------------------------------- complete
 
 
 def complete(
     conn: psycopg.Connection,
     me: str,
-    finished: Sequence[work.Finished],
+    finished: Sequence[Finished],
     actions: Mapping[str, ActionSpec],
     env: Env | None = None,
 ) -> AdvanceStats:
     env = env or Env.load(conn)
     stats = AdvanceStats()
     try:
-        with conn.transaction():
-            _complete(conn, me, finished, actions, stats, env)
+        transaction(conn, stats, partial(_complete, conn, me, finished, actions, env))
         return stats
-    except work.StaleWrite as exc:
+    except StaleWrite as exc:
         log.info("batch advance hit a stale write (%s); retrying one execution at a time", exc)
     except Exception as exc:
         if _is_outage(exc):
             raise
         log.warning("batch advance failed (%s); retrying one execution at a time", exc)
     stats = AdvanceStats()
-    groups: dict[int, list[work.Finished]] = defaultdict(list)
+    groups: dict[int, list[Finished]] = defaultdict(list)
     for item in finished:
         groups[item.task.workflow_execution_id].append(item)
     for execution_id, group in sorted(groups.items()):
         try:
-            with conn.transaction():
-                _complete(conn, me, group, actions, stats, env)
-        except work.StaleWrite as exc:
+            transaction(conn, stats, partial(_complete, conn, me, group, actions, env))
+        except StaleWrite as exc:
             stats.stale += len(group)
             log.warning("stale advance of execution %s dropped: %s", execution_id, exc)
         except Exception as exc:
@@ -338,10 +182,11 @@ def complete(
             error = _quarantine_error(execution_id, "advanced", exc)
             with conn.transaction():
                 # The attempts end (fenced: only rows still ours), then the execution.
-                work.finish_attempts(
-                    conn, me, [replace(f, status="failed", error=error, park=None) for f in group]
-                )
-                work.quarantine(conn, [(execution_id, error)])
+                failed = [
+                    replace(f, status=TaskStatus.FAILED, error=error, park=None) for f in group
+                ]
+                fence.finish_attempts(conn, me, failed)
+                lock.quarantine(conn, [(execution_id, error)])
             stats.quarantined += 1
     return stats
 
@@ -349,135 +194,66 @@ def complete(
 def _complete(
     conn: psycopg.Connection,
     me: str,
-    finished: Sequence[work.Finished],
+    finished: Sequence[Finished],
     actions: Mapping[str, ActionSpec],
-    stats: AdvanceStats,
     env: Env,
+    stats: AdvanceStats,
+    hints: set[str],
 ) -> None:
     ids = sorted({f.task.workflow_execution_id for f in finished})
-    executions, now = work.lock_executions(conn, ids, settings=env.settings)
-    by_id = {e.id: e for e in executions}
-    finished = _check_parks(conn, finished, by_id, env.settings)
-    attempts = work.finish_attempts(conn, me, finished)
+    executions, now = lock.lock_executions(conn, ids, settings=env.settings)
+    finished = _judge_parks(conn, finished, executions, env)
+    attempts = fence.finish_attempts(conn, me, finished)
     stats.stale += len(finished) - len(attempts)
     stats.attempts.extend(attempts)
+    batch = Batch(conn, stats, env, hints, now, executions)
     parks = {f.task.id: f for f in finished if f.park}
     for attempt in attempts:
         if attempt.task_execution_id in parks:
             f = parks[attempt.task_execution_id]
-            park = control.Park(f.task.id, f.park or "", f.task.action_ref, f.task.input)
-            control.park(conn, by_id[attempt.execution_id], [park])
+            park = ParkTask(f.task.id, f.park or "", f.task.action_ref, f.task.input)
+            batch.first.append((attempt.execution_id, park))
     attempts = [a for a in attempts if a.task_execution_id not in parks]
     if attempts:
-        _conduct(conn, executions, attempts, set(), now, actions, stats, env)
-    work.charge_budgets(conn, executions)
+        advance(batch, executions, attempts, set(), actions)
+    else:
+        batch.write()
+    lock.charge_budgets(conn, executions)
 
 
-def _check_parks(
+def _judge_parks(
     conn: psycopg.Connection,
-    finished: Sequence[work.Finished],
-    by_id: Mapping[int, Execution],
-    settings: Settings,
-) -> list[work.Finished]:
-    """A nested workflow that cannot start fails its task instead of waiting forever;
-    an execution that is canceling (its root was canceled) parks nothing."""
+    finished: Sequence[Finished],
+    executions: Sequence[Execution],
+    env: Env,
+) -> list[Finished]:
+    """The parks that may not wait end failed or canceled instead (plan.judge_parks)."""
     if not any(f.park for f in finished):
         return list(finished)
-    children = [f for f in finished if f.park == "workflow"]
-    runnable = control.runnable_workflows(conn, [f.task.action_ref for f in children])
+    parks = [
+        plan.ParkRequest(
+            f.task.id, f.task.workflow_execution_id, f.park, f.task.action_ref, f.task.input
+        )
+        for f in finished
+        if f.park
+    ]
+    runnable = load.runnable_workflows(conn, [p.action_ref for p in parks if p.kind == "workflow"])
+    verdicts = plan.judge_parks(parks, {e.id: e for e in executions}, runnable, env.park_limits())
     out = []
     for f in finished:
-        execution = by_id.get(f.task.workflow_execution_id)
-        problem = None
-        if f.park and execution is not None and execution.status == "canceling":
-            out.append(replace(f, status="canceled", error=None, park=None))
-            continue
-        if f.park == "workflow" and execution is not None:
-            bounds = jsonbounds.problem(
-                f.task.input, settings.json_max_depth, settings.json_max_bytes
-            )
-            if f.task.action_ref not in runnable:
-                problem = error_of(
-                    "UnknownWorkflow",
-                    f"workflow {f.task.action_ref!r} is not registered or disabled",
-                )
-            elif execution.depth + 1 > settings.max_depth:
-                problem = error_of(
-                    "DepthLimit",
-                    f"nested workflows may be {settings.max_depth} deep (setting max_depth);"
-                    f" {f.task.action_ref!r} would be level {execution.depth + 1}",
-                )
-            elif bounds is not None:
-                problem = error_of(
-                    "ParameterError", f"parameters of {f.task.action_ref!r}: {bounds}"
-                )
-            elif execution.budget is not None and not execution.budget.take_execution():
-                problem = error_of(
-                    "SpawnBudget",
-                    f"the execution tree of root {execution.root_id} has created as many"
-                    " nested executions as it may (setting max_descendants)",
-                )
-        out.append(replace(f, status="failed", error=problem, park=None) if problem else f)
+        verdict = verdicts.get(f.task.id)
+        if verdict is None:
+            out.append(f)
+        else:
+            status, error = verdict
+            out.append(replace(f, status=status, error=error, park=None))
     return out
 
 
-def _conduct(
-    conn: psycopg.Connection,
-    executions: Sequence[Execution],
-    attempts: Sequence[Attempt],
-    requested: set[int],
-    now: float,
-    actions: Mapping[str, ActionSpec],
-    stats: AdvanceStats,
-    env: Env,
-) -> None:
-    """Run the conductor over locked executions: attempts first, then control requests."""
-    by_execution: dict[int, list[Attempt]] = defaultdict(list)
-    for attempt in attempts:
-        by_execution[attempt.execution_id].append(attempt)
-    live = [e for e in executions if e.id in by_execution or e.id in requested]
-    if not live:
-        return
-    pausing = control.running_rows(conn, [e.id for e in live if e.status == "pausing"])
-    latest = work.latest_states_many(conn, [e.id for e in live])
-    loaded = {(eid, s.name, s.iteration) for eid, states in latest.items() for s in states}
-    older = [
-        (a.execution_id, a.task_name, a.iteration)
-        for a in attempts
-        if (a.execution_id, a.task_name, a.iteration) not in loaded
-    ]
-    extra: dict[int, list[TaskState]] = defaultdict(list)
-    for execution_id, state in work.states_of(conn, older):
-        extra[execution_id].append(state)
-    batch = _Batch(conn, stats, now, live)
-    ctx = Context(now, actions, DbKV(conn), env.signing_key)
-    for execution in live:
-        if execution.id in pausing:
-            execution = replace(execution, running_rows=pausing[execution.id])
-        try:
-            conductor = Conductor(execution, latest[execution.id], ctx, **_limits(env.settings))
-            for state in extra.get(execution.id, ()):
-                conductor.add_state(state)
-            for attempt in by_execution.get(execution.id, ()):
-                conductor.attempt_finished(attempt)
-            if execution.id in requested:
-                live_rows = {}
-                if conductor.status == "canceling":
-                    for state in control.open_states(conn, execution.id):
-                        conductor.add_state(state)
-                    live_rows = control.live_rows(conn, execution.id)
-                else:  # a retry_execution (perhaps paused since) re-runs these
-                    for state in control.unhandled_states(conn, execution.id):
-                        conductor.add_state(state)
-                conductor.control(live_rows)
-            batch.add(execution, conductor)
-            stats.advanced += len(by_execution.get(execution.id, ()))
-        except Exception as exc:
-            batch.bug(execution.id, exc)
-    batch.write()
+# ----------------------------------------------------------------- requests
 
 
-def control_pass(
+def request_pass(
     conn: psycopg.Connection,
     actions: Mapping[str, ActionSpec],
     limit: int = 100,
@@ -486,22 +262,20 @@ def control_pass(
     """Carry out control requests and resume waiting tasks whose inquiry or child ended."""
     env = env or Env.load(conn)
     stats = AdvanceStats()
-    ids = control.candidates(conn, limit)
+    ids = requests.candidates(conn, limit)
     if not ids:
         return stats
     try:
-        with conn.transaction():
-            _control(conn, ids, actions, stats, env)
+        transaction(conn, stats, partial(_requests, conn, ids, actions, env))
         return stats
     except Exception as exc:
         if _is_outage(exc):
             raise
-        log.warning("control pass failed (%s); retrying one execution at a time", exc)
+        log.warning("request pass failed (%s); retrying one execution at a time", exc)
     stats = AdvanceStats()
     for execution_id in ids:
         try:
-            with conn.transaction():
-                _control(conn, [execution_id], actions, stats, env)
+            transaction(conn, stats, partial(_requests, conn, [execution_id], actions, env))
         except Exception as exc:
             if _is_outage(exc):
                 raise
@@ -510,20 +284,22 @@ def control_pass(
     return stats
 
 
-def _control(
+def _requests(
     conn: psycopg.Connection,
     ids: Sequence[int],
     actions: Mapping[str, ActionSpec],
-    stats: AdvanceStats,
     env: Env,
+    stats: AdvanceStats,
+    hints: set[str],
 ) -> None:
-    executions, now = work.lock_executions(conn, ids, settings=env.settings)
+    executions, now = lock.lock_executions(conn, ids, settings=env.settings)
     if not executions:
         return
     locked = [e.id for e in executions]
-    requested = control.take_requests(conn, locked)
-    resumed = control.finish_waiting(conn, locked)
+    requested = requests.take_requests(conn, locked)
+    resumed = fence.finish_waiting(conn, locked)
     stats.attempts.extend(resumed)
-    _conduct(conn, executions, resumed, requested, now, actions, stats, env)
-    work.charge_budgets(conn, executions)
+    advance(Batch(conn, stats, env, hints, now, executions), executions, resumed, requested,
+             actions)  # fmt: skip
+    lock.charge_budgets(conn, executions)
     stats.started += len(requested)

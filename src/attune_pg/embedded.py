@@ -48,11 +48,15 @@ def _server(start: bool) -> Any:
 
 def ensure_database(server_uri: str, database: str) -> None:
     import psycopg
+    from psycopg import sql
+
+    from attune_pg.store.queries import Q
 
     with psycopg.connect(server_uri, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        found = conn.execute(Q.database_exists, {"name": database}).fetchone()
         if not found:
-            conn.execute(f'CREATE DATABASE "{database}"')  # name is our constant
+            # A utility statement (no parameters): the name quoted as an identifier.
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def start() -> str:

@@ -80,6 +80,11 @@ class ActionError(AttuneError):
     """An action could not be resolved or loaded (not a failure of the action itself)."""
 
 
+class StaleWrite(AttuneError):
+    """A guarded write matched no row: another actor got there first, so the transaction
+    rolls back (the advance retries it one execution at a time)."""
+
+
 class StateError(AttuneError):
     """An illegal state transition was requested."""
 

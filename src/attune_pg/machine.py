@@ -15,48 +15,77 @@ Three machines:
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from transitions import Machine
 
 Entity = Literal["workflow", "task", "task_state"]
 
-WORKFLOW_STATES = (
-    "requested",
-    "running",
-    "pausing",
-    "paused",
-    "canceling",
-    "succeeded",
-    "failed",
-    "canceled",
-    "timed_out",
-)
-WORKFLOW_TERMINAL = frozenset({"succeeded", "failed", "canceled", "timed_out"})
 
-TASK_STATES = (
-    "pending",
-    "scheduled",
-    "running",
-    "waiting",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "canceled",
-    "skipped",
-)
-TASK_TERMINAL = frozenset({"succeeded", "failed", "timed_out", "canceled", "skipped"})
-TASK_ACTIVE = frozenset({"pending", "scheduled", "running", "waiting"})
+class WorkflowStatus(StrEnum):
+    """`attune.workflow_status`: one workflow_execution row."""
 
-TASK_STATE_STATES = (
-    "pending",  # waiting for its join to be satisfied
-    "running",  # dispatched: attempts or items are in flight
-    "succeeded",
-    "failed",
-    "timed_out",
-    "canceled",
-    "skipped",
-)
+    REQUESTED = "requested"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    CANCELING = "canceling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TIMED_OUT = "timed_out"
+
+
+class TaskStatus(StrEnum):
+    """`attune.task_status`: one task_execution row (an attempt of an occurrence or item)."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+
+class TaskStateStatus(StrEnum):
+    """`attune.task_state_status`: one task_state row (a logical task occurrence)."""
+
+    PENDING = "pending"  # waiting for its join to be satisfied
+    RUNNING = "running"  # dispatched: attempts or items are in flight
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    SKIPPED = "skipped"
+
+
+W, T, S = WorkflowStatus, TaskStatus, TaskStateStatus
+
+WORKFLOW_STATES = tuple(WorkflowStatus)
+WORKFLOW_TERMINAL = frozenset({W.SUCCEEDED, W.FAILED, W.CANCELED, W.TIMED_OUT})
+# Not ended: what the control functions and a root's stop act on.
+WORKFLOW_LIVE = frozenset({W.REQUESTED, W.RUNNING, W.PAUSING, W.PAUSED})
+# Statuses in which new tasks are dispatched (held, while pausing or paused).
+WORKFLOW_DISPATCHING = frozenset({W.RUNNING, W.PAUSING, W.PAUSED})
+# Statuses from which the workflow finishes once nothing is active.
+WORKFLOW_FINISHABLE = frozenset({W.RUNNING, W.PAUSING, W.PAUSED, W.CANCELING})
+# A root in one of these statuses stops its whole tree (execution_follow_root).
+WORKFLOW_STOPPING = frozenset({W.CANCELING, *WORKFLOW_TERMINAL})
+
+TASK_STATES = tuple(TaskStatus)
+TASK_TERMINAL = frozenset({T.SUCCEEDED, T.FAILED, T.TIMED_OUT, T.CANCELED, T.SKIPPED})
+TASK_ACTIVE = frozenset({T.PENDING, T.SCHEDULED, T.RUNNING, T.WAITING})
+# The outcomes of an attempt that count as a failure (retries, with-items, blocks).
+TASK_FAILED = frozenset({T.FAILED, T.TIMED_OUT})
+
+TASK_STATE_STATES = tuple(TaskStateStatus)
+TASK_STATE_FAILED = frozenset({S.FAILED, S.TIMED_OUT})
+TASK_STATE_DONE = frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELED, S.SKIPPED})
+TASK_STATE_OPEN = frozenset({S.PENDING, S.RUNNING})
 
 _WORKFLOW_TRANSITIONS: list[dict[str, object]] = [
     {"trigger": "start", "source": "requested", "dest": "running"},
@@ -110,10 +139,10 @@ _TASK_STATE_TRANSITIONS: list[dict[str, object]] = [
 ]
 
 
-def _build(states: tuple[str, ...], moves: list[dict[str, object]], initial: str) -> Machine:
+def _build(states: tuple[StrEnum, ...], moves: list[dict[str, object]], initial: str) -> Machine:
     return Machine(
         model=None,
-        states=list(states),
+        states=[str(s) for s in states],
         transitions=moves,
         initial=initial,
         auto_transitions=False,

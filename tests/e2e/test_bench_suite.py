@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from attune_pg import bench_account, db, packs
-from attune_pg.bench_history import run_history
-from attune_pg.bench_snapshot import run_snapshot
-from attune_pg.bench_suite import run_suite, suite_pack
+from attune_pg.cli.bench_history import run_history
+from attune_pg.cli.bench_snapshot import run_snapshot
+from attune_pg.cli.bench_suite import run_suite, suite_pack
 
 pytestmark = pytest.mark.e2e
 

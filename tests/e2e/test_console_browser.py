@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.console.server import console
-from tests.helpers import start, wait_done
+from tests.helpers import poll_until, start, wait_done
 
 pytestmark = [pytest.mark.console, pytest.mark.e2e]
 
@@ -58,17 +57,10 @@ def browser() -> Iterator[object]:
 
 
 def until(check: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as exc:  # the page may be swapping a region
-            last = exc
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting in the browser ({last!r})")
+    # The page may be swapping a region: an error is "not yet".
+    return poll_until(
+        check, "waiting in the browser", timeout=timeout, interval=0.1, ignore=(Exception,)
+    )
 
 
 def live(find: Callable[..., object]) -> None:
@@ -98,10 +90,12 @@ def test_list_open_cancel_and_answer_in_a_browser(
     slow = start(conn, "console.slow")
     ask = start(conn, "console.ask_count")
     until(
-        lambda: conn.execute(
-            "SELECT count(*) FROM attune.inquiry WHERE workflow_execution_id = %s", (ask,)
-        ).fetchone()
-        == (1,)
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM attune.inquiry WHERE workflow_execution_id = %s", (ask,)
+            ).fetchone()
+            == (1,)
+        )
     )
     with console(dsn, allow_control=True) as base:
         # The list, and a new execution appearing live (server-sent events, no reload).

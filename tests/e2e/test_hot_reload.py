@@ -12,7 +12,7 @@ from textwrap import dedent
 import psycopg
 import pytest
 
-from tests.helpers import start, wait_done
+from tests.helpers import poll_until, start, wait_done
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +40,7 @@ def _until(what: str, check: Callable[[], object], timeout: float = 15.0) -> flo
     """Poll until `check()` is truthy; return how long it took (printed, never asserted
     against a tight bound: timings on shared machines are noisy)."""
     t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
+    poll_until(check, what, timeout=timeout)
     took = time.monotonic() - t0
     print(f"{what}: {took:.2f}s")
     return took

@@ -15,7 +15,7 @@ from tests.unit.test_actions_python import gone, wait_gone
 
 pytestmark = pytest.mark.e2e
 
-_ACTION_PY = '''
+_ACTION_PY = """
 import os, subprocess, time
 
 
@@ -29,7 +29,7 @@ def tree(pidfile):
         f.write(f"{os.getpid()} {child.pid}")
     os.rename(pidfile + ".tmp", pidfile)
     time.sleep(60)
-'''
+"""
 
 
 def _pack(root: Path) -> Path:

@@ -102,14 +102,15 @@ def test_watch_all_lists_live_executions_until_interrupted(
     conn: psycopg.Connection, dsn: str, register, worker_thread
 ) -> None:  # type: ignore[no-untyped-def]
     register("opspack")
-    term = Terminal("watch", "--dsn", dsn, "--interval", "5")
+    term = Terminal("watch", "--dsn", dsn, "--interval", "60")
     try:
         term.read_until(r"0 live executions")
-        # LISTEN-driven: the new execution appears well before the 5 s poll.
+        # LISTEN-driven: the new execution appears long before the 60 s poll (the bound
+        # is the behaviour).
         execution_id = start(conn, "opspack.slow_items", {"n": 4, "seconds": 0.5})
         began = time.monotonic()
         term.read_until(rf"{execution_id}\s+opspack\.slow_items\s+requested")
-        assert time.monotonic() - began < 4
+        assert time.monotonic() - began < 30
         worker_thread(concurrency=2)
         term.read_until(rf"{execution_id}\s+opspack\.slow_items\s+running")
         wait_done(conn, execution_id, timeout=60)

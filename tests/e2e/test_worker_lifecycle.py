@@ -68,7 +68,7 @@ def test_bench_reports_its_figures(dsn: str) -> None:
 
 
 def test_worker_started_without_a_database_waits_instead_of_exiting(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from attune_pg.workerproc import start_worker, stop_worker
+    from attune_pg.worker.procs import start_worker, stop_worker
 
     log = tmp_path / "worker.log"
     # Nothing listens on this socket directory: the database is "down".

@@ -11,7 +11,9 @@ from tests.conftest import FIXTURE_PACKS
 from tests.helpers import start, statuses, tasks, wait_done
 
 
-def test_python_action_result_and_idempotency_key(conn: psycopg.Connection, register, worker_thread) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_python_action_result_and_idempotency_key(
+    conn: psycopg.Connection, register, worker_thread
+) -> None:  # type: ignore[no-untyped-def]
     register("pyflow")
     worker_thread()
     execution_id = start(conn, "pyflow.squares", {"x": 7})
@@ -23,7 +25,9 @@ def test_python_action_result_and_idempotency_key(conn: psycopg.Connection, regi
     assert statuses(conn, execution_id) == {"square": "succeeded", "report": "succeeded"}
 
 
-def test_handled_failure_routes_and_the_workflow_succeeds(conn: psycopg.Connection, register, worker_thread) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_handled_failure_routes_and_the_workflow_succeeds(
+    conn: psycopg.Connection, register, worker_thread
+) -> None:  # type: ignore[no-untyped-def]
     register("pyflow")
     worker_thread()
     execution_id = start(conn, "pyflow.squares", {"x": -2})
@@ -37,7 +41,10 @@ def test_handled_failure_routes_and_the_workflow_succeeds(conn: psycopg.Connecti
 
 
 def test_running_execution_keeps_its_definition_snapshot(
-    conn: psycopg.Connection, register, worker_thread, tmp_path: Path  # type: ignore[no-untyped-def]
+    conn: psycopg.Connection,
+    register,
+    worker_thread,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     register("pyflow")
     execution_id = start(conn, "pyflow.squares", {"x": 3})

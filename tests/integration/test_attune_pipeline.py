@@ -57,7 +57,7 @@ def approvers(server_dsn: str, dsn: str) -> Iterator[Callable[[bool], str]]:
     created: list[str] = []
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute(
-            "DO $$ BEGIN CREATE ROLE \"deployment-approvers\" NOLOGIN;"
+            'DO $$ BEGIN CREATE ROLE "deployment-approvers" NOLOGIN;'
             " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
         )
 
@@ -114,8 +114,7 @@ def inquiry_of(conn: psycopg.Connection, execution_id: int) -> tuple[int, str, s
     deadline = time.monotonic() + 30
     while True:
         row = conn.execute(
-            "SELECT id, assigned_to, prompt FROM attune.inquiry"
-            " WHERE workflow_execution_id = %s",
+            "SELECT id, assigned_to, prompt FROM attune.inquiry WHERE workflow_execution_id = %s",
             (execution_id,),
         ).fetchone()
         if row is not None:
@@ -189,9 +188,7 @@ def test_production_approval_granted_by_a_member_of_the_group(
     # `who` does not help (membership is the login's).
     with psycopg.connect(approvers(False), autocommit=True) as other:
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
-            other.execute(
-                "SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,)
-            )
+            other.execute("SELECT attune.respond_inquiry(%s, '{\"approved\": true}')", (inquiry,))
         assert f"is assigned to {GROUP}" in str(info.value)
         assert f"is not a member of {GROUP}" in str(info.value)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not answer as"):

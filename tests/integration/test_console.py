@@ -344,7 +344,7 @@ def test_automation_pages_rules_timers_events(
     register("examples")
     (event_id,) = conn.execute(
         "SELECT attune.emit_event('examples.order_placed',"
-        " '{\"order_id\": 7, \"customer\": \"ada\", \"total\": 250, \"tags\": [\"vip\"]}')"
+        ' \'{"order_id": 7, "customer": "ada", "total": 250, "tags": ["vip"]}\')'
     ).fetchone() or (None,)
     worker_thread()  # matches the event: big_orders fires
     deadline = time.monotonic() + 20

@@ -1,4 +1,4 @@
-"""The kv store on a real database: the CLI, DbKV through templates, secret tokens."""
+"""The kv store on a real database: the CLI, templates through the loaded kv, secret tokens."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from attune_pg import template
 from attune_pg.cli import cli
 from attune_pg.cli.kv import register as register_kv
+from attune_pg.engine.plan import SnapshotKV
 from attune_pg.errors import ActionError, AttuneError, TemplateError
 from attune_pg.secrets import (
     Binding,
@@ -21,8 +22,7 @@ from attune_pg.secrets import (
     secret_token,
     signed_token,
 )
-from attune_pg.store import kv, work
-from attune_pg.store.catalog import DbKV
+from attune_pg.store import kv, load, lock
 from tests.helpers import start, tasks, wait_done
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -109,7 +109,7 @@ def test_cli_refuses_bad_input(dsn: str, conn: psycopg.Connection) -> None:
     assert conn.execute("SELECT count(*) FROM attune.kv").fetchone() == (0,)
 
 
-# ------------------------------------------------------------------ store and DbKV
+# ------------------------------------------------------------------ store and SnapshotKV
 
 
 def _seed(conn: psycopg.Connection) -> None:
@@ -119,6 +119,14 @@ def _seed(conn: psycopg.Connection) -> None:
     kv.set_value(conn, "creds", {"user": "bob", "pw": "pa55"}, secret=True)
 
 
+KEYS = ("color", "limits", "db_password", "creds", "nope", "x")
+
+
+def _snapshot(conn: psycopg.Connection) -> SnapshotKV:
+    """What an advance loads for templates before the conductor runs."""
+    return SnapshotKV(load.kv_entries(conn, KEYS))
+
+
 def _render(conn: psycopg.Connection, value: Any, binding: Binding | None = None) -> Any:
     scope = template.build_scope(
         parameters={},
@@ -126,7 +134,7 @@ def _render(conn: psycopg.Connection, value: Any, binding: Binding | None = None
         tasks={},
         pack_config=None,
         system={},
-        kv=DbKV(conn),
+        kv=_snapshot(conn),
         token=None if binding is None else (lambda key: signed_token(key, binding)),
     )
     return template.render(value, scope, where="task 't' input")
@@ -150,23 +158,29 @@ def test_store_functions(conn: psycopg.Connection) -> None:
         kv.set_value(conn, "", 1)
 
 
-def test_dbkv_flags_and_refusals(conn: psycopg.Connection) -> None:
+def test_snapshot_kv_flags_and_refusals(conn: psycopg.Connection) -> None:
     _seed(conn)
-    store = DbKV(conn)
+    entries = load.kv_entries(conn, KEYS)
+    assert entries["db_password"] is not None and entries["db_password"].value is None
+    assert entries["nope"] is None  # loaded, not set
+    store = SnapshotKV(entries)
     assert isinstance(store, template.scope.SecretFlagKV)
     assert (store.is_secret("db_password"), store.is_secret("color"), store.is_secret("x")) == (
         True,
         False,
         None,
     )
-    assert store.has_secret("db_password") and not store.has_secret("color")
     assert store.get("color") == "blue" and store.get("x", 7) == 7
     with pytest.raises(TemplateError, match=r"is secret; use kv\.get_secret"):
         store.get("db_password")
-    assert store.get_secret("db_password") == PASSWORD  # the interface callers rely on
+    with pytest.raises(KeyError, match="not loaded"):
+        store.get_secret("db_password")  # a secret's value never reaches the conductor
+    assert store.missed == set()
+    assert store.get("unloaded", 1) == 1 and store.is_secret("other") is None
+    assert store.missed == {"unloaded", "other"}  # the advance reruns with these loaded
 
 
-def test_templates_through_dbkv(conn: psycopg.Connection) -> None:
+def test_templates_through_snapshot_kv(conn: psycopg.Connection) -> None:
     _seed(conn)
     assert _render(conn, "{{ kv.get('color') }}") == "blue"
     assert _render(conn, "{{ kv.get('limits') }}") == {"cpu": 2}
@@ -193,7 +207,7 @@ def test_templates_through_dbkv(conn: psycopg.Connection) -> None:
 
 def test_resolve_with_secret_lookup(conn: psycopg.Connection) -> None:
     _seed(conn)
-    binding = Binding(7, "t", work.signing_key(conn))
+    binding = Binding(7, "t", lock.signing_key(conn))
     template_ = {
         "dsn": "postgres://app:{{ kv.get_secret('db_password') }}@db",
         "c": "{{ kv.get_secret('creds') }}",
@@ -285,7 +299,7 @@ def test_task_input_stores_a_token_not_the_secret(
     row = wait_done(conn, start(conn, "kvtest.secret"))
     assert row["status"] == "succeeded", row["error"]
     (task,) = tasks(conn, row["id"])
-    token = signed_token("api_token", Binding(row["id"], "call", work.signing_key(conn)))
+    token = signed_token("api_token", Binding(row["id"], "call", lock.signing_key(conn)))
     assert task["input"] == {"message": f"Bearer {token} for eu"}
     assert PASSWORD not in _everything_stored(conn)
 
@@ -293,3 +307,46 @@ def test_task_input_stores_a_token_not_the_secret(
     assert misuse["status"] == "failed"
     assert "kv key 'api_token' is secret; use kv.get_secret" in misuse["error"]["message"]
     assert PASSWORD not in _everything_stored(conn)
+
+
+COMPUTED_KEYS = """\
+label: kv keys computed by templates
+version: "1.0.0"
+parameters:
+  region: {type: string}
+vars:
+  - zone: "{{ kv.get('zone_' ~ parameters.region) }}"
+tasks:
+  - name: call
+    action: core.echo
+    with_items: "{{ [1, 2] }}"
+    input:
+      message: >-
+        {{ vars.zone }} {{ kv.get('host_' ~ item, 'none') }} {{ kv.get_secret('tok_' ~ item) }}
+"""
+
+
+def test_kv_keys_computed_by_templates_are_loaded_on_a_rerun(
+    conn: psycopg.Connection,
+    register: Callable[[Path | str], None],
+    worker_thread: Callable[..., object],
+    tmp_path: Path,
+) -> None:
+    # None of these keys is written literally in the workflow: the advance cannot load
+    # them before the conductor runs, so its templates' misses rerun the transaction.
+    kv.set_value(conn, "zone_eu", "eu-west")
+    kv.set_value(conn, "host_1", "alpha")
+    kv.set_value(conn, "tok_1", "s1", secret=True)
+    kv.set_value(conn, "tok_2", "s2", secret=True)
+    pack = _pack(tmp_path)
+    (pack / "workflows" / "computed.yaml").write_text(COMPUTED_KEYS)
+    register(pack)
+    worker_thread()
+    row = wait_done(conn, start(conn, "kvtest.computed", {"region": "eu"}))
+    assert row["status"] == "succeeded", row["error"]
+    messages = sorted(t["input"]["message"] for t in tasks(conn, row["id"]))
+    key = lock.signing_key(conn)
+    assert messages == sorted(
+        f"eu-west {host} {signed_token(tok, Binding(row['id'], 'call', key))}"
+        for host, tok in (("alpha", "tok_1"), ("none", "tok_2"))
+    )

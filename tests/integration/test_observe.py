@@ -63,13 +63,13 @@ def test_rows_from_before_trace_ids_get_a_stable_family_id(
 ) -> None:  # type: ignore[no-untyped-def]
     """Executions created before migration 0010 have no trace id: the worker uses one
     derived from the root id, the same for the root and its children."""
-    from attune_pg.store import work
+    from attune_pg.store import lock
 
     register("opspack")
     eid = start(conn, "opspack.family")
     conn.execute("UPDATE attune.workflow_execution SET trace_id = NULL WHERE id = %s", (eid,))
     with conn.transaction():
-        (execution,), _ = work.lock_executions(conn, [eid])
+        (execution,), _ = lock.lock_executions(conn, [eid])
     assert execution.trace_id == f"{eid:032x}"
 
 
@@ -202,6 +202,4 @@ def test_timer_ticks_and_their_events_are_counted_by_the_worker_that_fires_them(
         for s in family.samples
     }
     assert samples[("attune_timers_fired_total", (("timer", "clock.tick"),))] == fired
-    assert (
-        samples[("attune_events_emitted_total", (("trigger", "core.intervaltimer"),))] == fired
-    )
+    assert samples[("attune_events_emitted_total", (("trigger", "core.intervaltimer"),))] == fired

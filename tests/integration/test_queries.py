@@ -33,9 +33,7 @@ def test_every_named_query_is_used_in_the_package() -> None:
         path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py") if path.is_file()
     )
     unused = [
-        name
-        for name in Q.names()
-        if not re.search(rf"\bQ\.{name}\b|Q\[\"{name}\"\]", source)
+        name for name in Q.names() if not re.search(rf"\bQ\.{name}\b|Q\[\"{name}\"\]", source)
     ]
     assert unused == []
 

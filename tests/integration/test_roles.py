@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -22,7 +21,7 @@ from psycopg.types.json import Jsonb
 from attune_pg import db
 from attune_pg.store import kv, migrate
 from attune_pg.worker.loop import Worker, WorkerConfig
-from tests.helpers import start, tasks, wait_done
+from tests.helpers import poll_until, start, tasks, wait_done
 
 ROLES = ("attune_reader", "attune_submitter", "attune_worker")
 
@@ -163,11 +162,7 @@ def _worker(worker_dsn: str) -> Iterator[Worker]:
 
 
 def _wait_for(what: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
+    return poll_until(what, "the role's worker", timeout=timeout)
 
 
 # ----------------------------------------------------------------- the roles themselves
@@ -671,7 +666,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
             "UPDATE attune.workflow_execution SET depth = 0, root_id = NULL WHERE id = %s",
             "UPDATE attune.task_execution SET action_ref = 'core.local'"
             " WHERE workflow_execution_id = %s",
-            "UPDATE attune.task_execution SET input = '{\"cmd\": [\"id\"]}'"
+            'UPDATE attune.task_execution SET input = \'{"cmd": ["id"]}\''
             " WHERE workflow_execution_id = %s",
             "UPDATE attune.task_execution SET task_name = 'apply', attempt = 9"
             " WHERE workflow_execution_id = %s",
@@ -680,7 +675,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
             "UPDATE attune.inquiry SET responded_by = 'boss', schema = '{}'"
             " WHERE workflow_execution_id = %s",
             # A running execution's parameters are frozen (a trigger, for every role).
-            "UPDATE attune.workflow_execution SET parameters = '{\"change\": \"rm -rf\"}'"
+            'UPDATE attune.workflow_execution SET parameters = \'{"change": "rm -rf"}\''
             " WHERE id = %s",
             "INSERT INTO attune.execution_event (workflow_execution_id, kind) VALUES (%s, 'x')",
             "INSERT INTO attune.execution_event (workflow_execution_id, kind, actor)"
@@ -708,9 +703,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
         assert worker.execute("SELECT octet_length(key) FROM attune.signing_key").fetchone() == (
             32,
         )
-        assert worker.execute("SELECT attune.setting_int('max_descendants')").fetchone() == (
-            10000,
-        )
+        assert worker.execute("SELECT attune.setting_int('max_descendants')").fetchone() == (10000,)
     with db.connect(submitter_dsn) as submitter:
         _refused(submitter, "SELECT key FROM attune.signing_key")
         _refused(submitter, "UPDATE attune.setting SET value = '0' WHERE name = 'priority_min'")

@@ -1,8 +1,8 @@
 """An in-memory stand-in for the store and the workers, to drive the pure conductor.
 
-Only tests use it. `Sim` keeps the rows `store/work.py` keeps in PostgreSQL
+Only tests use it. `Sim` keeps the rows the store keeps in PostgreSQL
 (`workflow_execution`, `task_state`, `task_execution`) as dicts, applies the
-conductor's commands the way `work.apply_batch` does (same grouping and order:
+conductor's commands the way `store.apply.apply_batch` does (same grouping and order:
 state inserts, state updates, new rows, releases, cancels, publishes, execution)
 and checks, on every write, what SQL's guards and triggers would check:
 
@@ -12,24 +12,24 @@ and checks, on every write, what SQL's guards and triggers would check:
 - `(task, iteration, item_index, attempt)` is unique among task_execution rows;
 - at most one write per task_state row per flush.
 
-Each event builds a fresh `Conductor` from the current rows, exactly as
-`advance.py` does: the latest iteration of each task in each route (branch), plus
-`add_state` for an older iteration an attempt belongs to. `AggregateItems` is answered like
-`work.item_results` + `_Batch.write` (final attempt of each item, in item order,
-canceled items as null), which may cascade into more flushes.
+Each event runs the same steps as `advance.py` with only load and apply faked:
+`engine.plan.needs` says what to load, `load` reads it from the rows as
+`store.load.snapshots` does (the latest iteration of each task in each route, the
+older iterations the attempts belong to, what a control request needs), and
+`Conductor.of(snapshot)` conducts. `AggregateItems` is answered like
+`store.load.item_results` (final attempt of each item, in item order, canceled
+items as null) with an `ItemsAggregated` event, which may cascade into more flushes.
 
 Workers are simulated by `claim` (scheduled -> running) and `finish` /
 `finish_many` (running -> succeeded | failed | timed_out | canceled, then advance).
 `run` drives a whole execution with a `Chooser` deciding the order and outcomes.
 
-Control (schema/0004_control.sql, store/control.py, advance.control_pass):
+Control (schema/0004_control.sql, store/requests.py, advance.request_pass):
 `pause`, `resume`, `cancel` and `retry` do what the SQL functions of the same name
 do to the rows (record the request on the execution, `ControlRefused` where SQL
-raises); `control_pass` is the worker's pass over a pending request: it builds the
-conductor as `advance._conduct` does (`running_rows` while pausing; open states and
-`live_rows` while canceling, else the unhandled states) and calls `Conductor.control`.
-`CancelLive` and `HoldScheduled` are applied like `control.cancel_live` and
-`control.hold_scheduled`.
+raises); `control_pass` is the worker's pass over a pending request: the same
+needs/load/conduct as above, then `Conductor.control`. `CancelLive` and
+`HoldScheduled` are applied like store/apply.py's cancel and hold writes.
 Inquiries and child workflows (`waiting` rows) are not simulated.
 """
 
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from attune_pg import machine
+from attune_pg.engine import plan
 from attune_pg.engine.conductor import Conductor
 from attune_pg.engine.state import (
     AggregateItems,
@@ -51,10 +52,12 @@ from attune_pg.engine.state import (
     Context,
     Execution,
     HoldScheduled,
+    ItemsAggregated,
     LiveRows,
     NewTaskRows,
     Publish,
     ReleaseItems,
+    Snapshot,
     TaskState,
     WriteExecution,
     WriteTaskState,
@@ -249,15 +252,15 @@ class Sim:
         return [r for r in self.rows_where() if r.held]
 
     def open_states(self) -> list[TaskState]:
-        """`control.open_states`: every task state still pending or running."""
+        """`state_open` (store/load.py): every task state still pending or running."""
         return [s for s in self.states.values() if s.status in ("pending", "running")]
 
     def unhandled_states(self) -> list[TaskState]:
-        """`control.unhandled_states`: every task state whose failure nobody handled."""
+        """`state_unhandled` (store/load.py): every task state whose failure nobody handled."""
         return [s for s in self.states.values() if s.unhandled]
 
     def live_rows(self) -> dict[tuple[str, int], LiveRows]:
-        """`control.live_rows`: per task state, the rows a cancel leaves alive."""
+        """`task_live_rows` (store/load.py): per task state, the rows a cancel leaves alive."""
         running: Counter[tuple[str, int]] = Counter(
             (r.task_name, r.iteration) for r in self.running()
         )
@@ -273,7 +276,7 @@ class Sim:
         return out
 
     def route_latest(self) -> list[TaskState]:
-        """What `work.latest_states_many` loads: the latest iteration of each task in
+        """What `state_latest` (store/load.py) loads: the latest iteration of each task in
         each route."""
         out: dict[tuple[str, str], TaskState] = {}
         for state in self.states.values():
@@ -300,7 +303,7 @@ class Sim:
     def start(self) -> None:
         if self.execution.status != "requested":
             raise SimViolation(f"start of an execution in status {self.execution.status!r}")
-        conductor = Conductor(self.execution.snapshot(), {}, self._ctx(), **self._cap())
+        conductor = Conductor.of(Snapshot(self.execution.snapshot()), self._ctx(), **self._cap())
         conductor.start()
         self._write(conductor)
 
@@ -326,7 +329,7 @@ class Sim:
         attempts: list[Attempt] = []
         for row_id, outcome in finished:
             row = self.rows[row_id]
-            if row.status != "running":  # the fence of work.finish_attempts
+            if row.status != "running":  # the fence of store.fence.finish_attempts
                 raise SimViolation(f"finishing row {row_id} in status {row.status!r}")
             if isinstance(outcome, str):
                 outcome = outcome_for(row, outcome)
@@ -422,7 +425,7 @@ class Sim:
         return "running"
 
     def control_pass(self) -> bool:
-        """`advance.control_pass` for this execution; False if no request was pending."""
+        """`advance.request_pass` for this execution; False if no request was pending."""
         if not self.execution.control_requested:
             return False
         self.execution.control_requested = False  # control.take_requests
@@ -430,31 +433,35 @@ class Sim:
         return True
 
     def _conduct(self, attempts: Sequence[Attempt], *, requested: bool) -> None:
-        """`advance._conduct` for one execution: attempts first, then a control request."""
+        """`advance._advance` for one execution: needs, load, conduct (attempts first,
+        then a control request); `_write` applies."""
         ex = self.execution
-        running_rows = len(self.running()) if ex.status == "pausing" else None
-        loaded = self.route_latest()
-        keys = {s.key for s in loaded}
-        snapshot = ex.snapshot(running_rows)
-        conductor = Conductor(snapshot, loaded, self._ctx(), **self._cap())
-        for attempt in attempts:
-            if (attempt.task_name, attempt.iteration) not in keys:
-                conductor.add_state(self.states[(attempt.task_name, attempt.iteration)])
-                self.stats["older iteration finished"] += 1
+        need = plan.needs(ex.snapshot(), attempts, requested)
+        snapshot = self.load(need)
+        keys = {s.key for s in self.route_latest()}
+        self.stats["older iteration finished"] += sum(
+            (a.task_name, a.iteration) not in keys for a in attempts
+        )
+        conductor = Conductor.of(snapshot, self._ctx(), **self._cap())
         for attempt in attempts:
             conductor.attempt_finished(attempt)
         if requested:
-            live: dict[tuple[str, int], LiveRows] = {}
-            if conductor.status == "canceling":
-                for state in self.open_states():
-                    conductor.add_state(state)
-                live = self.live_rows()
-            else:  # a retry_execution (perhaps paused since) re-runs these
-                for state in self.unhandled_states():
-                    conductor.add_state(state)
             self.stats[f"control pass while {conductor.status}"] += 1
-            conductor.control(live)
+            conductor.control()
         self._write(conductor)
+
+    def load(self, need: plan.Needs) -> Snapshot:
+        """`store.load.snapshots` for one execution, from the rows."""
+        states = self.route_latest()
+        keys = {s.key for s in states}
+        states += [self.states[k] for k in need.occurrences if k not in keys]
+        if need.open_states:
+            states += self.open_states()
+        if need.unhandled:
+            states += self.unhandled_states()
+        running = len(self.running()) if need.running_rows else None
+        live = self.live_rows() if need.live_rows else {}
+        return Snapshot(self.execution.snapshot(running), tuple(states), live)
 
     # ------------------------------------------------------------ applying
 
@@ -476,11 +483,14 @@ class Sim:
             for agg in aggregates:
                 self.stats["items aggregated"] += 1
                 results, failed = self.item_results(agg.task_name, agg.iteration)
+                event = ItemsAggregated(agg.task_name, agg.iteration, results, failed)
                 self.aggregated.append((agg.task_name, agg.iteration, results, failed))
-                conductor.items_aggregated(agg.task_name, agg.iteration, results, failed)
+                conductor.items_aggregated(
+                    event.task_name, event.iteration, event.results, event.failed_items
+                )
 
     def item_results(self, task: str, iteration: int) -> tuple[list[Json], list[int]]:
-        """`work.item_results`: the final attempt of every item, in item order."""
+        """`store.load.item_results`: the final attempt of every item, in item order."""
         final: dict[int, Row] = {}
         for row in self.rows_where(task=task, iteration=iteration):
             if row.item_index is None:
@@ -502,7 +512,7 @@ class Sim:
         return results, failed
 
     def apply(self, commands: Sequence[Command]) -> list[AggregateItems]:
-        """`work.apply_batch` for one execution: grouped by kind, in the store's order."""
+        """`store.apply.apply_batch` for one execution: grouped by kind, in the store's order."""
         inserts: list[TaskState] = []
         updates: list[tuple[TaskState, str]] = []
         new_rows: list[NewTaskRows] = []
@@ -666,7 +676,7 @@ class Sim:
                 f"StaleWrite: workflow_execution expected {write.before!r}, found {row.status!r}"
             )
         if write.before == "requested" and write.status not in ("running", "failed"):
-            # As store/work.py does: an execution that ends in its start transaction
+            # As store/apply.py does: an execution that ends in its start transaction
             # passes through running (two legal moves, both audited).
             self._check_move("workflow", row.id, row.status, "running")
             row.status = "running"
@@ -674,7 +684,7 @@ class Sim:
         if write.before == "requested":
             row.started_at = self.now
         row.status = write.status
-        # None means unchanged, as store/work.py's coalesce() does.
+        # None means unchanged, as store/apply.py's coalesce() does.
         if write.parameters is not None:
             row.parameters = dict(write.parameters)
         if write.vars is not None:

@@ -142,6 +142,7 @@ def test_decision_with_on_success_runs_both() -> None:
 
 # ------------------------------------------------------------------ templates
 
+
 def _value(expression: str, parameters: dict[str, Json] | None = None, **vars_: Json) -> Json:
     """Publish one expression from a task and return it (the workflow's output)."""
     body = f"""
@@ -276,6 +277,7 @@ def test_now_and_uuid_come_from_the_conductor() -> None:
 
 
 # ------------------------------------------------------------------ later syntax
+
 
 def test_top_level_name_and_vars_as_a_list() -> None:
     wf = load(

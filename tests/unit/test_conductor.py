@@ -615,7 +615,7 @@ def test_with_items_failing_item_fails_the_task_and_stops_releasing() -> None:
     step(sim, "each", Outcome("succeeded", "rc"), item=2)
     state = sim.state("each")
     assert state.status == "failed"
-    # Items 3 and 4 never ran: null, so positions match item indices (work.item_results).
+    # Items 3 and 4 never ran: null, so positions match item indices (store.load.item_results).
     assert state.result == {
         "results": ["ra", "rb", "rc", None, None],
         "failed_items": [1],
@@ -1193,9 +1193,7 @@ def test_cancel_keeps_the_window_open_for_items_waiting_on_a_child() -> None:
         conductor.add_state(state)
     # Items 1 and 2 wait on child executions; item 3 is being run by a worker.
     conductor.control({("each", 1): LiveRows(running=1, waiting_on_child=2)})
-    written = {
-        c.state.name: c.state for c in conductor.flush() if isinstance(c, WriteTaskState)
-    }
+    written = {c.state.name: c.state for c in conductor.flush() if isinstance(c, WriteTaskState)}
     state = written["each"]
     assert (state.status, state.items_done, state.items_released) == ("running", 1, 4)
 

@@ -45,8 +45,19 @@ def test_failed_decision_task_reports_its_own_failure() -> None:
     )
     conductor = Conductor(running, states, ctx)
     conductor.attempt_finished(
-        Attempt(1, 1, "check", 1, None, 1, "core.noop", {}, "failed", None,
-                {"type": "NonZeroExit", "message": "exit code 3"})
+        Attempt(
+            1,
+            1,
+            "check",
+            1,
+            None,
+            1,
+            "core.noop",
+            {},
+            "failed",
+            None,
+            {"type": "NonZeroExit", "message": "exit code 3"},
+        )
     )
     (write,) = [c for c in conductor.flush() if isinstance(c, WriteExecution)]
     assert write.status == "failed"

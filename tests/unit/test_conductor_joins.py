@@ -72,8 +72,9 @@ def test_join_n_needs_n_distinct_predecessors() -> None:
     assert sim.status == "failed"
     error = sim.execution.error
     assert error is not None and error["type"] == "JoinNeverFired"
-    assert "waits for 2 of its inbound tasks (a, b) but only 1 arrived (a; missing b)" in (
-        error["message"]
+    assert (
+        "waits for 2 of its inbound tasks (a, b) but only 1 arrived (a; missing b)"
+        in (error["message"])
     )
 
 

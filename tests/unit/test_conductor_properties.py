@@ -182,8 +182,8 @@ def invariants(plan: Plan) -> Any:
             if spec.join is not None:
                 preds = plan.spec.predecessors(name)
                 for state in runs:
-                    assert len(set(state.join_from)) == len(state.join_from) == (
-                        state.join_arrivals
+                    assert (
+                        len(set(state.join_from)) == len(state.join_from) == (state.join_arrivals)
                     ), state
                     assert set(state.join_from) <= set(preds), (state.join_from, preds)
         if sim.status != "requested":

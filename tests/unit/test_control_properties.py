@@ -4,7 +4,7 @@ Random DAG workflows (the generator of test_conductor_properties) are driven by
 `Driver`. At each step Hypothesis picks a worker step (claim a scheduled row, or
 finish running rows in one advance), a control request (what the SQL functions of
 schema/0004_control.sql do; refused ones must change nothing), or the worker's
-control pass over a pending request (`advance.control_pass`), so requests and
+request pass over a pending request (`advance.request_pass`), so requests and
 their passes interleave with task completions as they do between real workers.
 A row whose execution asked to kill it (cancel_running) reports `canceled`, or,
 now and then, the outcome it reached before the kill.

@@ -17,9 +17,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 def nodes(svg: str) -> dict[str, ET.Element]:
     root = ET.fromstring(svg)
-    return {
-        g.get("data-task") or "": g for g in root.iter(f"{SVG}g") if g.get("class") == "node"
-    }
+    return {g.get("data-task") or "": g for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
 
 
 def top(node: ET.Element) -> float:

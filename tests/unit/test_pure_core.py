@@ -12,8 +12,18 @@ PURE = [
     "spec", "engine", "template", "machine.py", "redact.py", "errors.py",
     "graph.py", "graph_svg.py", "ui/forms.py", "ui/timeline.py",
 ]  # fmt: skip
-BANNED_MODULES = {"psycopg", "subprocess", "threading", "socket", "time", "random",
-                  "asyncio", "multiprocessing", "urllib", "http"}
+BANNED_MODULES = {
+    "psycopg",
+    "subprocess",
+    "threading",
+    "socket",
+    "time",
+    "random",
+    "asyncio",
+    "multiprocessing",
+    "urllib",
+    "http",
+}
 # datetime may be imported (to convert values); reading the clock may not.
 CLOCK_READS = {"now", "utcnow", "today", "monotonic", "perf_counter"}
 

@@ -10,7 +10,7 @@ import psycopg
 
 from attune_pg.cli.common import clock
 from attune_pg.machine import WORKFLOW_TERMINAL
-from attune_pg.store import read
+from attune_pg.store import notify, read
 
 
 def follow(
@@ -26,8 +26,7 @@ def follow(
     short poll as a fallback, so it needs nothing but the database.
     """
     seen: dict[tuple[int, str], bool] = {}
-    conn.execute("LISTEN attune_execution")
-    conn.execute("LISTEN attune_work")
+    notify.listen(conn, ("attune_execution", "attune_work"))
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         status = read.status(conn, execution_id)

@@ -381,8 +381,8 @@ def _register_extra() -> None:
     from attune_pg.cli import (
         automation,
         catalog,
-        control,
         doctor,
+        executions,
         graph,
         kv,
         prune,
@@ -397,7 +397,7 @@ def _register_extra() -> None:
     prune.register(cli)
     watch.register(cli)
     tools.register(cli)
-    control.register(cli)
+    executions.register(cli)
     graph.register(cli)
     kv.register(cli)
     ui.register(cli)

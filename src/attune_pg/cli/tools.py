@@ -18,7 +18,7 @@ from attune_pg.cli.prune import DEFAULT_DUTY
 @errors_to_exit
 def demo(name: str, dsn: str | None) -> None:
     """Run a demo workflow end to end (embedded PostgreSQL unless ATTUNE_DSN is set)."""
-    from attune_pg.demo import run_demo
+    from attune_pg.cli.demo import run_demo
 
     sys.exit(run_demo(dsn, name))
 
@@ -139,7 +139,7 @@ def bench(
     dsn: str | None,
 ) -> None:
     """Measure workflows/s, task steps/s and claim latency on this server."""
-    from attune_pg.bench import ACTIONS, compare, run_bench, run_items_bench
+    from attune_pg.cli.bench import ACTIONS, compare, run_bench, run_items_bench
 
     if scenarios:
         _scenarios(
@@ -156,7 +156,7 @@ def bench(
         )
         return
     if register_n:
-        from attune_pg.bench_register import run_register_bench
+        from attune_pg.cli.bench_register import run_register_bench
 
         click.echo(run_register_bench(dsn, register_n).report())
         return
@@ -165,7 +165,7 @@ def bench(
         click.echo(report.report())
         return
     if prune_history:
-        from attune_pg.bench_prune import run_prune_bench
+        from attune_pg.cli.bench_prune import run_prune_bench
 
         stages = Stages(progress)
         pruned = run_prune_bench(
@@ -215,7 +215,7 @@ def bench(
 
 
 def _scenarios(dsn: str | None, names: str, *, progress: bool | None, **options: Any) -> None:
-    from attune_pg.bench_suite import SCENARIOS, run_suite
+    from attune_pg.cli.bench_suite import SCENARIOS, run_suite
 
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     if chosen == ["all"]:

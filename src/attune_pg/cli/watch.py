@@ -25,6 +25,7 @@ import click
 from attune_pg.cli.common import connection, dsn_option, errors_to_exit
 from attune_pg.errors import NotFoundError
 from attune_pg.machine import WORKFLOW_TERMINAL
+from attune_pg.store import notify
 
 CLEAR = "\x1b[H\x1b[J"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
@@ -125,8 +126,7 @@ def watch(
     out = sys.stdout
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with connection(dsn) as conn:
-        for channel in CHANNELS:
-            conn.execute(f"LISTEN {channel}")
+        notify.listen(conn, CHANNELS)
         last: list[str] | None = None
         if tty and not once:
             out.write(HIDE_CURSOR)

@@ -70,9 +70,7 @@ def uuid_source(execution_id: int, now: float) -> Callable[[], str]:
     return next_uuid
 
 
-def items(
-    spec: TaskSpec, scope: Mapping[str, Json], limit: int | None = None
-) -> list[Json] | None:
+def items(spec: TaskSpec, scope: Mapping[str, Json], limit: int | None = None) -> list[Json] | None:
     """The with-items list (chunked by batch_size), or None for a plain task. More than
     `limit` items (setting max_items) is an error naming the limit."""
     if spec.with_items is None:

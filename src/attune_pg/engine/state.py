@@ -1,7 +1,8 @@
-"""What the conductor reads (a snapshot) and what it writes (commands).
+"""What the conductor reads (a snapshot, events) and what it writes (commands).
 
 The store turns rows into these and commands back into guarded SQL; the
-conductor never sees a connection.
+conductor never sees a connection. All of them are frozen values, except `Budget`
+(shared by the executions of one tree in a transaction, on purpose).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from attune_pg.machine import TaskStateStatus, TaskStatus, WorkflowStatus
 from attune_pg.spec.model import ActionSpec, WorkflowSpec
 
 Json = Any
@@ -58,7 +60,7 @@ class Execution:
 
     id: int
     ref: str
-    status: str
+    status: WorkflowStatus
     spec: WorkflowSpec
     parameters: dict[str, Json]
     vars: dict[str, Json]
@@ -86,7 +88,7 @@ class TaskState:
 
     name: str
     iteration: int
-    status: str
+    status: TaskStateStatus
     join_required: int | None = None
     join_arrivals: int = 0
     items_total: int | None = None
@@ -119,9 +121,33 @@ class Attempt:
     attempt: int
     action_ref: str
     input: dict[str, Json]
-    status: str  # succeeded | failed | timed_out | canceled
+    status: TaskStatus  # succeeded | failed | timed_out | canceled
     result: Json = None
     error: dict[str, Json] | None = None
+
+
+@dataclass(frozen=True)
+class LiveRows:
+    """A task state's rows that stay live through a cancel: those a worker is running
+    and those waiting on a child execution (which reports back when it ends)."""
+
+    running: int = 0
+    waiting_on_child: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.running + self.waiting_on_child
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One locked execution and what its conductor needs (plan.Needs), loaded at once."""
+
+    execution: Execution
+    # The latest occurrence of each task in each route, then the older ones asked for.
+    states: tuple[TaskState, ...] = ()
+    # Per task state, the rows a cancel leaves alive (loaded for a canceling pass).
+    live: Mapping[tuple[str, int], LiveRows] = field(default_factory=dict)
 
 
 class KVLookup(Protocol):
@@ -148,7 +174,7 @@ class WriteTaskState:
     """Insert (`before` is None) or update a task_state row guarded by its old status."""
 
     state: TaskState
-    before: str | None
+    before: TaskStateStatus | None
 
 
 @dataclass(frozen=True)
@@ -196,19 +222,6 @@ class HoldScheduled:
 
 
 @dataclass(frozen=True)
-class LiveRows:
-    """A task state's rows that stay live through a cancel: those a worker is running
-    and those waiting on a child execution (which reports back when it ends)."""
-
-    running: int = 0
-    waiting_on_child: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.running + self.waiting_on_child
-
-
-@dataclass(frozen=True)
 class Publish:
     """Audit record of variables published by a task's transition."""
 
@@ -219,18 +232,40 @@ class Publish:
 @dataclass(frozen=True)
 class AggregateItems:
     """All items of a with-items task are done: the store loads their results
-    (one query, once per task) and hands them to `Conductor.items_aggregated`."""
+    (one query, once per task) and answers with `ItemsAggregated`."""
 
     task_name: str
     iteration: int
 
 
 @dataclass(frozen=True)
+class ItemsAggregated:
+    """Event: the final results of a with-items task's items, in item order (the
+    store's answer to `AggregateItems`), for `Conductor.items_aggregated`."""
+
+    task_name: str
+    iteration: int
+    results: list[Json]
+    failed_items: list[int]
+
+
+@dataclass(frozen=True)
+class ParkTask:
+    """A claimed `core.inquiry` or workflow task now waits: create its inquiry or its
+    child execution (plan.judge_parks accepted it)."""
+
+    task_execution_id: int
+    kind: str  # "inquiry" | "workflow"
+    action_ref: str
+    input: dict[str, Json]
+
+
+@dataclass(frozen=True)
 class WriteExecution:
     """Update the workflow_execution row, guarded by its status `before`."""
 
-    before: str
-    status: str
+    before: WorkflowStatus
+    status: WorkflowStatus
     active_tasks: int
     # None means unchanged: a 10,000-element parameter list is not rewritten per item.
     parameters: dict[str, Json] | None = None  # with defaults applied, set at start
@@ -250,4 +285,5 @@ Command = (
     | Publish
     | AggregateItems
     | WriteExecution
+    | ParkTask
 )

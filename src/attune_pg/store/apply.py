@@ -2,6 +2,8 @@
 
 Guarded writes compare the rows they changed with the rows they meant to change and
 raise StaleWrite on any difference, so the caller's transaction rolls back whole.
+`AggregateItems` is answered with an `ItemsAggregated` event (the items' final
+results, read after this round's writes), for the conductor's next round.
 Nothing here commits.
 """
 
@@ -20,24 +22,26 @@ from attune_pg.engine.state import (
     CancelPendingItems,
     Command,
     HoldScheduled,
+    ItemsAggregated,
     NewTaskRows,
+    ParkTask,
     Publish,
     ReleaseItems,
     TaskState,
     WriteExecution,
     WriteTaskState,
 )
-from attune_pg.machine import WORKFLOW_TERMINAL
-from attune_pg.store import control
+from attune_pg.errors import StaleWrite
+from attune_pg.machine import WORKFLOW_TERMINAL, TaskStatus, WorkflowStatus
+from attune_pg.store import load
 from attune_pg.store.queries import Q
-from attune_pg.store.work import StaleWrite
 
 
 def apply_batch(
     conn: psycopg.Connection,
     batch: Sequence[tuple[int, Sequence[Command]]],
     roots: Mapping[int, int] | None = None,
-) -> list[tuple[int, AggregateItems]]:
+) -> list[tuple[int, ItemsAggregated]]:
     """Write the commands of many executions with one statement per kind of write.
 
     The statement count per advance is constant, whatever the batch size: that is
@@ -55,9 +59,12 @@ def apply_batch(
     publishes: list[tuple[int, Publish]] = []
     executions: list[tuple[int, WriteExecution]] = []
     aggregates: list[tuple[int, AggregateItems]] = []
+    parks: list[tuple[int, ParkTask]] = []
     for execution_id, commands in batch:
         for command in commands:
-            if isinstance(command, WriteTaskState):
+            if isinstance(command, ParkTask):
+                parks.append((execution_id, command))
+            elif isinstance(command, WriteTaskState):
                 if command.before is None:
                     state_inserts.append((execution_id, command.state))
                 else:
@@ -79,6 +86,8 @@ def apply_batch(
                 aggregates.append((execution_id, command))
             elif isinstance(command, WriteExecution):
                 executions.append((execution_id, command))
+    if parks:
+        _park(conn, parks)
     if state_inserts:
         _insert_states(conn, state_inserts)
     if state_updates:
@@ -87,24 +96,18 @@ def apply_batch(
         _insert_tasks(conn, new_rows, roots or {})
     for (execution_id, task_name, iteration, held), count in releases.items():
         # Released while pausing: the rows stay pending, marked held, until resume.
-        change = "held = true" if held else "status = 'scheduled', run_at = now()"
         conn.execute(
-            f"UPDATE attune.task_execution SET {change}"
-            " WHERE id IN (SELECT id FROM attune.task_execution"
-            "   WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
-            "   AND status = 'pending' AND NOT held ORDER BY item_index LIMIT %s)",
-            (execution_id, task_name, iteration, count),
+            Q.task_release_held if held else Q.task_release,
+            {"id": execution_id, "task": task_name, "iteration": iteration, "n": count},
         )
     for cancel_running, ids in cancel_live.items():
-        control.cancel_live(conn, ids, cancel_running)
+        _cancel_live(conn, ids, cancel_running)
     if holds:
-        control.hold_scheduled(conn, holds)
+        _hold_scheduled(conn, holds)
     for execution_id, cancel in cancels:
         conn.execute(
-            "UPDATE attune.task_execution SET status = 'canceled'"
-            " WHERE workflow_execution_id = %s AND task_name = %s AND iteration = %s"
-            " AND status = 'pending'",
-            (execution_id, cancel.task_name, cancel.iteration),
+            Q.task_cancel_pending_items,
+            {"id": execution_id, "task": cancel.task_name, "iteration": cancel.iteration},
         )
     if publishes:
         conn.execute(
@@ -126,7 +129,13 @@ def apply_batch(
             Q.execution_count_rows,
             {"ids": list(created), "counts": list(created.values())},
         )
-    return aggregates
+    events = []
+    for execution_id, agg in aggregates:
+        results, failed = load.item_results(conn, execution_id, agg.task_name, agg.iteration)
+        events.append(
+            (execution_id, ItemsAggregated(agg.task_name, agg.iteration, results, failed))
+        )
+    return events
 
 
 def _state_values(s: TaskState) -> tuple[Any, ...]:
@@ -158,40 +167,20 @@ def _joined(columns: list[list[Any]]) -> list[list[Any]]:
     return columns
 
 
+_STATE_COLUMNS = ("status", "jr", "ja", "t", "r", "d", "f", "result", "error", "unhandled",
+                  "route", "jf")  # fmt: skip
+
+
 def _insert_states(conn: psycopg.Connection, inserts: Sequence[tuple[int, TaskState]]) -> None:
     rows = [(e, s.name, s.iteration, *_state_values(s)) for e, s in inserts]
-    conn.execute(
-        "INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,"
-        " join_required, join_arrivals, items_total, items_released, items_done, items_failed,"
-        " result, error, unhandled, route, join_from)"
-        " SELECT v.e, v.n, v.i, v.status, v.jr, v.ja, v.t, v.r, v.d, v.f, v.result,"
-        " v.error, v.unhandled, v.route, string_to_array(v.jf, chr(31))"
-        " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::int[],"
-        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[],"
-        " %s::bool[], %s::text[], %s::text[])"
-        " AS v(e, n, i, status, jr, ja, t, r, d, f, result, error, unhandled, route, jf)",
-        _joined(_columns(rows, 15)),
-    )
+    names = ("e", "n", "i", *_STATE_COLUMNS)
+    conn.execute(Q.state_insert, dict(zip(names, _joined(_columns(rows, 15)), strict=True)))
 
 
 def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskState, str]]) -> None:
     rows = [(e, s.name, s.iteration, before, *_state_values(s)) for e, s, before in updates]
-    cur = conn.execute(
-        "UPDATE attune.task_state t SET status = v.status, join_required = v.join_required,"
-        " join_arrivals = v.join_arrivals, items_total = v.items_total,"
-        " items_released = v.items_released, items_done = v.items_done,"
-        " items_failed = v.items_failed, result = v.result, error = v.error,"
-        " unhandled = v.unhandled, join_from = string_to_array(v.join_from, chr(31))"
-        " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::int[],"
-        " %s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::jsonb[], %s::jsonb[],"
-        " %s::bool[], %s::text[], %s::text[])"
-        " AS v(execution_id, task_name, iteration, before, status, join_required, join_arrivals,"
-        " items_total, items_released, items_done, items_failed, result, error, unhandled,"
-        " route, join_from)"
-        " WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name"
-        " AND t.iteration = v.iteration AND t.status = v.before",
-        _joined(_columns(rows, 16)),
-    )
+    names = ("e", "n", "i", "before", *_STATE_COLUMNS)
+    cur = conn.execute(Q.state_update, dict(zip(names, _joined(_columns(rows, 16)), strict=True)))
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
 
@@ -220,7 +209,7 @@ def _insert_tasks(
                     index,
                     c.attempt,
                     c.action_ref,
-                    "scheduled" if released and not c.held else "pending",
+                    TaskStatus.SCHEDULED if released and not c.held else TaskStatus.PENDING,
                     Jsonb(value),
                     c.delay,
                     c.timeout,
@@ -239,25 +228,23 @@ def _update_executions(
     # An execution that ends inside the transaction that starts it (every task
     # skipped, an empty with-items) still passes through `running`, as the state
     # machine says and the audit log should show.
+    W = WorkflowStatus
     jumps = [
-        i for i, w in writes if w.before == "requested" and w.status not in ("running", "failed")
+        i for i, w in writes if w.before == W.REQUESTED and w.status not in (W.RUNNING, W.FAILED)
     ]
     if jumps:
-        # Parameters (defaults applied) are written by this first move: they freeze once
-        # the execution is no longer requested (schema 0006).
         jumped = {i: w for i, w in writes if i in jumps}
         conn.execute(
-            "UPDATE attune.workflow_execution e SET status = 'running', started_at = now(),"
-            " parameters = coalesce(v.parameters, e.parameters)"
-            " FROM unnest(%s::bigint[], %s::jsonb[]) AS v(id, parameters)"
-            " WHERE e.id = v.id AND e.status = 'requested'",
-            (
-                list(jumped),
-                [None if w.parameters is None else Jsonb(w.parameters) for w in jumped.values()],
-            ),
+            Q.execution_start_jump,
+            {
+                "ids": list(jumped),
+                "parameters": [
+                    None if w.parameters is None else Jsonb(w.parameters) for w in jumped.values()
+                ],
+            },
         )
         writes = [
-            (i, replace(w, before="running", parameters=None) if i in jumps else w)
+            (i, replace(w, before=W.RUNNING, parameters=None) if i in jumps else w)
             for i, w in writes
         ]
     rows = [
@@ -284,11 +271,57 @@ def _update_executions(
         raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")
     ended = [i for i, w in writes if w.status in WORKFLOW_TERMINAL]
     if ended:
-        # An ended execution waits for nothing: close any task state still pending (a
-        # join short of arrivals, a trigger recorded while a failure drained), including
-        # iterations this transaction did not load.
-        conn.execute(
-            "UPDATE attune.task_state SET status = 'canceled'"
-            " WHERE workflow_execution_id = ANY(%s) AND status = 'pending'",
-            (ended,),
-        )
+        conn.execute(Q.state_cancel_pending, {"ids": ended})
+
+
+def _cancel_live(
+    conn: psycopg.Connection, execution_ids: Sequence[int], cancel_running: bool
+) -> None:
+    """Cancel the executions' live work: queued rows, open inquiries, child executions;
+    with `cancel_running`, ask the workers running their rows to kill them."""
+    ids = {"ids": list(execution_ids)}
+    conn.execute(Q.task_cancel_queued, ids)
+    if cancel_running and conn.execute(Q.task_request_cancel, ids).rowcount:
+        conn.execute(Q.control_notify)
+    conn.execute(Q.inquiry_cancel_open, ids)
+    conn.execute(Q.child_cancel, ids)
+    conn.execute(Q.task_cancel_waiting, ids)
+    conn.execute(Q.control_notify)
+
+
+def _hold_scheduled(conn: psycopg.Connection, execution_ids: Sequence[int]) -> None:
+    """Pause: scheduled rows go back to pending (held) and child executions pause."""
+    ids = {"ids": list(execution_ids)}
+    conn.execute(Q.task_hold, ids)
+    conn.execute(Q.child_pause, ids)
+    conn.execute(Q.control_notify)
+
+
+def _park(conn: psycopg.Connection, parks: Sequence[tuple[int, ParkTask]]) -> None:
+    """Create the inquiry or the child execution a waiting task waits for."""
+    for execution_id, park in parks:
+        if park.kind == "inquiry":
+            assigned = park.input.get("assigned_to")
+            if isinstance(assigned, list):
+                assigned = ",".join(str(a) for a in assigned)
+            conn.execute(
+                Q.inquiry_create,
+                {
+                    "task": park.task_execution_id,
+                    "execution": execution_id,
+                    "prompt": str(park.input.get("prompt") or ""),
+                    "schema": Jsonb(park.input.get("schema") or {}),
+                    "assigned_to": assigned,
+                    "timeout": park.input.get("timeout"),
+                },
+            )
+        else:
+            conn.execute(
+                Q.child_create,
+                {
+                    "ref": park.action_ref,
+                    "parameters": Jsonb(park.input),
+                    "task": park.task_execution_id,
+                    "execution": execution_id,
+                },
+            )

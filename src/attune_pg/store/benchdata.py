@@ -46,3 +46,9 @@ def clock(conn: psycopg.Connection) -> datetime:
 def steps_between(conn: psycopg.Connection, t0: datetime, t1: datetime) -> int:
     row = conn.execute(Q.bench_steps_between, {"t0": t0, "t1": t1}).fetchone()
     return int(row[0]) if row else 0
+
+
+def analyze(conn: psycopg.Connection) -> None:
+    """Fresh statistics after seeding, as autovacuum would give a real history."""
+    conn.execute(Q.bench_analyze_executions)
+    conn.execute(Q.bench_analyze_tasks)

@@ -18,13 +18,15 @@ Row = dict[str, Any]
 
 
 class ActionCatalog(Mapping[str, ActionSpec]):
-    """Actions by ref, loaded once and refreshed when an unknown ref is asked for.
+    """Actions by ref, loaded once and refreshed when an unknown ref is resolved.
 
-    A worker keeps one; registration of a new pack while it runs is picked up on
-    the first miss, and the worker refreshes it when it hears `attune_catalog` (sent by
-    every registration that changed something), so changed actions need no restart.
-    Retired actions (of unregistered packs) stay in it: a task of an execution that was
-    already running still finds the action it calls.
+    A worker keeps one; registration of a new pack while it runs is picked up by the
+    first `resolve` that misses, and the worker refreshes it when it hears
+    `attune_catalog` (sent by every registration that changed something), so changed
+    actions need no restart. Reading it (`catalog[ref]`, `get`) never runs SQL: the
+    advance resolves what an execution needs before the conductor runs. Retired actions
+    (of unregistered packs) stay in it: a task of an execution that was already running
+    still finds the action it calls.
     """
 
     def __init__(self, dsn_conn: psycopg.Connection) -> None:
@@ -36,9 +38,14 @@ class ActionCatalog(Mapping[str, ActionSpec]):
         rows = self._conn.execute(Q.action_catalog).fetchall()
         self._actions = {row[0]["ref"]: ActionSpec.from_dict(row[0]) for row in rows}
 
-    def __getitem__(self, ref: str) -> ActionSpec:
-        if ref not in self._actions:
+    def resolve(self, refs: Iterable[str]) -> dict[str, ActionSpec]:
+        """The actions among `refs`, refreshing once if one is not known yet."""
+        wanted = set(refs)
+        if not wanted <= self._actions.keys():
             self.refresh()
+        return {ref: self._actions[ref] for ref in wanted if ref in self._actions}
+
+    def __getitem__(self, ref: str) -> ActionSpec:
         return self._actions[ref]
 
     def __iter__(self) -> Iterator[str]:
@@ -46,50 +53,6 @@ class ActionCatalog(Mapping[str, ActionSpec]):
 
     def __len__(self) -> int:
         return len(self._actions)
-
-
-class DbKV:
-    """`kv.get` / `kv.get_secret` for templates, read inside the advance transaction.
-
-    It is a `template.scope.SecretFlagKV`: `is_secret` lets the template layer render
-    ``kv.get_secret`` as a token (`attune_pg.secrets`) without reading the value, so
-    the conductor never sees a secret. `get` refuses secret keys for the same reason.
-    `get_secret` (the value itself) is kept for callers that need it.
-    """
-
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self._conn = conn
-
-    def _read(self, key: str) -> tuple[bool, Json, bool]:
-        row = self._conn.execute(
-            "SELECT value, secret FROM attune.kv WHERE key = %s", (key,)
-        ).fetchone()
-        if row is None:
-            return False, None, False
-        return True, row[0], bool(row[1])
-
-    def is_secret(self, key: str) -> bool | None:
-        """True for a secret key, False for a plain one, None when the key is not set."""
-        row = self._conn.execute("SELECT secret FROM attune.kv WHERE key = %s", (key,)).fetchone()
-        return None if row is None else bool(row[0])
-
-    def has_secret(self, key: str) -> bool:
-        """True if `key` is set and marked secret."""
-        return self.is_secret(key) is True
-
-    def get(self, key: str, default: Json = None) -> Json:
-        found, value, secret = self._read(key)
-        if found and secret:
-            from attune_pg.errors import TemplateError
-
-            raise TemplateError(f"kv key {key!r} is secret; use kv.get_secret")
-        return value if found else default
-
-    def get_secret(self, key: str) -> Json:
-        found, value, _ = self._read(key)
-        if not found:
-            raise KeyError(f"kv key {key!r} is not set")
-        return value
 
 
 # ----------------------------------------------------------------- registration

@@ -1,57 +1,53 @@
-"""Inquiries and execution control for the CLI: thin wrappers over the SQL functions."""
+"""Inquiries and execution requests (cancel, pause, resume, retry) for the CLI and the
+console: thin wrappers over the SQL functions of schema/0004_control.sql."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from attune_pg.errors import NotFoundError
+from attune_pg.store.queries import Q, fetch
 
 Row = dict[str, Any]
 
+_REQUESTS: dict[str, LiteralString] = {
+    "cancel": Q.execution_cancel,
+    "pause": Q.execution_pause,
+    "resume": Q.execution_resume,
+    "retry": Q.execution_retry,
+}
 
-def control(
+
+def request(
     conn: psycopg.Connection, verb: str, execution_id: int, policy: str | None = None
 ) -> str:
-    """Call attune.<verb>_execution: cancel, pause, resume or retry."""
+    """Call attune.<verb>_execution: cancel (with `policy`), pause, resume or retry."""
+    params: dict[str, Any] = {"id": execution_id}
     if verb == "cancel":
-        row = conn.execute(
-            "SELECT attune.cancel_execution(%s, %s)", (execution_id, policy)
-        ).fetchone()
-    else:
-        row = conn.execute(f"SELECT attune.{verb}_execution(%s)", (execution_id,)).fetchone()
+        params["policy"] = policy
+    row = conn.execute(_REQUESTS[verb], params).fetchone()
     assert row is not None
     return str(row[0])
 
 
 def inquiries(conn: psycopg.Connection, *, all_statuses: bool = False) -> list[Row]:
-    where = "" if all_statuses else "WHERE i.status = 'pending'"
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT i.id, i.workflow_execution_id, t.task_name, i.status, i.prompt, i.assigned_to,"
-            " i.expires_at, i.created_at FROM attune.inquiry i"
-            f" JOIN attune.task_execution t ON t.id = i.task_execution_id {where} ORDER BY i.id"
-        ).fetchall()
+    return fetch(conn, Q.inquiry_list, {"all": all_statuses}, dict_row)
 
 
 def inquiry(conn: psycopg.Connection, inquiry_id: int) -> Row:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            "SELECT i.*, t.task_name FROM attune.inquiry i"
-            " JOIN attune.task_execution t ON t.id = i.task_execution_id WHERE i.id = %s",
-            (inquiry_id,),
-        ).fetchone()
-    if row is None:
+    rows = fetch(conn, Q.inquiry_get, {"id": inquiry_id}, dict_row)
+    if not rows:
         raise NotFoundError(f"inquiry {inquiry_id} does not exist")
-    return row
+    return rows[0]
 
 
 def respond(conn: psycopg.Connection, inquiry_id: int, response: Any, who: str) -> str:
     row = conn.execute(
-        "SELECT attune.respond_inquiry(%s, %s, %s)", (inquiry_id, Jsonb(response), who)
+        Q.inquiry_respond, {"id": inquiry_id, "response": Jsonb(response), "who": who}
     ).fetchone()
     assert row is not None
     return str(row[0])

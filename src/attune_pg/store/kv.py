@@ -2,8 +2,9 @@
 
 Each function runs one statement on `conn` (in the caller's transaction, if any).
 Secret values are only returned by `get_value` and `secret_lookup`; `list_values`
-never reads them. Templates read kv through `store.catalog.DbKV`, where a secret
-becomes a token (`attune_pg.secrets`) that the worker resolves with `secret_lookup`.
+never reads them. Templates read the keys an advance loaded (`store.load.kv_entries`,
+`engine.plan.SnapshotKV`), where a secret becomes a token (`attune_pg.secrets`) that
+the worker resolves with `secret_lookup`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from attune_pg.errors import AttuneError
 from attune_pg.secrets import TOKEN_CLOSE, TOKEN_OPEN, valid_secret_key
+from attune_pg.store.queries import Q, fetch
 
 Json = Any
 
@@ -43,34 +46,23 @@ def set_value(conn: psycopg.Connection, key: str, value: Json, *, secret: bool =
             f"invalid kv key {key!r}: it must be non-empty and may not contain"
             f" {TOKEN_OPEN} or {TOKEN_CLOSE}"
         )
-    conn.execute(
-        "INSERT INTO attune.kv (key, value, secret) VALUES (%s, %s, %s)"
-        " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, secret = EXCLUDED.secret,"
-        " updated_by = current_user, updated_at = now()",
-        (key, Jsonb(value), secret),
-    )
+    conn.execute(Q.kv_set, {"key": key, "value": Jsonb(value), "secret": secret})
 
 
 def get_value(conn: psycopg.Connection, key: str) -> tuple[Json, bool] | None:
     """``(value, secret)`` for `key`, or None when it is not set."""
-    row = conn.execute("SELECT value, secret FROM attune.kv WHERE key = %s", (key,)).fetchone()
+    row = conn.execute(Q.kv_get, {"key": key}).fetchone()
     return None if row is None else (row[0], bool(row[1]))
 
 
 def list_values(conn: psycopg.Connection, prefix: str | None = None) -> list[KVRow]:
     """Every row (whose key starts with `prefix`, if given), by key; secrets without value."""
-    rows = conn.execute(
-        "SELECT key, CASE WHEN secret THEN NULL ELSE value END, secret, updated_by, updated_at"
-        " FROM attune.kv WHERE %(prefix)s::text IS NULL OR starts_with(key, %(prefix)s)"
-        " ORDER BY key",
-        {"prefix": prefix},
-    ).fetchall()
-    return [KVRow(row[0], row[1], bool(row[2]), row[3], row[4]) for row in rows]
+    return fetch(conn, Q.kv_list, {"prefix": prefix}, class_row(KVRow))
 
 
 def delete_value(conn: psycopg.Connection, key: str) -> bool:
     """Delete `key`; False if it was not set."""
-    return conn.execute("DELETE FROM attune.kv WHERE key = %s", (key,)).rowcount > 0
+    return conn.execute(Q.kv_delete, {"key": key}).rowcount > 0
 
 
 def secret_lookup(conn: psycopg.Connection) -> Callable[[str], Json]:
@@ -80,9 +72,7 @@ def secret_lookup(conn: psycopg.Connection) -> Callable[[str], Json]:
     """
 
     def lookup(key: str) -> Json:
-        row = conn.execute(
-            "SELECT value FROM attune.kv WHERE key = %s AND secret", (key,)
-        ).fetchone()
+        row = conn.execute(Q.kv_secret_get, {"key": key}).fetchone()
         if row is None:
             raise KeyError(key)
         return row[0]

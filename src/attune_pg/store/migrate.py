@@ -72,7 +72,7 @@ def migrate(conn: psycopg.Connection, target: int | None = None) -> list[Migrati
     done: list[Migration] = []
     with conn.transaction():
         conn.execute(Q.migration_lock, {"lock": MIGRATION_LOCK_ID})
-        conn.execute("CREATE SCHEMA IF NOT EXISTS attune")
+        conn.execute(Q.schema_create)
         conn.execute(Q.migration_table_create)
         have = applied(conn)
         for migration in available():

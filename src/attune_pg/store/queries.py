@@ -5,8 +5,9 @@ names: `task_claim`, `execution_lock`, ...); the lines after it, up to the next 
 the statement, with psycopg placeholders (`%(name)s`). Comment lines directly after the
 header document the query. Names are unique across all files.
 
-    from attune_pg.store.queries import Q
+    from attune_pg.store.queries import Q, fetch
     conn.execute(Q.task_claim, {...})
+    fetch(conn, Q.task_claim, {...}, class_row(ClaimedTask))  # rows as dataclasses
 
 `Q.<name>` raises AttributeError for an unknown name, so a typo fails at import-time tests,
 not in production; `tests/integration/test_queries.py` checks that every query is used
@@ -16,8 +17,14 @@ somewhere in the package and that PostgreSQL parses it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import LiteralString
+from typing import Any, LiteralString, TypeVar
+
+import psycopg
+from psycopg.rows import RowFactory
+
+T = TypeVar("T")
 
 _HEADER = re.compile(r"^--\s*name:\s*([a-z][a-z0-9_]*)\s*$")
 
@@ -84,3 +91,15 @@ class _Queries:
 
 
 Q = _Queries(load())
+
+
+def fetch(
+    conn: psycopg.Connection[Any],
+    query: LiteralString,
+    params: Mapping[str, Any] | Sequence[Any] | None,
+    row: RowFactory[T],
+) -> list[T]:
+    """Run a named query and map its rows with `row` (psycopg's `class_row(Dataclass)`
+    or `kwargs_row(function)`: by column name, never by position)."""
+    with conn.cursor(row_factory=row) as cur:
+        return cur.execute(query, params).fetchall()

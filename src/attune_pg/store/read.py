@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import dict_row
@@ -11,14 +11,15 @@ from psycopg.types.json import Jsonb
 from attune_pg.errors import NotFoundError
 from attune_pg.redact import redact_params
 from attune_pg.spec.params import secret_parameters
+from attune_pg.store.queries import Q, fetch
 
 Row = dict[str, Any]
 
 
-def _rows(conn: psycopg.Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, params)
-        return cur.fetchall()
+def _rows(
+    conn: psycopg.Connection, query: LiteralString, params: dict[str, Any] | None = None
+) -> list[Row]:
+    return fetch(conn, query, params, dict_row)
 
 
 def start_execution(
@@ -32,22 +33,21 @@ def start_execution(
 ) -> int:
     # attune.start_execution: a repeated idempotency key returns the first execution.
     row = conn.execute(
-        "SELECT attune.start_execution(%s, %s, %s, %s, coalesce(%s, current_user))",
-        (ref, Jsonb(parameters), idempotency_key, priority, requested_by),
+        Q.execution_start,
+        {
+            "ref": ref,
+            "parameters": Jsonb(parameters),
+            "key": idempotency_key,
+            "priority": priority,
+            "who": requested_by,
+        },
     ).fetchone()
     assert row is not None
     return int(row[0])
 
 
 def execution(conn: psycopg.Connection, execution_id: int) -> Row:
-    rows = _rows(
-        conn,
-        "SELECT id, workflow_ref, status, parameters, output, error, vars, priority, requested_by,"
-        " parent_task_id, depth, created_at, started_at, finished_at,"
-        " definition -> 'parameters' AS parameter_schema"
-        " FROM attune.workflow_execution WHERE id = %s",
-        (execution_id,),
-    )
+    rows = _rows(conn, Q.execution_show, {"id": execution_id})
     if not rows:
         raise NotFoundError(f"execution {execution_id} does not exist")
     row = rows[0]
@@ -60,66 +60,38 @@ def execution(conn: psycopg.Connection, execution_id: int) -> Row:
 def executions(
     conn: psycopg.Connection, *, status: str | None = None, limit: int = 20
 ) -> list[Row]:
-    where = "WHERE status = %s" if status else ""
-    params: tuple[Any, ...] = (status, limit) if status else (limit,)
-    return _rows(
-        conn,
-        "SELECT id, workflow_ref, status, requested_by, created_at, started_at, finished_at,"
-        f" error_message, tasks_total FROM attune.workflow_execution_summary {where}"
-        " ORDER BY id DESC LIMIT %s",
-        params,
-    )
+    return _rows(conn, Q.execution_list, {"status": status or None, "limit": limit})
 
 
 def tasks(conn: psycopg.Connection, execution_id: int) -> list[Row]:
-    return _rows(
-        conn,
-        "SELECT id, task_name, iteration, item_index, attempt, action_ref, status, input, result,"
-        " error, run_at, started_at, finished_at, lease_owner, claims"
-        " FROM attune.task_execution WHERE workflow_execution_id = %s"
-        " ORDER BY coalesce(started_at, run_at), id",
-        (execution_id,),
-    )
+    return _rows(conn, Q.task_list, {"id": execution_id})
 
 
 def status(conn: psycopg.Connection, execution_id: int) -> str:
-    row = conn.execute(
-        "SELECT status FROM attune.workflow_execution WHERE id = %s", (execution_id,)
-    ).fetchone()
+    row = conn.execute(Q.execution_status, {"id": execution_id}).fetchone()
     if row is None:
         raise NotFoundError(f"execution {execution_id} does not exist")
     return str(row[0])
 
 
 def workflows(conn: psycopg.Connection) -> list[Row]:
-    return _rows(
-        conn,
-        "SELECT ref, label, version, enabled, description FROM attune.workflow_definition"
-        " ORDER BY ref",
-    )
+    return _rows(conn, Q.workflow_list_brief)
 
 
 def workflow(conn: psycopg.Connection, ref: str) -> Row:
-    rows = _rows(
-        conn,
-        "SELECT ref, label, version, enabled, description, parameters, definition, source,"
-        " source_file, updated_at FROM attune.workflow_definition WHERE ref = %s",
-        (ref,),
-    )
+    rows = _rows(conn, Q.workflow_show, {"ref": ref})
     if not rows:
         raise NotFoundError(f"workflow {ref!r} is not registered")
     return rows[0]
 
 
 def workers(conn: psycopg.Connection) -> list[Row]:
-    return _rows(conn, "SELECT * FROM attune.worker_status ORDER BY started_at DESC")
+    return _rows(conn, Q.worker_list)
 
 
 def execution_definition(conn: psycopg.Connection, execution_id: int) -> dict[str, Any]:
     """The definition snapshot an execution runs with (`WorkflowSpec.from_dict` reads it)."""
-    row = conn.execute(
-        "SELECT definition FROM attune.workflow_execution WHERE id = %s", (execution_id,)
-    ).fetchone()
+    row = conn.execute(Q.execution_definition, {"id": execution_id}).fetchone()
     if row is None:
         raise NotFoundError(f"execution {execution_id} does not exist")
     if row[0] is None:
@@ -141,15 +113,6 @@ def latest_task_statuses(conn: psycopg.Connection, execution_id: int) -> dict[st
     (any failed item makes it failed, else any running one running, ...).
     """
     rows = conn.execute(
-        "SELECT task_name, (array_agg(status ORDER BY"
-        " array_position(%s::text[], status) NULLS LAST))[1]"
-        " FROM (SELECT DISTINCT ON (task_name, coalesce(item_index, -1)) task_name, status"
-        "   FROM attune.task_execution t WHERE workflow_execution_id = %s"
-        "    AND iteration = (SELECT max(iteration) FROM attune.task_execution m"
-        "     WHERE m.workflow_execution_id = t.workflow_execution_id"
-        "       AND m.task_name = t.task_name)"
-        "   ORDER BY task_name, coalesce(item_index, -1), attempt DESC, id DESC) latest"
-        " GROUP BY task_name",
-        (_STATUS_PRECEDENCE, execution_id),
+        Q.task_latest_statuses, {"precedence": _STATUS_PRECEDENCE, "id": execution_id}
     ).fetchall()
     return {str(name): str(status) for name, status in rows}

@@ -219,9 +219,7 @@ FILTERS: Final[Mapping[str, Filter]] = {
     "to_json": Filter(_f_to_json, "value as JSON text (to_json(indent=2, sort_keys=true))"),
     "from_json": Filter(_f_from_json, "parse JSON text into a value"),
     "append": Filter(_f_append, "a new list with the item added at the end (strings: joined)"),
-    "prepend": Filter(
-        _f_prepend, "a new list with the item added at the front (strings: joined)"
-    ),
+    "prepend": Filter(_f_prepend, "a new list with the item added at the front (strings: joined)"),
     "slice": Filter(_f_slice, "slice(start=1, end=3): part of a list or string; slice(n): columns"),
     "batch": Filter(_f_batch, "batch(size=n) or batch(n): the list in chunks of n"),
     "filter": Filter(_f_filter, "filter(key=value): the items whose keys equal the values"),

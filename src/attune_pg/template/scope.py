@@ -116,7 +116,7 @@ class SecretFlagKV(Protocol):
     """A kv store that can tell whether a key is secret without reading its value.
 
     `is_secret(key)`: True for a secret, False for a plain value, None when the key is
-    not set. With such a store (the engine's `store.catalog.DbKV`), ``kv.get_secret``
+    not set. With such a store (the engine's `engine.plan.SnapshotKV`), ``kv.get_secret``
     renders a token (`attune_pg.secrets`) and never the value, and ``kv.get`` refuses
     secret keys.
     """

@@ -316,7 +316,7 @@ class Console:
             return _back(execution_id, error=f"unknown cancellation policy {policy!r}")
 
         def act(conn: psycopg.Connection) -> str:
-            return inquiries.control(conn, verb, execution_id, policy)
+            return inquiries.request(conn, verb, execution_id, policy)
 
         try:
             outcome = await run_in_threadpool(self.read, act)

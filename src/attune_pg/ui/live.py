@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 
 from attune_pg import db
+from attune_pg.store import notify
 
 log = logging.getLogger("attune_pg.ui")
 
@@ -68,8 +69,7 @@ class Broadcaster:
         while not self._stopping.is_set():
             try:
                 with db.connect(self._dsn, name="attune_ui_listen") as conn:
-                    for channel in CHANNELS:
-                        conn.execute(f"LISTEN {channel}")
+                    notify.listen(conn, CHANNELS)
                     self.connected.set()
                     self._publish(Change("resync"))  # catch up on what we missed
                     backoff = 0.2

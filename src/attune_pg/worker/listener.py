@@ -14,6 +14,7 @@ from collections.abc import Callable
 import psycopg
 
 from attune_pg import db
+from attune_pg.store import notify
 
 log = logging.getLogger("attune_pg.worker")
 
@@ -47,8 +48,7 @@ class Listener(threading.Thread):
             try:
                 with db.connect(self._dsn, name="attune_worker_listen") as conn:
                     # The standard channels and any other the owner gave a hint for.
-                    for channel in dict.fromkeys((*CHANNELS, *self._hints)):
-                        conn.execute(f"LISTEN {channel}")
+                    notify.listen(conn, (*CHANNELS, *self._hints))
                     self.connected.set()
                     if down:
                         log.info("listener reconnected")

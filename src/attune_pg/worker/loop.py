@@ -29,10 +29,12 @@ import psycopg
 from attune_pg import advance, automation, db
 from attune_pg.actions import ActionOutcome
 from attune_pg.errors import ActionError, DatabaseUnavailable
+from attune_pg.machine import TaskStatus
 from attune_pg.secrets import Binding, resolve_secrets, token_keys
 from attune_pg.settings import REFRESH_SECONDS
-from attune_pg.store import control, decode, kv, work
+from attune_pg.store import claims, decode, kv, requests
 from attune_pg.store.catalog import ActionCatalog
+from attune_pg.store.fence import Finished
 from attune_pg.worker.listener import Listener
 from attune_pg.worker.observe import Observer
 from attune_pg.worker.runner import Running, TaskRunner, parks_as
@@ -74,7 +76,7 @@ class Worker:
         self._catalog_hint = threading.Event()
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
-        self._pending: list[work.Finished] = []  # finished, not yet committed
+        self._pending: list[Finished] = []  # finished, not yet committed
         self._hand_back: list[int] = []
         self.tasks_done = 0
         self._stop_deadline: float | None = None
@@ -151,7 +153,7 @@ class Worker:
                         decode.install(conn)
                         self._env = None  # re-read on every (re)connect
                         self._load_env(conn)
-                        work.register_worker(
+                        claims.register_worker(
                             conn, self.id, self._host, os.getpid(), self.config.concurrency
                         )
                         actions = ActionCatalog(conn)
@@ -194,7 +196,7 @@ class Worker:
                         break
                     backoff = min(backoff * 2, 5.0)
             if conn is not None and not conn.closed:
-                work.stop_worker(conn, self.id, self.tasks_done)
+                claims.stop_worker(conn, self.id, self.tasks_done)
         finally:
             self._stopping.set()
             self._runner.cancel_all(hand_back=True)
@@ -231,7 +233,7 @@ class Worker:
         self._wake.clear()
         self._collect()
         if self._hand_back:
-            work.hand_back(conn, self.id, self._hand_back)
+            claims.hand_back(conn, self.id, self._hand_back)
             self.observe.handed_back(self._hand_back)
             self._hand_back = []
         env = self._load_env(conn)
@@ -279,7 +281,7 @@ class Worker:
         if self._control_hint.is_set():
             self._control_hint.clear()
             self._cancel_requested(conn)
-            stats = advance.control_pass(conn, actions, env=env)
+            stats = advance.request_pass(conn, actions, env=env)
             self.observe.advanced(stats)
             if stats.started or stats.advanced:
                 self._work_hint.set()
@@ -306,8 +308,10 @@ class Worker:
         if not self._work_hint.is_set():
             return  # keep what the last claim learnt (e.g. the next run_at to wait for)
         self._work_hint.clear()
-        claimed = work.claim_tasks(conn, self.id, free, self.config.lease_seconds)
+        claimed = claims.claim_tasks(conn, self.id, free, self.config.lease_seconds)
         self.observe.claimed(claimed)
+        # What the claimed rows call, refreshing the catalogue once if one is new to it.
+        actions.resolve({task.action_ref for task in claimed})
         for task in claimed:
             log.debug(
                 "claimed task %s (%s) of execution %s",
@@ -319,18 +323,18 @@ class Worker:
             if task.refused is not None:
                 # Over a `cancel` concurrency policy's threshold: ends canceled, never runs.
                 automation.cancel_refused(conn, task.workflow_execution_id)
-                self._pending.append(work.Finished(task, "canceled", None, task.refused))
+                self._pending.append(Finished(task, TaskStatus.CANCELED, None, task.refused))
                 self._wake.set()
                 continue
             reason = decode.problem(task.input)
             if reason is not None:
                 # Quarantine the one row: its task fails, the rest of the batch runs.
                 error = {"type": "Quarantined", "message": f"task input: {reason}"}
-                self._pending.append(work.Finished(task, "failed", None, error))
+                self._pending.append(Finished(task, TaskStatus.FAILED, None, error))
                 self._wake.set()
             elif park:
                 # Inquiries and nested workflows wait in the database, not in a thread.
-                self._pending.append(work.Finished(task, "waiting", None, None, park))
+                self._pending.append(Finished(task, TaskStatus.WAITING, None, None, park))
                 self._wake.set()
             elif token_keys(task.input):
                 # Secrets travel as tokens; the real values exist only for the action.
@@ -339,7 +343,7 @@ class Worker:
                     resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn), binding)
                 except ActionError as exc:
                     error = {"type": "ActionError", "message": str(exc)}
-                    self._pending.append(work.Finished(task, "failed", None, error))
+                    self._pending.append(Finished(task, TaskStatus.FAILED, None, error))
                     self._wake.set()
                     continue
                 self._runner.submit(task, actions, resolved, texts)
@@ -359,7 +363,7 @@ class Worker:
 
     def _cancel_requested(self, conn: psycopg.Connection) -> None:
         """Heartbeat now; kill the actions whose execution was canceled (cancel_running)."""
-        for task_id in work.heartbeat(
+        for task_id in claims.heartbeat(
             conn, self.id, list(self._runner.running), self.config.lease_seconds, self.tasks_done
         ):
             entry = self._runner.running.get(task_id)
@@ -377,12 +381,12 @@ class Worker:
             if deadline_passed:
                 self._acted_deadline = self._pending_deadline
             self._deadline_at = None
-            reaped = work.reap_expired(conn)
+            reaped = claims.reap_expired(conn)
             self.observe.reaped(reaped)
             if reaped:
                 log.warning("requeued %d tasks whose worker stopped heartbeating", reaped)
                 self._wake.set()
-            if control.expire_inquiries(conn) + control.time_out_workflows(conn):
+            if requests.expire_inquiries(conn) + requests.time_out_workflows(conn):
                 self._control_hint.set()
                 self._wake.set()
             self._last_reap = now
@@ -418,7 +422,7 @@ class Worker:
         if self._claimed_none:
             # Nothing claimable now: sleep until the next delayed task is due, or the
             # next workflow timeout or inquiry expiry (DB clock, like everything else).
-            due, deadline, at = work.next_due_in(conn)
+            due, deadline, at = claims.next_due_in(conn)
             if due is not None:
                 # Due now but not claimed: another worker holds the row; look again shortly.
                 delay = min(delay, max(due, 0.01))

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from attune_pg import __version__, db
 from attune_pg.store import observe
+from attune_pg.store.queries import Q
 
 log = logging.getLogger("attune_pg.worker")
 
@@ -180,7 +181,7 @@ class QueueCollector(Collector):
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = db.connect(self._dsn, name="attune_worker_metrics")
-                    self._conn.execute("SET statement_timeout = '5s'")
+                    self._conn.execute(Q.session_statement_timeout, {"timeout": "5s"})
                 self._sample = observe.queue_sample(self._conn, QUEUE_CAP)
             except Exception as exc:  # a scrape never takes the worker down
                 self.errors += 1

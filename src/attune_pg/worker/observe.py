@@ -21,13 +21,13 @@ from typing import Any
 from attune_pg.advance import AdvanceStats
 from attune_pg.engine.state import Attempt
 from attune_pg.errors import ServiceError
-from attune_pg.machine import WORKFLOW_TERMINAL
-from attune_pg.store.work import ClaimedTask
+from attune_pg.machine import TASK_TERMINAL, WORKFLOW_TERMINAL, TaskStatus, WorkflowStatus
+from attune_pg.store.claims import ClaimedTask
 
 state_log = logging.getLogger("attune_pg.state")
 log = logging.getLogger("attune_pg.worker")
 
-_TASK_END = frozenset({"succeeded", "failed", "timed_out", "canceled"})
+_TASK_END = TASK_TERMINAL - {TaskStatus.SKIPPED}
 
 
 @dataclass
@@ -68,9 +68,7 @@ class Observer:
         self.metrics = WorkerMetrics(self.worker_id, self._concurrency)
         self.metrics.watch_slots(running, self._concurrency)
         try:
-            self._server = MetricsServer(
-                self.metrics, dsn, self._metrics_host, self._metrics_port
-            )
+            self._server = MetricsServer(self.metrics, dsn, self._metrics_host, self._metrics_port)
         except OSError as exc:
             raise ServiceError(
                 f"cannot serve metrics on {self._metrics_host}:{self._metrics_port}:"
@@ -111,7 +109,7 @@ class Observer:
                     item=task.item_index,
                     attempt=task.attempt,
                     action=task.action_ref,
-                    status="running",
+                    status=TaskStatus.RUNNING,
                     trace_id=task.trace_id,
                     wait=round(max(task.claimed_at - task.ready_at, 0.0), 6),
                 )
@@ -178,7 +176,7 @@ class Observer:
                 self.metrics.tasks_finished.labels(a.action_ref, a.status).inc()
                 if seconds is not None:
                     self.metrics.task_duration.labels(a.action_ref).observe(seconds)
-            if self._spans is not None and claim is not None and a.status != "waiting":
+            if self._spans is not None and claim is not None and a.status != TaskStatus.WAITING:
                 self._spans.task(a, claim.trace_id, claim.wall_ns, wall, self.worker_id)
             if logging_on:
                 fields = self._task_fields(a.execution_id, a.task_name, a.task_execution_id)
@@ -210,7 +208,7 @@ class Observer:
         logging_on = state_log.isEnabledFor(logging.INFO)
         for change in stats.executions:
             if self.metrics is not None:
-                if change.before == "requested":
+                if change.before == WorkflowStatus.REQUESTED:
                     self.metrics.executions_started.labels(change.workflow).inc()
                 if change.status in WORKFLOW_TERMINAL:
                     self.metrics.executions_finished.labels(change.workflow, change.status).inc()

@@ -14,10 +14,12 @@ from attune_pg import jsonbounds
 from attune_pg.actions import MAX_RESULT_BYTES, ActionContext, ActionOutcome, run_action
 from attune_pg.actions import shutdown as stop_action_runners
 from attune_pg.errors import AttuneError
+from attune_pg.machine import TaskStatus
 from attune_pg.secrets import neutralize_tokens, redact_secrets
 from attune_pg.settings import Settings
 from attune_pg.spec.model import ActionSpec
-from attune_pg.store.work import ClaimedTask, Finished
+from attune_pg.store.claims import ClaimedTask
+from attune_pg.store.fence import Finished
 
 # Runners the worker does not execute as processes: the engine parks these tasks.
 ENGINE_RUNNERS = frozenset({"workflow"})
@@ -113,14 +115,14 @@ class TaskRunner:
         """The outcome as stored: secrets masked, token look-alikes defused."""
         self.running.pop(entry.task.id, None)
         result, error = outcome.result, outcome.error
-        status = outcome.status
+        status = TaskStatus(outcome.status)
         if jsonbounds.depth_over(result, self.max_depth):
             # Bounded where it enters: a result no reader could decode is never stored.
             message = (
                 f"result is nested deeper than {self.max_depth} levels (setting json_max_depth)"
             )
-            if status == "succeeded" or error is None:
-                status, error = "failed", {"type": "ResultTooDeep", "message": message}
+            if status == TaskStatus.SUCCEEDED or error is None:
+                status, error = TaskStatus.FAILED, {"type": "ResultTooDeep", "message": message}
             else:
                 error = {**error, "result_error": message}
             result = None
@@ -132,8 +134,11 @@ class TaskRunner:
                     f"result is {size:,} bytes of JSON, over the limit of"
                     f" {self.max_result_bytes:,} bytes (setting max_result_bytes)"
                 )
-                if status == "succeeded" or error is None:
-                    status, error = "failed", {"type": "ResultTooLarge", "message": message}
+                if status == TaskStatus.SUCCEEDED or error is None:
+                    status, error = (
+                        TaskStatus.FAILED,
+                        {"type": "ResultTooLarge", "message": message},
+                    )
                 else:
                     error = {**error, "result_error": message}
                 result = None

@@ -20,6 +20,7 @@ from opentelemetry.trace.span import TraceFlags
 
 from attune_pg import __version__
 from attune_pg.engine.state import Attempt
+from attune_pg.machine import TaskStatus
 
 _MASK64 = (1 << 64) - 1
 
@@ -67,7 +68,7 @@ class Spans:
                 "attune.worker": worker,
             },
         )
-        if attempt.status != "succeeded":
+        if attempt.status != TaskStatus.SUCCEEDED:
             error = attempt.error if isinstance(attempt.error, dict) else {}
             span.set_status(Status(StatusCode.ERROR, str(error.get("type") or attempt.status)))
         span.end(end_time=end_ns)

@@ -51,3 +51,135 @@ UPDATE attune.workflow_execution e
 UPDATE attune.workflow_execution e SET task_rows = e.task_rows + v.n
   FROM unnest(%(ids)s::bigint[], %(counts)s::int[]) AS v(id, n)
  WHERE e.id = v.id
+
+-- name: state_insert
+-- New task states of many executions (join_from: names joined by the unit separator,
+-- as unnest cannot take arrays of arrays of different lengths).
+INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,
+       join_required, join_arrivals, items_total, items_released, items_done, items_failed,
+       result, error, unhandled, route, join_from)
+SELECT v.e, v.n, v.i, v.status, v.jr, v.ja, v.t, v.r, v.d, v.f, v.result,
+       v.error, v.unhandled, v.route, string_to_array(v.jf, chr(31))
+  FROM unnest(%(e)s::bigint[], %(n)s::text[], %(i)s::int[], %(status)s::text[], %(jr)s::int[],
+              %(ja)s::int[], %(t)s::int[], %(r)s::int[], %(d)s::int[], %(f)s::int[],
+              %(result)s::jsonb[], %(error)s::jsonb[], %(unhandled)s::bool[], %(route)s::text[],
+              %(jf)s::text[])
+       AS v(e, n, i, status, jr, ja, t, r, d, f, result, error, unhandled, route, jf)
+
+-- name: state_update
+-- Task state writes of many executions, each guarded by its status as loaded.
+UPDATE attune.task_state t SET status = v.status, join_required = v.join_required,
+       join_arrivals = v.join_arrivals, items_total = v.items_total,
+       items_released = v.items_released, items_done = v.items_done,
+       items_failed = v.items_failed, result = v.result, error = v.error,
+       unhandled = v.unhandled, join_from = string_to_array(v.join_from, chr(31))
+  FROM unnest(%(e)s::bigint[], %(n)s::text[], %(i)s::int[], %(before)s::text[],
+              %(status)s::text[], %(jr)s::int[], %(ja)s::int[], %(t)s::int[], %(r)s::int[],
+              %(d)s::int[], %(f)s::int[], %(result)s::jsonb[], %(error)s::jsonb[],
+              %(unhandled)s::bool[], %(route)s::text[], %(jf)s::text[])
+       AS v(execution_id, task_name, iteration, before, status, join_required, join_arrivals,
+            items_total, items_released, items_done, items_failed, result, error, unhandled,
+            route, join_from)
+ WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name
+   AND t.iteration = v.iteration AND t.status = v.before
+
+-- name: task_release
+-- Promote the next `n` pending items of a with-items task (by item index) to scheduled.
+UPDATE attune.task_execution SET status = 'scheduled', run_at = now()
+ WHERE id IN (SELECT id FROM attune.task_execution
+               WHERE workflow_execution_id = %(id)s AND task_name = %(task)s
+                 AND iteration = %(iteration)s AND status = 'pending' AND NOT held
+               ORDER BY item_index LIMIT %(n)s)
+
+-- name: task_release_held
+-- Released while pausing: the next `n` pending items stay pending, marked held, until resume.
+UPDATE attune.task_execution SET held = true
+ WHERE id IN (SELECT id FROM attune.task_execution
+               WHERE workflow_execution_id = %(id)s AND task_name = %(task)s
+                 AND iteration = %(iteration)s AND status = 'pending' AND NOT held
+               ORDER BY item_index LIMIT %(n)s)
+
+-- name: task_cancel_pending_items
+-- A with-items task that stops early: its items never released are canceled.
+UPDATE attune.task_execution SET status = 'canceled'
+ WHERE workflow_execution_id = %(id)s AND task_name = %(task)s AND iteration = %(iteration)s
+   AND status = 'pending'
+
+-- name: execution_start_jump
+-- An execution that ends inside the transaction that starts it (every task skipped, an
+-- empty with-items) still passes through `running`, as the state machine says and the
+-- audit log should show. Parameters (defaults applied) are written by this first move:
+-- they freeze once the execution is no longer requested (schema 0006).
+UPDATE attune.workflow_execution e SET status = 'running', started_at = now(),
+       parameters = coalesce(v.parameters, e.parameters)
+  FROM unnest(%(ids)s::bigint[], %(parameters)s::jsonb[]) AS v(id, parameters)
+ WHERE e.id = v.id AND e.status = 'requested'
+
+-- name: state_cancel_pending
+-- An ended execution waits for nothing: close any task state still pending (a join short
+-- of arrivals, a trigger recorded while a failure drained), iterations not loaded included.
+UPDATE attune.task_state SET status = 'canceled'
+ WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+
+-- name: task_cancel_queued
+-- Cancel: the executions' pending and scheduled rows are canceled.
+UPDATE attune.task_execution SET status = 'canceled', held = false
+ WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'scheduled')
+
+-- name: task_request_cancel
+-- cancel_running: ask the workers running these executions' rows to kill them.
+UPDATE attune.task_execution SET cancel_requested = true
+ WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status = 'running'
+   AND NOT cancel_requested
+
+-- name: inquiry_cancel_open
+UPDATE attune.inquiry SET status = 'canceled'
+ WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+
+-- name: child_cancel
+-- Child executions of waiting rows: not started -> canceled; running -> canceling, with
+-- the parent's policy.
+UPDATE attune.workflow_execution c
+   SET status = CASE WHEN c.status = 'requested' THEN 'canceled' ELSE 'canceling' END,
+       cancel_policy = coalesce(p.cancel_policy, 'allow_finish'),
+       control_requested_at = now()
+  FROM attune.task_execution t JOIN attune.workflow_execution p
+       ON p.id = t.workflow_execution_id
+ WHERE c.parent_task_id = t.id AND t.workflow_execution_id = ANY(%(ids)s::bigint[])
+   AND t.status = 'waiting' AND c.status IN ('requested', 'running', 'pausing', 'paused')
+
+-- name: task_cancel_waiting
+-- Waiting rows with nothing left to wait for (their inquiry was canceled) end now.
+UPDATE attune.task_execution t SET status = 'canceled'
+ WHERE t.workflow_execution_id = ANY(%(ids)s::bigint[]) AND t.status = 'waiting'
+   AND NOT EXISTS (SELECT 1 FROM attune.workflow_execution c
+                    WHERE c.parent_task_id = t.id
+                      AND c.status <> ALL(ARRAY['succeeded', 'failed', 'canceled', 'timed_out']))
+
+-- name: task_hold
+-- Pause: scheduled rows go back to pending, held until resume.
+UPDATE attune.task_execution SET status = 'pending', held = true
+ WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status = 'scheduled'
+
+-- name: child_pause
+-- Pause: running child executions of waiting rows pause too.
+UPDATE attune.workflow_execution c SET status = 'pausing', control_requested_at = now()
+  FROM attune.task_execution t
+ WHERE c.parent_task_id = t.id AND t.workflow_execution_id = ANY(%(ids)s::bigint[])
+   AND t.status = 'waiting' AND c.status = 'running'
+
+-- name: inquiry_create
+-- The inquiry a parked `core.inquiry` task waits for.
+INSERT INTO attune.inquiry (task_execution_id, workflow_execution_id, prompt, schema,
+       assigned_to, expires_at)
+VALUES (%(task)s, %(execution)s, %(prompt)s, %(schema)s, %(assigned_to)s,
+        now() + make_interval(secs => %(timeout)s))
+
+-- name: child_create
+-- The child execution a parked workflow task waits for: in its parent's tree, one level
+-- deeper, at its priority, on behalf of the same login.
+INSERT INTO attune.workflow_execution (workflow_ref, parameters, parent_task_id, root_id,
+       depth, priority, requested_by)
+SELECT %(ref)s, %(parameters)s, %(task)s, coalesce(p.root_id, p.id), p.depth + 1, p.priority,
+       p.requested_by
+  FROM attune.workflow_execution p WHERE p.id = %(execution)s

@@ -62,3 +62,51 @@ SELECT count(*) FROM attune.task_execution
 SELECT count(*) FILTER (WHERE result IS DISTINCT FROM %(expected)s::jsonb)
 FROM attune.task_execution
 WHERE workflow_execution_id = ANY(%(ids)s::bigint[])
+
+-- name: bench_claim_latency
+-- Claim latency (run_at -> started_at) percentiles in ms, p50, p95, p99.
+SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
+       (ORDER BY extract(epoch FROM started_at - run_at) * 1000)
+  FROM attune.task_execution WHERE workflow_execution_id = ANY(%(ids)s::bigint[])
+
+-- name: bench_unfinished
+SELECT count(*) FROM attune.workflow_execution WHERE id = ANY(%(ids)s::bigint[])
+   AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')
+
+-- name: bench_workers_started
+SELECT count(*) FROM attune.worker WHERE started_at >= %(since)s AND stopped_at IS NULL
+
+-- name: bench_run_totals
+-- Seconds from the first created to the last finished, and how many succeeded.
+SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8,
+       count(*) FILTER (WHERE status = 'succeeded')
+  FROM attune.workflow_execution WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: bench_start_chains
+INSERT INTO attune.workflow_execution (workflow_ref, requested_by)
+SELECT 'bench.chain', 'bench' FROM generate_series(1, %(n)s) RETURNING id
+
+-- name: bench_start_items
+INSERT INTO attune.workflow_execution (workflow_ref, parameters, requested_by)
+VALUES (%(ref)s, %(parameters)s, 'bench') RETURNING id
+
+-- name: bench_execution_seconds
+SELECT extract(epoch FROM finished_at - created_at)::float8, status
+  FROM attune.workflow_execution WHERE id = %(id)s
+
+-- name: bench_start_single
+INSERT INTO attune.workflow_execution (workflow_ref, requested_by)
+VALUES ('bench.single', 'bench') RETURNING id
+
+-- name: bench_server_setting
+SELECT current_setting(%(name)s)
+
+-- name: bench_registered_workflows
+SELECT count(*) FROM attune.workflow_definition WHERE pack_ref LIKE 'bench%'
+
+-- name: bench_analyze_executions
+-- Fresh statistics after seeding, as autovacuum would give a real history.
+VACUUM ANALYZE attune.workflow_execution
+
+-- name: bench_analyze_tasks
+VACUUM ANALYZE attune.task_execution

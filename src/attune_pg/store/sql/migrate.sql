@@ -18,3 +18,9 @@ CREATE TABLE IF NOT EXISTS attune.schema_migration (
 
 -- name: migration_record
 INSERT INTO attune.schema_migration (version, name) VALUES (%(version)s, %(name)s)
+
+-- name: database_exists
+SELECT 1 FROM pg_database WHERE datname = %(name)s
+
+-- name: schema_create
+CREATE SCHEMA IF NOT EXISTS attune

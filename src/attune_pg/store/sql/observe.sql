@@ -68,3 +68,7 @@ SELECT st.task_name, st.iteration, st.status, st.items_total, st.items_done,
  WHERE st.workflow_execution_id = %(id)s
  ORDER BY st.created_at, st.task_name, st.iteration
  LIMIT %(limit)s
+
+-- name: session_statement_timeout
+-- Bound every statement of this session (the metrics scrape's connection).
+SELECT set_config('statement_timeout', %(timeout)s, false)

@@ -21,10 +21,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from attune_pg import db, packs, shipped
-from attune_pg.bench_account import Meter
-from attune_pg.bench_suite import ScenarioResult, measure, start_workers, warm_up
+from attune_pg.cli.bench_account import Meter
+from attune_pg.cli.bench_suite import ScenarioResult, measure, start_workers, warm_up
 from attune_pg.store import benchsuite, migrate
-from attune_pg.workerproc import stop_worker
+from attune_pg.worker.procs import stop_worker
 
 CHUNK = 20_000  # executions per load transaction (x3 task rows)
 

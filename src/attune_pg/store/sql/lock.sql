@@ -1,13 +1,17 @@
 -- name: execution_lock
 -- Lock workflow rows in id order (the global lock order), with what the conductor needs,
 -- the root's status (a canceled root stops its whole tree) and the tree's budget so far.
-SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
-       extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
-       coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
-       coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
-       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0')),
-       extract(epoch FROM now())::float8
+SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
+       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       coalesce(e.started_by, e.requested_by) AS login,
+       extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
+       coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
+       r.cancel_policy AS root_cancel_policy,
+       coalesce(b.executions, 0) AS used_executions,
+       coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0) AS used_rows,
+       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0'))
+           AS trace_id,
+       extract(epoch FROM now())::float8 AS now
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
@@ -18,13 +22,17 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
 -- name: execution_claim_requested
 -- Up to `n` executions waiting to start, locked (SKIP LOCKED: workers never collide);
 -- not those a concurrency policy delays (schema 0009).
-SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
-       extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
-       coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
-       coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
-       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0')),
-       extract(epoch FROM now())::float8
+SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
+       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       coalesce(e.started_by, e.requested_by) AS login,
+       extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
+       coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
+       r.cancel_policy AS root_cancel_policy,
+       coalesce(b.executions, 0) AS used_executions,
+       coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0) AS used_rows,
+       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0'))
+           AS trace_id,
+       extract(epoch FROM now())::float8 AS now
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
@@ -40,13 +48,17 @@ SELECT id FROM attune.workflow_execution WHERE status = 'requested' AND NOT dela
 
 -- name: execution_claim_one
 -- One execution waiting to start, locked, if no other worker holds it.
-SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.vars,
-       e.active_tasks, e.error, e.output, e.pack_config, coalesce(e.started_by, e.requested_by),
-       extract(epoch FROM e.started_at)::float8, e.depth, e.cancel_policy,
-       coalesce(e.root_id, e.id), coalesce(r.status, e.status), r.cancel_policy,
-       coalesce(b.executions, 0), coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0),
-       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0')),
-       extract(epoch FROM now())::float8
+SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
+       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       coalesce(e.started_by, e.requested_by) AS login,
+       extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
+       coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
+       r.cancel_policy AS root_cancel_policy,
+       coalesce(b.executions, 0) AS used_executions,
+       coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0) AS used_rows,
+       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0'))
+           AS trace_id,
+       extract(epoch FROM now())::float8 AS now
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
@@ -55,7 +67,7 @@ SELECT e.id, e.workflow_ref, e.status, md5(e.definition::text), e.parameters, e.
 
 -- name: execution_definitions
 -- Definition snapshots by digest, for the executions whose spec is not cached yet.
-SELECT md5(definition::text), definition FROM attune.workflow_execution
+SELECT md5(definition::text) AS digest, definition FROM attune.workflow_execution
  WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: execution_follow_root
@@ -114,3 +126,9 @@ SELECT v.root_id, v.executions, v.task_rows
 -- name: signing_key_get
 -- The key secret tokens are signed with (readable by the owner and attune_worker only).
 SELECT key FROM attune.signing_key WHERE id = 1
+
+-- name: execution_fail
+-- Last resort for a bug in advancing: fail the executions with the error.
+UPDATE attune.workflow_execution e SET status = 'failed', error = v.error
+  FROM unnest(%(ids)s::bigint[], %(errors)s::jsonb[]) AS v(id, error)
+ WHERE e.id = v.id AND e.status = ANY(%(sources)s::text[])

@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from attune_pg import db, packs, shipped
 from attune_pg.store import migrate
 from attune_pg.store.queries import Q
-from attune_pg.workerproc import start_worker, stop_worker
+from attune_pg.worker.procs import start_worker, stop_worker
 
 _WORKFLOW = """\
 label: Benchmark chain of {k} tasks
@@ -155,12 +155,7 @@ def _bench_pack(root: Path, k: int, action: str = "noop") -> Path:
 
 
 def _percentiles(conn: psycopg.Connection, ids: list[int]) -> tuple[float, float, float]:
-    row = conn.execute(
-        "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP"
-        " (ORDER BY extract(epoch FROM started_at - run_at) * 1000)"
-        " FROM attune.task_execution WHERE workflow_execution_id = ANY(%s)",
-        (ids,),
-    ).fetchone()
+    row = conn.execute(Q.bench_claim_latency, {"ids": ids}).fetchone()
     assert row is not None and row[0] is not None
     p50, p95, p99 = row[0]
     return float(p50), float(p95), float(p99)
@@ -174,11 +169,7 @@ def _wait_all(
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT count(*) FROM attune.workflow_execution WHERE id = ANY(%s)"
-            " AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')",
-            (ids,),
-        ).fetchone()
+        row = conn.execute(Q.bench_unfinished, {"ids": ids}).fetchone()
         if row is not None and on_progress is not None:
             on_progress(len(ids) - int(row[0]), len(ids))
         if row is not None and row[0] == 0:
@@ -190,10 +181,7 @@ def _wait_all(
 def _wait_workers(conn: psycopg.Connection, since: Any, count: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        row = conn.execute(
-            "SELECT count(*) FROM attune.worker WHERE started_at >= %s AND stopped_at IS NULL",
-            (since,),
-        ).fetchone()
+        row = conn.execute(Q.bench_workers_started, {"since": since}).fetchone()
         if row is not None and row[0] >= count:
             time.sleep(0.3)  # let their listeners connect
             return
@@ -223,7 +211,7 @@ def run_bench(
         packs.register(conn, shipped.pack_dir("core"))
         packs.register(conn, _bench_pack(Path(tmp), tasks, action))
         settings = _settings(conn)
-        since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        since = conn.execute(Q.bench_clock).fetchone()[0]  # type: ignore[index]
         procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
         try:
             _wait_workers(conn, since, workers)
@@ -235,12 +223,7 @@ def run_bench(
             ids = _start_chains(conn, workflows)
             _wait_all(conn, ids, timeout, on_progress)
             wall = time.monotonic() - t0
-            row = conn.execute(
-                "SELECT extract(epoch FROM max(finished_at) - min(created_at))::float8,"
-                " count(*) FILTER (WHERE status = 'succeeded')"
-                " FROM attune.workflow_execution WHERE id = ANY(%s)",
-                (ids,),
-            ).fetchone()
+            row = conn.execute(Q.bench_run_totals, {"ids": ids}).fetchone()
             assert row is not None
             seconds = float(row[0]) if row[0] else wall
             latency = _percentiles(conn, ids)
@@ -264,14 +247,7 @@ def run_bench(
 
 
 def _start_chains(conn: psycopg.Connection, n: int) -> list[int]:
-    return [
-        row[0]
-        for row in conn.execute(
-            "INSERT INTO attune.workflow_execution (workflow_ref, requested_by)"
-            " SELECT 'bench.chain', 'bench' FROM generate_series(1, %s) RETURNING id",
-            (n,),
-        ).fetchall()
-    ]
+    return [row[0] for row in conn.execute(Q.bench_start_chains, {"n": n}).fetchall()]
 
 
 def _wrong_results(conn: psycopg.Connection, ids: list[int], action: str) -> int | None:
@@ -336,24 +312,19 @@ def run_items_bench(dsn: str | None, *, items: int, workers: int, concurrency: i
         packs.register(conn, shipped.pack_dir("core"))
         packs.register(conn, _bench_pack(Path(tmp), 1))
         settings = _settings(conn)
-        since = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        since = conn.execute(Q.bench_clock).fetchone()[0]  # type: ignore[index]
         procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
         try:
             _wait_workers(conn, since, workers)
             for mode, ref in (("all at once", "bench.items"), ("window 50", "bench.items_window")):
                 for n in counts:
+                    parameters = Jsonb({"items": list(range(n))})
                     row = conn.execute(
-                        "INSERT INTO attune.workflow_execution (workflow_ref, parameters,"
-                        " requested_by) VALUES (%s, %s, 'bench') RETURNING id",
-                        (ref, Jsonb({"items": list(range(n))})),
+                        Q.bench_start_items, {"ref": ref, "parameters": parameters}
                     ).fetchone()
                     assert row is not None
                     _wait_all(conn, [row[0]], 3600)
-                    took = conn.execute(
-                        "SELECT extract(epoch FROM finished_at - created_at)::float8, status"
-                        " FROM attune.workflow_execution WHERE id = %s",
-                        (row[0],),
-                    ).fetchone()
+                    took = conn.execute(Q.bench_execution_seconds, {"id": row[0]}).fetchone()
                     assert took is not None and took[1] == "succeeded", took
                     seconds[(n, mode)] = float(took[0])
         finally:
@@ -364,7 +335,7 @@ def run_items_bench(dsn: str | None, *, items: int, workers: int, concurrency: i
 
 def _settings(conn: psycopg.Connection) -> dict[str, str]:
     settings = {
-        name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+        name: str(conn.execute(Q.bench_server_setting, {"name": name}).fetchone()[0])  # type: ignore[index]
         for name in ("fsync", "synchronous_commit", "server_version")
     }
     settings["version"] = "PostgreSQL " + settings.pop("server_version")
@@ -374,10 +345,7 @@ def _settings(conn: psycopg.Connection) -> dict[str, str]:
 def _idle_latency(conn: psycopg.Connection, samples: int) -> tuple[float, float, float]:
     ids = []
     for _ in range(samples):
-        row = conn.execute(
-            "INSERT INTO attune.workflow_execution (workflow_ref, requested_by)"
-            " VALUES ('bench.single', 'bench') RETURNING id"
-        ).fetchone()
+        row = conn.execute(Q.bench_start_single).fetchone()
         assert row is not None
         ids.append(row[0])
         _wait_all(conn, [row[0]], 30)

@@ -14,14 +14,14 @@ from attune_pg.spec.params import check_inquiry_response
 from attune_pg.store import inquiries as store
 
 
-def _control_command(verb: str, summary: str) -> click.Command:
+def _request_command(verb: str, summary: str) -> click.Command:
     @click.command(verb, help=summary)
     @click.argument("execution_id", type=int)
     @dsn_option
     @errors_to_exit
     def command(execution_id: int, dsn: str | None, **options: Any) -> None:
         with connection(dsn) as conn:
-            status = store.control(conn, verb, execution_id, options.get("policy"))
+            status = store.request(conn, verb, execution_id, options.get("policy"))
         click.echo(f"execution {execution_id}: {status}")
 
     if verb == "cancel":
@@ -114,5 +114,5 @@ def register(cli: click.Group) -> None:
         ("resume", "Resume a paused execution."),
         ("retry", "Re-run the failed tasks of a failed execution, keeping the rest."),
     ):
-        executions.add_command(_control_command(verb, summary))
+        executions.add_command(_request_command(verb, summary))
     cli.add_command(inquiries_group)

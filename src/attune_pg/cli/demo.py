@@ -17,7 +17,7 @@ import click
 from attune_pg import db, packs, shipped
 from attune_pg.cli.follow import follow
 from attune_pg.store import migrate, read
-from attune_pg.workerproc import start_worker, stop_worker
+from attune_pg.worker.procs import start_worker, stop_worker
 
 DEMO_WORKFLOW = "examples.hello_join"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg
 
 from attune_pg import db, packs, shipped
-from attune_pg.bench import _bench_pack, _settings, _wait_workers
+from attune_pg.cli.bench import _bench_pack, _settings, _wait_workers
 from attune_pg.store import benchdata, migrate, retention
-from attune_pg.workerproc import start_worker, stop_worker
+from attune_pg.worker.procs import start_worker, stop_worker
 
 SEED_CHUNK = 5000
 
@@ -106,8 +106,7 @@ def run_prune_bench(
             benchdata.seed_history(conn, "bench.chain", n, tasks, days=40)
             seeded += n
             report("seeding history", seeded, history)
-        conn.execute("VACUUM ANALYZE attune.workflow_execution")
-        conn.execute("VACUUM ANALYZE attune.task_execution")
+        benchdata.analyze(conn)
         since = benchdata.clock(conn)
         procs = [start_worker(resolved, concurrency=concurrency) for _ in range(workers)]
         go = threading.Event()

@@ -28,6 +28,7 @@ from psycopg import conninfo
 
 from attune_pg import db, packs, shipped
 from attune_pg.store import migrate
+from attune_pg.store.queries import Q
 
 PER_PACK = 100
 
@@ -198,9 +199,7 @@ def run_register_bench(dsn: str | None, workflows: int) -> RegisterBench:
             again = _register_command(target, root)
             parses.append(parse_seconds(files))
             with db.connect(target) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM attune.workflow_definition WHERE pack_ref LIKE 'bench%'"
-                ).fetchone()
+                row = conn.execute(Q.bench_registered_workflows).fetchone()
             registered = int(row[0]) if row else 0
     finally:
         with psycopg.connect(server, autocommit=True) as admin:

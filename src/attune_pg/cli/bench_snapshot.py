@@ -19,10 +19,10 @@ from datetime import datetime
 
 import psycopg
 
-from attune_pg.bench_account import Meter
-from attune_pg.bench_suite import Poller, ScenarioResult, start_workers
+from attune_pg.cli.bench_account import Meter
+from attune_pg.cli.bench_suite import Poller, ScenarioResult, start_workers
 from attune_pg.store import benchdata, benchsuite
-from attune_pg.workerproc import stop_worker
+from attune_pg.worker.procs import stop_worker
 
 TAG = "bench-snapshot"
 

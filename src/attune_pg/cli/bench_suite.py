@@ -31,11 +31,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from attune_pg import db, packs, shipped
-from attune_pg.bench import _NOP_ACTION, _NOP_PY, _settings, _wait_workers
-from attune_pg.bench_account import Cost, Meter
+from attune_pg.cli.bench import _NOP_ACTION, _NOP_PY, _settings, _wait_workers
+from attune_pg.cli.bench_account import Cost, Meter
 from attune_pg.store import benchsuite, migrate
 from attune_pg.store.queries import Q
-from attune_pg.workerproc import start_worker, stop_worker
+from attune_pg.worker.procs import start_worker, stop_worker
 
 SCENARIOS = ("single", "three", "python", "items", "wakeup", "history", "snapshot")
 TAG = "bench-suite"
@@ -267,7 +267,7 @@ def run_suite(
                 )
             )
         if "history" in names:
-            from attune_pg.bench_history import run_history
+            from attune_pg.cli.bench_history import run_history
 
             results.append(
                 run_history(
@@ -284,7 +284,7 @@ def run_suite(
                 )
             )
         if "snapshot" in names:
-            from attune_pg.bench_snapshot import run_snapshot
+            from attune_pg.cli.bench_snapshot import run_snapshot
 
             results.append(
                 run_snapshot(

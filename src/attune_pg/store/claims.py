@@ -1,0 +1,100 @@
+"""Claims on the queue, as a worker makes them: claim due rows, renew leases, reap, hand
+back.
+
+Nothing here commits: the worker loop owns the transactions (a claim commits at once).
+Every write is guarded by the row's status and lease owner, so a stale worker changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from attune_pg import machine
+from attune_pg.store.queries import Q, fetch
+
+Json = Any
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    id: int
+    workflow_execution_id: int
+    task_name: str
+    iteration: int
+    item_index: int | None
+    attempt: int
+    action_ref: str
+    input: dict[str, Json]
+    timeout: float | None
+    ready_at: float  # epoch seconds the row became claimable
+    claimed_at: float
+    # Set when a concurrency policy (`cancel`) refused the row: end it canceled, unrun.
+    refused: dict[str, Json] | None = None
+    trace_id: str | None = None  # of the root execution (schema/0010)
+
+
+def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list[ClaimedTask]:
+    rows = fetch(conn, Q.task_claim, {"me": me, "n": n, "lease": lease}, class_row(ClaimedTask))
+    return sorted(rows, key=lambda t: t.id)
+
+
+def next_due_in(conn: psycopg.Connection) -> tuple[float | None, float | None, float | None]:
+    """Seconds until the next scheduled task is due and until the next deadline (a
+    workflow timeout, an inquiry expiry or a timer's tick), and that deadline as epoch
+    seconds; None where there is none."""
+    row = conn.execute(Q.queue_next_due).fetchone()
+    if row is None:
+        return None, None, None
+    due = None if row[0] is None else float(row[0])
+    deadline = None if row[1] is None else float(row[1])
+    return due, deadline, None if deadline is None else float(row[2]) + deadline
+
+
+def heartbeat(
+    conn: psycopg.Connection, me: str, task_ids: Sequence[int], lease: float, done: int
+) -> list[int]:
+    """Extend the leases of the tasks this worker is running, in one statement.
+
+    Only the ids it really runs: a row whose advance was rolled back must be
+    allowed to expire and be reaped, not kept alive forever. Returns the ids whose
+    execution asked for them to be canceled (cancel_running).
+    """
+    cancel: list[int] = []
+    if task_ids:
+        rows = conn.execute(
+            Q.task_heartbeat, {"lease": lease, "ids": list(task_ids), "me": me}
+        ).fetchall()
+        cancel = [row[0] for row in rows if row[1]]
+    conn.execute(Q.worker_heartbeat, {"running": len(task_ids), "done": done, "me": me})
+    return cancel
+
+
+def reap_expired(conn: psycopg.Connection, limit: int = 100) -> int:
+    """Hand tasks whose lease expired (their worker died) back to the queue."""
+    sources = list(machine.sources("task", "requeue"))
+    return conn.execute(Q.task_reap, {"sources": sources, "n": limit}).rowcount
+
+
+def hand_back(conn: psycopg.Connection, me: str, task_ids: Sequence[int]) -> int:
+    """Graceful stop: give unfinished tasks back so another worker runs them now."""
+    if not task_ids:
+        return 0
+    return conn.execute(Q.task_hand_back, {"ids": list(task_ids), "me": me}).rowcount
+
+
+def register_worker(
+    conn: psycopg.Connection, me: str, hostname: str, pid: int, concurrency: int
+) -> None:
+    conn.execute(
+        Q.worker_register, {"me": me, "hostname": hostname, "pid": pid, "concurrency": concurrency}
+    )
+
+
+def stop_worker(conn: psycopg.Connection, me: str, done: int) -> None:
+    conn.execute(Q.worker_stop, {"done": done, "me": me})

@@ -1,0 +1,34 @@
+-- name: task_finish
+-- Fenced completion: only rows still running under this worker's lease, in the attempt
+-- it claimed, are finished; a late result of a row handed to another worker is dropped.
+UPDATE attune.task_execution t
+   SET status = v.status, result = v.result, error = v.error,
+       lease_owner = NULL, lease_expires_at = NULL
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
+              %(results)s::jsonb[], %(errors)s::jsonb[]) AS v(id, attempt, status, result, error)
+ WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'running' AND t.lease_owner = %(me)s
+RETURNING t.id AS task_execution_id, t.workflow_execution_id AS execution_id, t.task_name,
+          t.iteration, t.item_index, t.attempt, t.action_ref, t.input,
+          t.status, t.result, t.error
+
+-- name: task_waiting_ended
+-- Waiting rows of these executions whose inquiry ended or whose child finished.
+SELECT t.id AS task_id, i.id AS inquiry_id, i.status AS inquiry_status, i.response,
+       i.responded_by, c.id AS child_id, c.status AS child_status, c.output AS child_output,
+       c.error AS child_error
+  FROM attune.task_execution t
+  LEFT JOIN attune.inquiry i ON i.task_execution_id = t.id
+  LEFT JOIN attune.workflow_execution c ON c.parent_task_id = t.id
+ WHERE t.workflow_execution_id = ANY(%(ids)s::bigint[]) AND t.status = 'waiting'
+   AND (i.status IN ('responded', 'timed_out', 'canceled')
+        OR c.status IN ('succeeded', 'failed', 'canceled', 'timed_out'))
+
+-- name: task_finish_waiting
+-- End waiting rows with the outcome of their inquiry or child.
+UPDATE attune.task_execution t SET status = v.status, result = v.result, error = v.error
+  FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(results)s::jsonb[],
+              %(errors)s::jsonb[]) AS v(id, status, result, error)
+ WHERE t.id = v.id AND t.status = 'waiting'
+RETURNING t.id AS task_execution_id, t.workflow_execution_id AS execution_id, t.task_name,
+          t.iteration, t.item_index, t.attempt, t.action_ref, t.input,
+          t.status, t.result, t.error
