@@ -9,7 +9,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from attune_pg import bench_account, db, packs
+from attune_pg import db, packs
+from attune_pg.cli import bench_account
 from attune_pg.cli.bench_history import run_history
 from attune_pg.cli.bench_snapshot import run_snapshot
 from attune_pg.cli.bench_suite import run_suite, suite_pack

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import psycopg
 
-from attune_pg import bench_account, packs
+from attune_pg import packs
+from attune_pg.cli import bench_account
 from attune_pg.cli.bench_account import Meter, postmaster_of, tree_cpu
 from attune_pg.cli.bench_suite import suite_pack
 from attune_pg.store import benchsuite, retention

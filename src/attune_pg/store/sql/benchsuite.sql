@@ -48,12 +48,6 @@ SELECT extract(epoch FROM max(e.finished_at) - min(e.created_at))::float8,
   FROM attune.workflow_execution e
  WHERE e.id = ANY(%(ids)s::bigint[])
 
--- name: bench_claim_latency
--- Claimable (run_at) to started, in ms, over the task rows of the given executions.
-SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
-       (ORDER BY extract(epoch FROM started_at - run_at) * 1000)
-  FROM attune.task_execution WHERE workflow_execution_id = ANY(%(ids)s::bigint[])
-
 -- name: bench_finished_between
 -- Executions of a load (by the tag they were requested with) that succeeded in a window of
 -- the database clock (through the prune index on finished_at: no scan of history).
