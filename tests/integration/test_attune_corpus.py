@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from attune_pg import packs
+from attune_pg.errors import SpecError
 from attune_pg.store import kv
 from tests.helpers import start, tasks, wait_done
 
@@ -229,14 +230,14 @@ def test_linked_workflow_errors_name_the_right_file(
     text = action.read_text(encoding="utf-8")
     action.write_text(text.replace("workflows/news_via_copilot.workflow.yaml",
                                    "workflows/nowhere.yaml"))  # fmt: skip
-    with pytest.raises(packs.SpecError, match=r"news_via_copilot\.yaml:\d+: workflow_file: "
+    with pytest.raises(SpecError, match=r"news_via_copilot\.yaml:\d+: workflow_file: "
                                               r"workflow_file 'workflows/nowhere\.yaml' does not"):
         packs.register(conn, attune_examples)  # fmt: skip
     action.write_text(text)
     graph = attune_examples / "actions/workflows/news_via_copilot.workflow.yaml"
     graph.write_text(graph.read_text(encoding="utf-8").replace("do:\n          - announce\n",
                                                                "do:\n          - anounce\n"))
-    with pytest.raises(packs.SpecError, match=r"news_via_copilot\.workflow\.yaml:\d+: .*'anounce'"):
+    with pytest.raises(SpecError, match=r"news_via_copilot\.workflow\.yaml:\d+: .*'anounce'"):
         packs.register(conn, attune_examples)
     assert conn.execute("SELECT count(*) FROM attune.workflow_definition"
                         " WHERE pack_ref = 'examples'").fetchone() == (0,)  # fmt: skip
