@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import psycopg
@@ -46,7 +46,8 @@ from attune_pg.engine.state import (
 from attune_pg.errors import StaleWrite
 from attune_pg.machine import TaskStatus
 from attune_pg.spec.model import ActionSpec
-from attune_pg.store import fence, load, lock, requests
+from attune_pg.store import claims, fence, load, lock, requests
+from attune_pg.store.claims import Slots
 from attune_pg.store.fence import Finished
 from attune_pg.store.queries import Q
 
@@ -54,7 +55,16 @@ log = logging.getLogger("attune_pg.advance")
 
 Json = object
 
-__all__ = ["AdvanceStats", "Env", "ExecutionChange", "complete", "request_pass", "start_requested"]
+__all__ = [
+    "AdvanceStats",
+    "Env",
+    "ExecutionChange",
+    "Turn",
+    "complete",
+    "request_pass",
+    "start_requested",
+    "turn",
+]
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -79,11 +89,14 @@ def start_requested(
     actions: Mapping[str, ActionSpec],
     limit: int,
     env: Env | None = None,
+    slots: Slots | None = None,
 ) -> AdvanceStats:
+    """Start up to `limit` requested executions; with `slots`, the task rows they create
+    due now are created claimed by that worker (stats.claimed: run them)."""
     env = env or Env.load(conn)
     stats = AdvanceStats()
     try:
-        transaction(conn, stats, partial(_start, conn, actions, env, requested=limit))
+        transaction(conn, stats, partial(_start, conn, actions, env, slots, requested=limit))
         return stats
     except Exception as exc:
         if _is_outage(exc):
@@ -93,7 +106,8 @@ def start_requested(
     ids = [row[0] for row in conn.execute(Q.execution_requested_ids, {"n": limit})]
     for execution_id in ids:
         try:
-            transaction(conn, stats, partial(_start, conn, actions, env, one=execution_id))
+            free = slots.less(len(stats.claimed)) if slots else None
+            transaction(conn, stats, partial(_start, conn, actions, env, free, one=execution_id))
         except Exception as exc:
             if _is_outage(exc):
                 raise
@@ -106,18 +120,35 @@ def _start(
     conn: psycopg.Connection,
     actions: Mapping[str, ActionSpec],
     env: Env,
+    slots: Slots | None,
     stats: AdvanceStats,
     hints: set[str],
     *,
     requested: int = 0,
     one: int | None = None,
 ) -> None:
+    started = _start_part(conn, actions, env, slots, stats, hints, requested=requested, one=one)
+    lock.charge_budgets(conn, started)
+
+
+def _start_part(
+    conn: psycopg.Connection,
+    actions: Mapping[str, ActionSpec],
+    env: Env,
+    slots: Slots | None,
+    stats: AdvanceStats,
+    hints: set[str],
+    *,
+    requested: int = 0,
+    one: int | None = None,
+) -> list[Execution]:
+    """The start, its budgets not charged yet (the caller charges them last)."""
     executions, now = lock.lock_executions(
         conn, requested=requested, one=one, settings=env.settings
     )
     if not executions:
-        return
-    batch = Batch(conn, stats, env, hints, now, executions)
+        return []
+    batch = Batch(conn, stats, env, hints, now, executions, slots)
     stashed = {e.id: plan.stashed_secret_keys(e) for e in executions}
     secrets = load.secret_values(conn, (k for keys in stashed.values() for k in keys.values()))
     snapshots = [Snapshot(e) for e in executions]
@@ -137,7 +168,7 @@ def _start(
         if stats.errors == before:
             stats.started += 1
     batch.write()
-    lock.charge_budgets(conn, executions)
+    return executions
 
 
 def _quarantine(conn: psycopg.Connection, failures: list[tuple[int, dict[str, Json]]]) -> None:
@@ -154,11 +185,14 @@ def complete(
     finished: Sequence[Finished],
     actions: Mapping[str, ActionSpec],
     env: Env | None = None,
+    slots: Slots | None = None,
 ) -> AdvanceStats:
+    """Fence and advance what finished; with `slots`, the successors due now are created
+    claimed by that worker (stats.claimed: run them)."""
     env = env or Env.load(conn)
     stats = AdvanceStats()
     try:
-        transaction(conn, stats, partial(_complete, conn, me, finished, actions, env))
+        transaction(conn, stats, partial(_complete, conn, me, finished, actions, env, slots))
         return stats
     except StaleWrite as exc:
         log.info("batch advance hit a stale write (%s); retrying one execution at a time", exc)
@@ -172,7 +206,8 @@ def complete(
         groups[item.task.workflow_execution_id].append(item)
     for execution_id, group in sorted(groups.items()):
         try:
-            transaction(conn, stats, partial(_complete, conn, me, group, actions, env))
+            free = slots.less(len(stats.claimed)) if slots else None
+            transaction(conn, stats, partial(_complete, conn, me, group, actions, env, free))
         except StaleWrite as exc:
             stats.stale += len(group)
             log.warning("stale advance of execution %s dropped: %s", execution_id, exc)
@@ -197,16 +232,31 @@ def _complete(
     finished: Sequence[Finished],
     actions: Mapping[str, ActionSpec],
     env: Env,
+    slots: Slots | None,
     stats: AdvanceStats,
     hints: set[str],
 ) -> None:
+    lock.charge_budgets(conn, _complete_part(conn, me, finished, actions, env, slots, stats, hints))
+
+
+def _complete_part(
+    conn: psycopg.Connection,
+    me: str,
+    finished: Sequence[Finished],
+    actions: Mapping[str, ActionSpec],
+    env: Env,
+    slots: Slots | None,
+    stats: AdvanceStats,
+    hints: set[str],
+) -> list[Execution]:
+    """The advance of what finished, its budgets not charged yet."""
     ids = sorted({f.task.workflow_execution_id for f in finished})
     executions, now = lock.lock_executions(conn, ids, settings=env.settings)
     finished = _judge_parks(conn, finished, executions, env)
     attempts = fence.finish_attempts(conn, me, finished)
     stats.stale += len(finished) - len(attempts)
     stats.attempts.extend(attempts)
-    batch = Batch(conn, stats, env, hints, now, executions)
+    batch = Batch(conn, stats, env, hints, now, executions, slots)
     parks = {f.task.id: f for f in finished if f.park}
     for attempt in attempts:
         if attempt.task_execution_id in parks:
@@ -218,7 +268,7 @@ def _complete(
         advance(batch, executions, attempts, set(), actions)
     else:
         batch.write()
-    lock.charge_budgets(conn, executions)
+    return executions
 
 
 def _judge_parks(
@@ -248,6 +298,112 @@ def _judge_parks(
             status, error = verdict
             out.append(replace(f, status=status, error=error, park=None))
     return out
+
+
+# ----------------------------------------------------------------- one loop turn
+
+
+@dataclass
+class Turn:
+    """What one loop turn did: the stats of its writes (stats.claimed: the rows this
+    worker now runs, created claimed or claimed from the queue), how many executions it
+    could start (0: no slot was free) and for how many free slots it claimed from the
+    queue (0: it did not claim), and how many that claim got."""
+
+    stats: AdvanceStats = field(default_factory=AdvanceStats)
+    start_limit: int = 0
+    claim_limit: int = 0
+    from_queue: int = 0
+
+
+def turn(
+    conn: psycopg.Connection,
+    finished: Sequence[Finished],
+    actions: Mapping[str, ActionSpec],
+    env: Env,
+    slots: Slots,
+    start: int,
+    claim: bool,
+) -> Turn:
+    """One worker loop turn in ONE transaction (docs/scaling.md, lever 3): advance what
+    finished, start up to `start` requested executions (no more than the slots the
+    advance left free: their first tasks are created claimed), and with `claim`, claim
+    due rows from the queue for the slots still free. One commit where there were
+    three. If it fails, each part runs again on its own, with its own fallback (one
+    execution at a time), as if there were no turn."""
+    if not finished and not start:
+        out = Turn(claim_limit=slots.free if claim else 0)
+        if out.claim_limit:
+            out.stats.claimed = claims.claim_tasks(conn, slots.me, slots.free, slots.lease)
+            out.from_queue = len(out.stats.claimed)
+        return out
+    out = Turn()
+    try:
+        transaction(conn, out.stats, partial(_turn, conn, finished, actions, env, slots, start,
+                                             claim, out))  # fmt: skip
+    except Exception as exc:
+        if _is_outage(exc):
+            raise
+        log.info("one-transaction turn failed (%s); advancing and starting apart", exc)
+    else:
+        if out.start_limit < 0:  # the advance charged a tree's budget: start apart
+            out.start_limit = _start_limit(slots, out.stats, start)
+            if out.start_limit:
+                free = slots.less(len(out.stats.claimed))
+                out.stats.add(start_requested(conn, actions, out.start_limit, env, free))
+        return out
+    out = Turn()
+    if finished:
+        out.stats = complete(conn, slots.me, finished, actions, env, slots)
+    out.start_limit = _start_limit(slots, out.stats, start)
+    if out.start_limit:
+        free = slots.less(len(out.stats.claimed))
+        out.stats.add(start_requested(conn, actions, out.start_limit, env, free))
+    out.claim_limit = slots.free - len(out.stats.claimed) if claim else 0
+    if out.claim_limit > 0:
+        got = claims.claim_tasks(conn, slots.me, out.claim_limit, slots.lease)
+        out.stats.claimed.extend(got)
+        out.from_queue = len(got)
+    return out
+
+
+def _start_limit(slots: Slots, stats: AdvanceStats, start: int) -> int:
+    return max(min(start, slots.free - len(stats.claimed)), 0)
+
+
+def _turn(
+    conn: psycopg.Connection,
+    finished: Sequence[Finished],
+    actions: Mapping[str, ActionSpec],
+    env: Env,
+    slots: Slots,
+    start: int,
+    claim: bool,
+    out: Turn,
+    stats: AdvanceStats,
+    hints: set[str],
+) -> None:
+    out.start_limit = out.claim_limit = out.from_queue = 0  # a kv rerun starts over
+    executions = []
+    if finished:
+        executions = _complete_part(conn, slots.me, finished, actions, env, slots, stats, hints)
+    if any(e.budget and (e.budget.rows_taken or e.budget.executions_taken) for e in executions):
+        # A tree's budget is charged last and held to commit, one tree order per
+        # transaction: a start here could take a second tree order (deadlock). Apart.
+        lock.charge_budgets(conn, executions)
+        out.start_limit = -1 if start else 0
+        return
+    out.start_limit = _start_limit(slots, stats, start)
+    if out.start_limit:
+        free = slots.less(len(stats.claimed))
+        executions += _start_part(conn, actions, env, free, stats, hints,
+                                  requested=out.start_limit)  # fmt: skip
+    out.claim_limit = slots.free - len(stats.claimed) if claim else 0
+    if out.claim_limit > 0:
+        got = claims.claim_tasks(conn, slots.me, out.claim_limit, slots.lease)
+        stats.claimed.extend(got)
+        out.from_queue = len(got)
+    lock.charge_budgets(conn, executions)
 
 
 # ----------------------------------------------------------------- requests

@@ -34,6 +34,7 @@ from attune_pg.settings import Settings
 from attune_pg.spec.model import ActionSpec
 from attune_pg.store import apply, load, lock, migrate
 from attune_pg.store import settings as settings_store
+from attune_pg.store.claims import ClaimedTask, Slots
 
 log = logging.getLogger("attune_pg.advance")
 
@@ -54,6 +55,10 @@ class AdvanceStats:
     # status changes.
     attempts: list[Attempt] = field(default_factory=list)
     executions: list[ExecutionChange] = field(default_factory=list)
+    # Task rows created already claimed with the worker's slots: the worker runs them
+    # once the transaction committed. queued: rows made claimable for any worker.
+    claimed: list[ClaimedTask] = field(default_factory=list)
+    queued: int = 0
 
     def add(self, other: AdvanceStats) -> None:
         self.started += other.started
@@ -63,6 +68,8 @@ class AdvanceStats:
         self.quarantined += other.quarantined
         self.attempts.extend(other.attempts)
         self.executions.extend(other.executions)
+        self.claimed.extend(other.claimed)
+        self.queued += other.queued
 
 
 @dataclass(frozen=True)
@@ -162,8 +169,10 @@ class Batch:
         hints: set[str],
         now: float = 0.0,
         executions: Sequence[Execution] = (),
+        slots: Slots | None = None,
     ) -> None:
         self.conn = conn
+        self.slots = slots  # the worker's free slots: new rows due now may be claimed
         self.stats = stats
         self.env = env
         self.hints = hints
@@ -250,9 +259,12 @@ class Batch:
             batch = [(eid, [*first.pop(eid, ()), *cmds]) for eid, cmds in flushed]
             batch += sorted(first.items())
             first = {}
-            events = apply.apply_batch(self.conn, batch, self.roots)
+            slots = self.slots.less(len(self.stats.claimed)) if self.slots else None
+            applied = apply.apply_batch(self.conn, batch, self.roots, slots)
+            self.stats.claimed.extend(applied.claimed)
+            self.stats.queued += applied.queued
             pending = {}
-            for execution_id, event in events:
+            for execution_id, event in applied.events:
                 conductor = self.conductors.get(execution_id)
                 if conductor is None:
                     continue

@@ -171,7 +171,9 @@ TABLES: dict[Entity, tuple[str, str]] = {
 # Statuses a row may be created in (INSERT is not a transition, but it is guarded too).
 INITIAL: dict[Entity, tuple[str, ...]] = {
     "workflow": ("requested",),
-    "task": ("pending", "scheduled"),
+    # running: created already claimed by the worker whose transaction creates it (due
+    # now, no better-ranked row waiting), under that worker's lease (schema 0015).
+    "task": ("pending", "scheduled", "running"),
     # A task state is born pending (join), running (dispatched), or already decided
     # (`when` false -> skipped, bad input -> failed, empty with-items -> succeeded).
     # canceled: a join whose first arrival came as the workflow was already ending.

@@ -125,3 +125,33 @@ def test_insert_with_non_object_parameters_is_refused(conn: psycopg.Connection, 
             " VALUES ('examples.hello_join', '[1, 2]')"
         )
     assert conn.execute("SELECT count(*) FROM attune.workflow_execution").fetchone() == (0,)
+
+
+def test_replaced_guard_in_migration_0015_is_current() -> None:
+    """0002 has shipped; the guard machine.py asks for today lives in 0015, generated."""
+    text = (migrate.schema_dir() / "0015_claim_on_create.sql").read_text()
+    block = text.split("-- @generated replaced_guard task", 1)[1].split("-- @end", 1)[0]
+    assert block == sqlgen.replaced_guard("task"), "regenerate the block from sqlgen"
+
+
+def test_a_task_row_created_running_needs_a_lease(conn: psycopg.Connection, register) -> None:  # type: ignore[no-untyped-def]
+    register("examples")
+    execution_id = start(conn, "examples.hello_join")
+    with pytest.raises(psycopg.errors.CheckViolation, match="created running needs a lease"):
+        conn.execute(
+            "INSERT INTO attune.task_execution (workflow_execution_id, task_name, action_ref,"
+            " status) VALUES (%s, 'probe', 'core.noop', 'running')",
+            (execution_id,),
+        )
+    row = conn.execute(
+        "INSERT INTO attune.task_execution (workflow_execution_id, task_name, action_ref,"
+        " status, lease_owner, lease_expires_at) VALUES (%s, 'probe', 'core.noop', 'running',"
+        " 'me', now() + interval '30 s') RETURNING id",
+        (execution_id,),
+    ).fetchone()
+    assert row is not None
+    audit = conn.execute(
+        "SELECT from_status, to_status FROM attune.execution_event WHERE task_execution_id = %s",
+        (row[0],),
+    ).fetchall()
+    assert audit == [(None, "running")]

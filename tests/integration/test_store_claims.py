@@ -79,3 +79,117 @@ def test_reaped_rows_are_claimed_again_and_the_first_owner_is_fenced_out(
     assert _status(conn, first.id) == ("succeeded", None)
     (step2,) = claims.claim_tasks(conn, "w2", 10, lease=60)
     assert step2.task_name == "step2"  # the transition fired once
+
+
+def _audit(conn: psycopg.Connection, task_id: int) -> list[tuple[str | None, str]]:
+    rows = conn.execute(
+        "SELECT from_status, to_status FROM attune.execution_event"
+        " WHERE task_execution_id = %s ORDER BY id",
+        (task_id,),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def test_rows_due_now_are_created_claimed_with_the_workers_free_slots(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """Lever 1 (schema 0015): the start creates step1 running under w1's lease, and the
+    advance creates step2 the same way; no claim, no `scheduled` version, and the lease
+    guarantees of a claimed row hold (fenced, reaped, claimed again)."""
+    register("examples")
+    execution_id = start(conn, "examples.long_running", {"seconds": 1})
+    actions = ActionCatalog(conn)
+    stats = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 2))
+    (step1,) = stats.claimed
+    assert (step1.workflow_execution_id, step1.task_name, step1.attempt) == (
+        execution_id,
+        "step1",
+        1,
+    )
+    assert stats.queued == 0
+    assert _status(conn, step1.id) == ("running", "w1")
+    assert _audit(conn, step1.id) == [(None, "running")]
+    assert claims.claim_tasks(conn, "w2", 10, lease=60) == []  # never in the queue
+
+    # Another worker cannot finish it; its owner can, and its successor is created claimed.
+    stale = advance.complete(conn, "w2", [Finished(step1, TaskStatus.SUCCEEDED, {}, None)], actions)
+    assert (stale.stale, stale.advanced) == (1, 0)
+    done = advance.complete(
+        conn,
+        "w1",
+        [Finished(step1, TaskStatus.SUCCEEDED, {"slept": 1}, None)],
+        actions,
+        slots=claims.Slots("w1", 0, 1),  # a lease that runs out at once
+    )
+    (step2,) = done.claimed
+    assert step2.task_name == "step2"
+    assert _status(conn, step2.id) == ("running", "w1")
+
+    # Its worker died: the lease expires, the reaper hands the row back, w2 runs it.
+    assert claims.reap_expired(conn) == 1
+    (again,) = claims.claim_tasks(conn, "w2", 10, lease=60)
+    assert again.id == step2.id
+    assert (
+        fence.finish_attempts(conn, "w1", [Finished(step2, TaskStatus.SUCCEEDED, {}, None)]) == []
+    )
+    assert _audit(conn, step2.id) == [
+        (None, "running"),
+        ("running", "scheduled"),
+        ("scheduled", "running"),
+    ]
+
+
+def test_rows_are_queued_when_no_slot_is_free_or_older_work_waits(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    register("examples")
+    actions = ActionCatalog(conn)
+    start(conn, "examples.long_running", {"seconds": 1})
+    # No free slot: the row goes to the queue, as before.
+    first = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 0))
+    assert (first.claimed, first.queued) == ([], 1)
+    # A claimable row of the same priority waits: it is served first, the new row queues.
+    start(conn, "examples.long_running", {"seconds": 1})
+    second = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 5))
+    assert (second.claimed, second.queued) == ([], 1)
+    claimed = claims.claim_tasks(conn, "w2", 10, lease=60)
+    assert len(claimed) == 2 and claimed[0].id < claimed[1].id
+    # Two executions, one slot: the first is created claimed, the second queues.
+    for _ in range(2):
+        start(conn, "examples.long_running", {"seconds": 1})
+    third = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 1))
+    assert (len(third.claimed), third.queued) == (1, 1)
+    (queued,) = claims.claim_tasks(conn, "w2", 10, lease=60)
+    assert queued.id != third.claimed[0].id
+
+
+def test_one_turn_advances_starts_and_claims_in_one_transaction(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """Lever 3: what finished is advanced, a requested execution started and the queue
+    claimed from, all in one transaction (one xmin), each row created claimed where a
+    slot was free; the start takes only the slots the advance left."""
+    register("examples")
+    env = advance.Env.load(conn)
+    actions = ActionCatalog(conn)
+    first = start(conn, "examples.long_running", {"seconds": 1})
+    (step1,) = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 1)).claimed
+    queued = start(conn, "examples.long_running", {"seconds": 1})
+    assert advance.start_requested(conn, actions, 10, slots=claims.Slots("w2", 60, 0)).queued == 1
+    second = start(conn, "examples.long_running", {"seconds": 1})
+    third = start(conn, "examples.long_running", {"seconds": 1})
+    done = [Finished(step1, TaskStatus.SUCCEEDED, {"slept": 1}, None)]
+    t = advance.turn(conn, done, actions, env, claims.Slots("w1", 60, 3), 10, True)
+    # step2 of `first` and the new step1s queue behind the row that waited (the head
+    # is served first); the claim takes the three slots, the head first.
+    assert (t.stats.advanced, t.start_limit, t.stats.started) == (1, 3, 2)
+    assert (t.claim_limit, t.from_queue, t.stats.queued) == (3, 3, 3)
+    ran = {(c.workflow_execution_id, c.task_name) for c in t.stats.claimed}
+    assert (queued, "step1") in ran and len(ran) == 3
+    xmins = conn.execute(
+        "SELECT DISTINCT xmin::text FROM attune.task_execution WHERE id = ANY(%s)",
+        ([c.id for c in t.stats.claimed],),
+    ).fetchall()
+    assert len(xmins) == 1
+    left = claims.claim_tasks(conn, "w2", 10, lease=60)
+    assert len(left) == 1 and left[0].workflow_execution_id in (first, second, third)

@@ -10,10 +10,11 @@ Nothing here commits.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from attune_pg.engine.state import (
@@ -34,21 +35,36 @@ from attune_pg.engine.state import (
 from attune_pg.errors import StaleWrite
 from attune_pg.machine import WORKFLOW_TERMINAL, TaskStatus, WorkflowStatus
 from attune_pg.store import load
-from attune_pg.store.queries import Q
+from attune_pg.store.claims import ClaimedTask, Slots
+from attune_pg.store.queries import Q, fetch
+
+
+@dataclass
+class Applied:
+    """What one round of writes answered: the items aggregated (the conductors' next
+    events), the task rows created already claimed with the worker's slots, and how
+    many rows it made claimable for anyone (scheduled, now or later)."""
+
+    events: list[tuple[int, ItemsAggregated]] = field(default_factory=list)
+    claimed: list[ClaimedTask] = field(default_factory=list)
+    queued: int = 0
 
 
 def apply_batch(
     conn: psycopg.Connection,
     batch: Sequence[tuple[int, Sequence[Command]]],
     roots: Mapping[int, int] | None = None,
-) -> list[tuple[int, ItemsAggregated]]:
+    slots: Slots | None = None,
+) -> Applied:
     """Write the commands of many executions with one statement per kind of write.
 
     The statement count per advance is constant, whatever the batch size: that is
     where the throughput comes from (DESIGN §3.3). Guarded writes compare the rows
     they changed with the rows they meant to change and raise StaleWrite on any
-    difference, so the caller's transaction rolls back whole.
+    difference, so the caller's transaction rolls back whole. With `slots`, new task
+    rows due now are created claimed by that worker (up to its free slots).
     """
+    out = Applied()
     state_inserts: list[tuple[int, TaskState]] = []
     state_updates: list[tuple[int, TaskState, str]] = []
     new_rows: list[tuple[int, NewTaskRows]] = []
@@ -93,8 +109,9 @@ def apply_batch(
     if state_updates:
         _update_states(conn, state_updates)
     if new_rows:
-        _insert_tasks(conn, new_rows, roots or {})
+        out.claimed, out.queued = _insert_tasks(conn, new_rows, roots or {}, slots)
     for (execution_id, task_name, iteration, held), count in releases.items():
+        out.queued += 0 if held else count
         # Released while pausing: the rows stay pending, marked held, until resume.
         conn.execute(
             Q.task_release_held if held else Q.task_release,
@@ -129,13 +146,12 @@ def apply_batch(
             Q.execution_count_rows,
             {"ids": list(created), "counts": list(created.values())},
         )
-    events = []
     for execution_id, agg in aggregates:
         results, failed = load.item_results(conn, execution_id, agg.task_name, agg.iteration)
-        events.append(
+        out.events.append(
             (execution_id, ItemsAggregated(agg.task_name, agg.iteration, results, failed))
         )
-    return events
+    return out
 
 
 def _state_values(s: TaskState) -> tuple[Any, ...]:
@@ -189,7 +205,9 @@ def _insert_tasks(
     conn: psycopg.Connection,
     commands: Sequence[tuple[int, NewTaskRows]],
     roots: Mapping[int, int],
-) -> None:
+    slots: Slots | None,
+) -> tuple[list[ClaimedTask], int]:
+    """Insert the rows; those created claimed, and how many went in scheduled."""
     names = (
         "e", "task_name", "iteration", "item_index", "attempt", "action_ref", "status",
         "input", "delay", "timeout", "held", "rank",
@@ -217,7 +235,15 @@ def _insert_tasks(
                     rank,
                 )
             )
-    conn.execute(Q.task_insert, dict(zip(names, _columns(rows, len(names)), strict=True)))
+    params: dict[str, Any] = dict(zip(names, _columns(rows, len(names)), strict=True))
+    params.update(
+        me=slots.me if slots else None,
+        lease=slots.lease if slots else 0.0,
+        slots=slots.free if slots else 0,
+    )
+    claimed = fetch(conn, Q.task_insert, params, class_row(ClaimedTask))
+    scheduled = sum(1 for row in rows if row[6] == TaskStatus.SCHEDULED)
+    return claimed, scheduled - len(claimed)
 
 
 def _update_executions(

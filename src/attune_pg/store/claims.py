@@ -39,6 +39,21 @@ class ClaimedTask:
     trace_id: str | None = None  # of the root execution (schema/0010)
 
 
+@dataclass(frozen=True)
+class Slots:
+    """A worker's free slots, lent to a transaction that creates task rows: up to `free`
+    of them may be created already claimed, under `me`'s lease of `lease` seconds
+    (schema 0015; store/sql/apply.sql: task_insert). The worker runs them once the
+    transaction commits."""
+
+    me: str
+    lease: float
+    free: int
+
+    def less(self, taken: int) -> Slots:
+        return Slots(self.me, self.lease, max(self.free - taken, 0))
+
+
 def claim_tasks(conn: psycopg.Connection, me: str, n: int, lease: float) -> list[ClaimedTask]:
     rows = fetch(conn, Q.task_claim, {"me": me, "n": n, "lease": lease}, class_row(ClaimedTask))
     return sorted(rows, key=lambda t: t.id)

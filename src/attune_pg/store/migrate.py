@@ -22,8 +22,9 @@ from attune_pg.store.queries import Q
 # rounds per branch (task_state.route, join_from) and workflow_execution.started_by;
 # 0009 what every claim reads and every task insert writes (concurrency policies) and the
 # timers; 0010 the trace id every claim and lock reads; 0014 the rules emit_event left to
-# workers (event.deferred_rules) and the compiled rules registration writes.
-REQUIRED_SCHEMA = 14
+# workers (event.deferred_rules) and the compiled rules registration writes; 0015 task rows
+# created running, under the creating worker's lease.
+REQUIRED_SCHEMA = 15
 
 # Any fixed 64-bit number works; this one spells "attune" in hex-ish.
 MIGRATION_LOCK_ID = 0x617474756E65

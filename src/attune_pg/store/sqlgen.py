@@ -39,23 +39,41 @@ def _array(values: Sequence[str]) -> str:
     return "'{" + ",".join(values) + "}'::text[]"
 
 
-def _guard(entity: machine.Entity) -> str:
-    """One guard function per table: the legal moves are inlined as constants (a
-    table lookup per row cost a quarter of the server's CPU in the benchmark), and
-    the UPDATE trigger only fires when the status really changes."""
+# 0002 has shipped: it stays what it was generated from. What machine.py changed since
+# is regenerated into a later migration (see `replaced_guard`): the task rows created
+# already running came with schema 0015.
+_SHIPPED_INITIAL: dict[machine.Entity, tuple[str, ...]] = {"task": ("pending", "scheduled")}
+
+
+def _initial(entity: machine.Entity) -> tuple[str, ...]:
+    return _SHIPPED_INITIAL.get(entity, machine.INITIAL[entity])
+
+
+# Checks on a new row beyond its status, from the migration that allowed the status on.
+_INSERT_CHECKS: dict[machine.Entity, str] = {
+    "task": """
+        IF NEW.status = 'running' AND (NEW.lease_owner IS NULL OR NEW.lease_expires_at IS NULL) THEN
+            RAISE EXCEPTION 'a task_execution row created running needs a lease (lease_owner, lease_expires_at)'
+                USING ERRCODE = 'check_violation';
+        END IF;""",
+}
+
+
+def _guard_function(
+    entity: machine.Entity, initial: Sequence[str], create: str, checks: str = ""
+) -> str:
     table = machine.TABLES[entity][0]
-    initial = _array(machine.INITIAL[entity])
     moves = _array([f"{a}>{b}" for _, a, b in machine.guard_rows() if _ == entity])
     after = _parts()[f"after_guard_{entity}"]
     return f"""
-CREATE FUNCTION attune.guard_{table}() RETURNS trigger
+{create} FUNCTION attune.guard_{table}() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        IF NEW.status <> ALL ({initial}) THEN
+        IF NEW.status <> ALL ({_array(initial)}) THEN
             RAISE EXCEPTION 'a {table} row cannot be created with status %', quote_literal(NEW.status)
                 USING ERRCODE = 'check_violation';
-        END IF;
+        END IF;{checks}
     ELSIF (OLD.status || '>' || NEW.status) <> ALL ({moves}) THEN
         RAISE EXCEPTION 'illegal {table} status change % -> %', OLD.status, NEW.status
             USING ERRCODE = 'check_violation',
@@ -63,12 +81,39 @@ BEGIN
     END IF;{after}
     RETURN NEW;
 END $$;
+"""
+
+
+def replaced_guard(entity: machine.Entity) -> str:
+    """The guard function of `entity` as machine.py says today, replacing the shipped
+    one (a later migration holds this text between `-- @generated` markers, and
+    tests/integration/test_machine_sql.py checks that it is current), and the
+    statuses it may be created in, for attune.status_initial."""
+    values = _values([(entity, s) for s in machine.INITIAL[entity]])
+    return (
+        _guard_function(
+            entity, machine.INITIAL[entity], "CREATE OR REPLACE", _INSERT_CHECKS.get(entity, "")
+        )
+        + f"INSERT INTO attune.status_initial (entity, status) VALUES\n{values}\n"
+        + "    ON CONFLICT DO NOTHING;\n"
+    )
+
+
+def _guard(entity: machine.Entity) -> str:
+    """One guard function per table: the legal moves are inlined as constants (a
+    table lookup per row cost a quarter of the server's CPU in the benchmark), and
+    the UPDATE trigger only fires when the status really changes."""
+    table = machine.TABLES[entity][0]
+    return (
+        _guard_function(entity, _initial(entity), "CREATE")
+        + f"""\
 CREATE TRIGGER {table}_20_guard_insert BEFORE INSERT ON attune.{table}
     FOR EACH ROW EXECUTE FUNCTION attune.guard_{table}();
 CREATE TRIGGER {table}_20_guard BEFORE UPDATE OF status ON attune.{table}
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION attune.guard_{table}();
 """
+    )
 
 
 def _quote(text: str) -> str:
@@ -95,7 +140,7 @@ def state_machine_sql() -> str:
         + _values(list(machine.guard_rows()))
         + ";\n"
     )
-    initial = [(e, s) for e in machine.MACHINES for s in machine.INITIAL[e]]
+    initial = [(e, s) for e in machine.MACHINES for s in _initial(e)]
     parts.append(
         "\nCREATE TABLE attune.status_initial (\n"
         "    entity text NOT NULL, status text NOT NULL, PRIMARY KEY (entity, status)\n);\n"

@@ -41,6 +41,10 @@ from attune_pg.worker.runner import Running, TaskRunner, parks_as
 
 log = logging.getLogger("attune_pg.worker")
 
+# How long a worker with no free slot puts off starting requested executions (another
+# worker with room, or its own next free slot, normally takes them first).
+START_WAIT = 1.0
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -237,16 +241,9 @@ class Worker:
             self.observe.handed_back(self._hand_back)
             self._hand_back = []
         env = self._load_env(conn)
-        if self._pending:
-            stats = advance.complete(conn, self.id, self._pending, actions, env)
-            self.observe.advanced(stats)
-            self.tasks_done += stats.advanced
-            if stats.stale:
-                log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
-            self._pending = []
-            self._work_hint.set()  # the advance most likely scheduled successors
-        stopping = self._stopping.is_set()
-        if stopping:
+        if self._stopping.is_set():
+            if self._pending:
+                self._advance(conn, actions, env, None)  # no new claims while stopping
             if not self._runner.running:
                 return True
             if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
@@ -254,9 +251,9 @@ class Worker:
                 self._runner.cancel_all(hand_back=True)
                 self._stop_deadline = None
         else:
-            self._claim(conn, actions, env)
+            self._work(conn, actions, env)
         self._housekeeping(conn)
-        if not self._wake.wait(self._sleep_for(conn, stopping)):
+        if not self._wake.wait(self._sleep_for(conn, self._stopping.is_set())):
             # Poll timeout: the safety net for a missed notification.
             for hint in self._hints():
                 hint.set()
@@ -274,10 +271,95 @@ class Worker:
             else:
                 self._pending.append(self._runner.finished(entry, outcome))
 
-    def _claim(self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env) -> None:
+    def _advance(
+        self,
+        conn: psycopg.Connection,
+        actions: ActionCatalog,
+        env: advance.Env,
+        slots: claims.Slots | None,
+    ) -> None:
+        """Advance what finished in a transaction of its own."""
+        stats = advance.complete(conn, self.id, self._pending, actions, env, slots)
+        self._pending = []
+        self._committed(conn, stats, actions, env)
+
+    def _committed(
+        self,
+        conn: psycopg.Connection,
+        stats: advance.AdvanceStats,
+        actions: ActionCatalog,
+        env: advance.Env,
+    ) -> None:
+        """After a commit: report it, and run what it claimed for this worker."""
+        self.observe.advanced(stats)
+        self.tasks_done += stats.advanced
+        if stats.stale:
+            log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
+        if stats.queued:
+            self._work_hint.set()  # rows went to the queue: claim them
+        self._dispatch(conn, stats.claimed, actions, env)
+
+    def _work(self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env) -> None:
+        """Advance, start and claim: one transaction for the three (advance.turn)."""
         if self._catalog_hint.is_set():
             self._catalog_hint.clear()
             actions.refresh()
+        if self._control_hint.is_set() or self._event_hint.is_set():
+            # Rare: control requests and events, each in its own transaction, after
+            # what finished was advanced and before anything starts.
+            if self._pending:
+                self._advance(conn, actions, env, self._slots())
+            self._requests_and_events(conn, actions, env)
+        want_start = self._start_hint.is_set()
+        want_claim = self._work_hint.is_set()
+        self._start_hint.clear()
+        self._work_hint.clear()
+        if self._pending or want_start or want_claim:
+            start = self.config.start_batch if want_start else 0
+            t = advance.turn(conn, self._pending, actions, env, self._slots(), start, want_claim)
+            self._pending = []
+            self._committed(conn, t.stats, actions, env)
+            if want_start:
+                self._started(conn, actions, env, t)
+            if want_claim:
+                if t.claim_limit <= 0:
+                    self._work_hint.set()  # no slot was free: claim once one is
+                else:
+                    if t.from_queue == t.claim_limit:
+                        self._work_hint.set()  # the queue may hold more for the next slot
+                    self._claimed_none = t.from_queue == 0
+        if self._free() <= 0:
+            self._claimed_none = False  # full: the next completion wakes us
+
+    def _started(
+        self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env, t: advance.Turn
+    ) -> None:
+        """A turn starts only as many executions as it has free slots (their first
+        tasks are created claimed, and run here), so that a full worker leaves them to a
+        worker with room instead of queueing tasks it cannot run. A worker that stays
+        full still starts a batch after START_WAIT seconds: an execution whose first
+        task needs no slot (an inquiry, a delay) never waits for one."""
+        if t.start_limit > 0:
+            self._start_deferred = None
+            if t.stats.started + t.stats.errors >= t.start_limit:
+                self._start_hint.set()  # there may be more
+            return
+        self._start_hint.set()  # no slot was free: start once one is
+        now = time.monotonic()
+        if self._start_deferred is None:
+            self._start_deferred = now
+        elif now - self._start_deferred >= START_WAIT:
+            self._start_deferred = None
+            self._start_hint.clear()
+            batch = self.config.start_batch
+            stats = advance.start_requested(conn, actions, batch, env, self._slots())
+            self._committed(conn, stats, actions, env)
+            if stats.started + stats.errors >= batch:
+                self._start_hint.set()
+
+    def _requests_and_events(
+        self, conn: psycopg.Connection, actions: ActionCatalog, env: advance.Env
+    ) -> None:
         if self._control_hint.is_set():
             self._control_hint.clear()
             self._cancel_requested(conn)
@@ -293,26 +375,29 @@ class Worker:
                 self._start_hint.set()
             if matched.events >= self.config.start_batch:
                 self._event_hint.set()  # there may be more
-        if self._start_hint.is_set():
-            self._start_hint.clear()
-            stats = advance.start_requested(conn, actions, self.config.start_batch, env)
-            self.observe.advanced(stats)
-            if stats.started:
-                self._work_hint.set()
-            if stats.started + stats.errors >= self.config.start_batch:
-                self._start_hint.set()  # there may be more
-        free = self.config.concurrency - len(self._runner.running)
-        if free <= 0:
-            self._claimed_none = False  # full: the next completion wakes us
+
+    def _free(self) -> int:
+        return self.config.concurrency - len(self._runner.running)
+
+    def _slots(self) -> claims.Slots:
+        """The free slots a transaction that creates task rows may fill as it creates
+        them (schema 0015): no claim of its own, the rows run once it commits."""
+        return claims.Slots(self.id, self.config.lease_seconds, max(self._free(), 0))
+
+    def _dispatch(
+        self,
+        conn: psycopg.Connection,
+        claimed: list[claims.ClaimedTask],
+        actions: ActionCatalog,
+        env: advance.Env,
+    ) -> None:
+        """Run what this worker claimed (by a claim, or created claimed and committed)."""
+        if not claimed:
             return
-        if not self._work_hint.is_set():
-            return  # keep what the last claim learnt (e.g. the next run_at to wait for)
-        self._work_hint.clear()
-        claimed = claims.claim_tasks(conn, self.id, free, self.config.lease_seconds)
         self.observe.claimed(claimed)
         # What the claimed rows call, refreshing the catalogue once if one is new to it.
         actions.resolve({task.action_ref for task in claimed})
-        for task in claimed:
+        for task in sorted(claimed, key=lambda t: t.id):
             log.debug(
                 "claimed task %s (%s) of execution %s",
                 task.id,
@@ -349,10 +434,8 @@ class Worker:
                 self._runner.submit(task, actions, resolved, texts)
             else:
                 self._runner.submit(task, actions)
-        if len(claimed) == free:
-            self._work_hint.set()  # the queue may hold more for the next free slot
-        self._claimed_none = not claimed
 
+    _start_deferred: float | None = None  # since when a full worker put off starting
     _last_heartbeat = 0.0
     _last_reap = 0.0
     _claimed_none = False
@@ -409,8 +492,9 @@ class Worker:
         self._timer_at = None if due is None else time.monotonic() + wait
 
     def _sleep_for(self, conn: psycopg.Connection, stopping: bool) -> float:
+        room = len(self._runner.running) < self.config.concurrency
         if not self._done.empty() or (
-            self._work_hint.is_set() and len(self._runner.running) < self.config.concurrency
+            room and (self._work_hint.is_set() or self._start_hint.is_set()) and not stopping
         ):
             return 0.0
         delay = self.config.poll_seconds * random.uniform(0.8, 1.2)
@@ -419,6 +503,8 @@ class Worker:
             return min(delay, 0.2)
         if self._timer_at is not None:
             delay = min(delay, max(self._timer_at - time.monotonic(), 0.0))
+        if self._start_deferred is not None:
+            delay = min(delay, max(self._start_deferred + START_WAIT - time.monotonic(), 0.0))
         if self._claimed_none:
             # Nothing claimable now: sleep until the next delayed task is due, or the
             # next workflow timeout or inquiry expiry (DB clock, like everything else).

@@ -5,24 +5,54 @@
 -- policy_ref: the action's enabled concurrency policy, if any (schema 0009), so the slot
 -- trigger fires only for those rows (its WHEN clause); rows go in in command order, so
 -- slots are taken in the order the conductor decided.
-INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,
-       item_index, attempt, action_ref, status, input, priority, run_at, timeout, held, fair_key,
-       policy_ref)
-SELECT v.e, v.task_name, v.iteration, v.item_index, v.attempt, v.action_ref, v.status,
-       v.input, e.priority, now() + make_interval(secs => v.delay), v.timeout, v.held,
-       coalesce((SELECT h.fair_key FROM attune.task_execution h
-                  WHERE h.status = 'scheduled' AND h.run_at <= now()
-                  ORDER BY h.priority, h.fair_key, h.id LIMIT 1), 0) + v.rank,
-       p.ref
-  FROM unnest(%(e)s::bigint[], %(task_name)s::text[], %(iteration)s::int[],
-              %(item_index)s::int[], %(attempt)s::int[], %(action_ref)s::text[],
-              %(status)s::text[], %(input)s::jsonb[], %(delay)s::float8[],
-              %(timeout)s::float8[], %(held)s::bool[], %(rank)s::bigint[])
-       WITH ORDINALITY AS v(e, task_name, iteration, item_index, attempt, action_ref, status,
-            input, delay, timeout, held, rank, n)
-  JOIN attune.workflow_execution e ON e.id = v.e
-  LEFT JOIN attune.policy p ON p.resource_ref = v.action_ref AND p.enabled
- ORDER BY v.n
+-- Claimed as they are created (schema 0015): the first `slots` rows that are due now,
+-- counted by no policy, go in `running` under the lease of worker `me`, unless a
+-- claimable row of the same or a better priority waits (the queue's head is served
+-- first: that row is older, or ranks ahead). Returns the rows so taken, as task_claim
+-- does, for the worker to run once the transaction commits. `claims` counts the claims
+-- from the queue (scheduled -> running, as the audit log shows them): 0 for these.
+WITH head AS MATERIALIZED (
+    SELECT h.priority, h.fair_key FROM attune.task_execution h
+     WHERE h.status = 'scheduled' AND h.run_at <= now()
+     ORDER BY h.priority, h.fair_key, h.id LIMIT 1
+), rows AS (
+    SELECT v.*, e.priority, p.ref AS policy_ref,
+           v.status = 'scheduled' AND v.delay <= 0 AND p.ref IS NULL
+           AND NOT EXISTS (SELECT 1 FROM head WHERE head.priority <= e.priority) AS takeable
+      FROM unnest(%(e)s::bigint[], %(task_name)s::text[], %(iteration)s::int[],
+                  %(item_index)s::int[], %(attempt)s::int[], %(action_ref)s::text[],
+                  %(status)s::text[], %(input)s::jsonb[], %(delay)s::float8[],
+                  %(timeout)s::float8[], %(held)s::bool[], %(rank)s::bigint[])
+           WITH ORDINALITY AS v(e, task_name, iteration, item_index, attempt, action_ref,
+                status, input, delay, timeout, held, rank, n)
+      JOIN attune.workflow_execution e ON e.id = v.e
+      LEFT JOIN attune.policy p ON p.resource_ref = v.action_ref AND p.enabled
+), ranked AS (
+    SELECT r.*, r.takeable AND count(*) FILTER (WHERE r.takeable) OVER (ORDER BY r.n)
+                               <= %(slots)s::int AS taken
+      FROM rows r
+), inserted AS (
+    INSERT INTO attune.task_execution (workflow_execution_id, task_name, iteration,
+           item_index, attempt, action_ref, status, input, priority, run_at, timeout, held,
+           fair_key, policy_ref, lease_owner, lease_expires_at, started_at)
+    SELECT r.e, r.task_name, r.iteration, r.item_index, r.attempt, r.action_ref,
+           CASE WHEN r.taken THEN 'running' ELSE r.status END,
+           r.input, r.priority, now() + make_interval(secs => r.delay), r.timeout, r.held,
+           coalesce((SELECT head.fair_key FROM head), 0) + r.rank, r.policy_ref,
+           CASE WHEN r.taken THEN %(me)s::text END,
+           CASE WHEN r.taken THEN now() + make_interval(secs => %(lease)s::float8) END,
+           CASE WHEN r.taken THEN now() END
+      FROM ranked r
+     ORDER BY r.n
+    RETURNING id, workflow_execution_id, task_name, iteration, item_index, attempt,
+              action_ref, input, timeout, run_at, status
+)
+SELECT i.id, i.workflow_execution_id, i.task_name, i.iteration, i.item_index, i.attempt,
+       i.action_ref, i.input, i.timeout, extract(epoch FROM i.run_at)::float8 AS ready_at,
+       extract(epoch FROM now())::float8 AS claimed_at,
+       coalesce(e.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0')) AS trace_id
+  FROM inserted i JOIN attune.workflow_execution e ON e.id = i.workflow_execution_id
+ WHERE i.status = 'running'
 
 -- name: publish_record
 -- Published variables go to the audit log through the definer function (workers cannot
