@@ -90,13 +90,16 @@ def start_requested(
     limit: int,
     env: Env | None = None,
     slots: Slots | None = None,
+    cursor: lock.StartCursor | None = None,
 ) -> AdvanceStats:
     """Start up to `limit` requested executions; with `slots`, the task rows they create
-    due now are created claimed by that worker (stats.claimed: run them)."""
+    due now are created claimed by that worker (stats.claimed: run them); with `cursor`,
+    the claim resumes after what this worker started before."""
     env = env or Env.load(conn)
     stats = AdvanceStats()
     try:
-        transaction(conn, stats, partial(_start, conn, actions, env, slots, requested=limit))
+        body = partial(_start, conn, actions, env, slots, requested=limit, cursor=cursor)
+        transaction(conn, stats, body)
         return stats
     except Exception as exc:
         if _is_outage(exc):
@@ -126,8 +129,11 @@ def _start(
     *,
     requested: int = 0,
     one: int | None = None,
+    cursor: lock.StartCursor | None = None,
 ) -> None:
-    started = _start_part(conn, actions, env, slots, stats, hints, requested=requested, one=one)
+    started = _start_part(
+        conn, actions, env, slots, stats, hints, requested=requested, one=one, cursor=cursor
+    )
     lock.charge_budgets(conn, started)
 
 
@@ -141,10 +147,11 @@ def _start_part(
     *,
     requested: int = 0,
     one: int | None = None,
+    cursor: lock.StartCursor | None = None,
 ) -> list[Execution]:
     """The start, its budgets not charged yet (the caller charges them last)."""
     executions, now = lock.lock_executions(
-        conn, requested=requested, one=one, settings=env.settings
+        conn, requested=requested, one=one, settings=env.settings, cursor=cursor
     )
     if not executions:
         return []
@@ -324,6 +331,7 @@ def turn(
     slots: Slots,
     start: int,
     claim: bool,
+    cursor: lock.StartCursor | None = None,
 ) -> Turn:
     """One worker loop turn in ONE transaction (docs/scaling.md, lever 3): advance what
     finished, start up to `start` requested executions (no more than the slots the
@@ -340,7 +348,7 @@ def turn(
     out = Turn()
     try:
         transaction(conn, out.stats, partial(_turn, conn, finished, actions, env, slots, start,
-                                             claim, out))  # fmt: skip
+                                             claim, cursor, out))  # fmt: skip
     except Exception as exc:
         if _is_outage(exc):
             raise
@@ -350,7 +358,8 @@ def turn(
             out.start_limit = _start_limit(slots, out.stats, start)
             if out.start_limit:
                 free = slots.less(len(out.stats.claimed))
-                out.stats.add(start_requested(conn, actions, out.start_limit, env, free))
+                started = start_requested(conn, actions, out.start_limit, env, free, cursor)
+                out.stats.add(started)
         return out
     out = Turn()
     if finished:
@@ -358,7 +367,7 @@ def turn(
     out.start_limit = _start_limit(slots, out.stats, start)
     if out.start_limit:
         free = slots.less(len(out.stats.claimed))
-        out.stats.add(start_requested(conn, actions, out.start_limit, env, free))
+        out.stats.add(start_requested(conn, actions, out.start_limit, env, free, cursor))
     out.claim_limit = slots.free - len(out.stats.claimed) if claim else 0
     if out.claim_limit > 0:
         got = claims.claim_tasks(conn, slots.me, out.claim_limit, slots.lease)
@@ -379,6 +388,7 @@ def _turn(
     slots: Slots,
     start: int,
     claim: bool,
+    cursor: lock.StartCursor | None,
     out: Turn,
     stats: AdvanceStats,
     hints: set[str],
@@ -397,7 +407,7 @@ def _turn(
     if out.start_limit:
         free = slots.less(len(stats.claimed))
         executions += _start_part(conn, actions, env, free, stats, hints,
-                                  requested=out.start_limit)  # fmt: skip
+                                  requested=out.start_limit, cursor=cursor)  # fmt: skip
     out.claim_limit = slots.free - len(stats.claimed) if claim else 0
     if out.claim_limit > 0:
         got = claims.claim_tasks(conn, slots.me, out.claim_limit, slots.lease)

@@ -13,7 +13,7 @@ import psycopg
 
 from attune_pg import advance
 from attune_pg.machine import TaskStatus
-from attune_pg.store import claims, fence
+from attune_pg.store import claims, fence, lock
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.store.fence import Finished
 from tests.helpers import start
@@ -193,3 +193,41 @@ def test_one_turn_advances_starts_and_claims_in_one_transaction(
     assert len(xmins) == 1
     left = claims.claim_tasks(conn, "w2", 10, lease=60)
     assert len(left) == 1 and left[0].workflow_execution_id in (first, second, third)
+
+
+def test_the_start_resumes_after_what_it_started_and_rescans_now_and_then(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """Lever 5: a worker's claim of requested executions resumes after the last one it
+    started (under an old snapshot the entries before it are dead and would be walked
+    again); a better-priority execution behind the cursor is started at the next rescan."""
+    register("examples")
+    actions = ActionCatalog(conn)
+    ids = [start(conn, "examples.long_running", {"seconds": 1}) for _ in range(3)]
+    cursor = lock.StartCursor(rescan_seconds=3600, retry_seconds=3600)
+
+    def started() -> set[int]:
+        rows = conn.execute(
+            "SELECT id FROM attune.workflow_execution WHERE status <> 'requested'"
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    assert advance.start_requested(conn, actions, 1, cursor=cursor).started == 1
+    assert started() == {ids[0]} and cursor.after == (0, ids[0])
+    urgent = conn.execute(
+        "INSERT INTO attune.workflow_execution (workflow_ref, parameters, priority)"
+        " VALUES ('examples.long_running', '{\"seconds\": 1}', -5) RETURNING id"
+    ).fetchone()
+    assert urgent is not None
+    advance.start_requested(conn, actions, 1, cursor=cursor)
+    assert started() == {ids[0], ids[1]}  # resumed after the cursor
+    cursor.rescan_seconds = 0  # time for a scan from the head
+    advance.start_requested(conn, actions, 1, cursor=cursor)
+    assert started() == {ids[0], ids[1], urgent[0]}
+    # A resumed scan that finds nothing looks from the head (at most every retry_seconds).
+    cursor.rescan_seconds = 3600
+    cursor.after = (0, ids[2])
+    assert advance.start_requested(conn, actions, 5, cursor=cursor).started == 0
+    cursor.retry_seconds = 0
+    assert advance.start_requested(conn, actions, 5, cursor=cursor).started == 1
+    assert started() == {*ids, urgent[0]} and cursor.after == (0, ids[2])

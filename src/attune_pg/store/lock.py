@@ -10,6 +10,7 @@ failure of executions whose advance hit a bug. Nothing here commits.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,6 +61,31 @@ class _Locked:
     used_rows: int
     trace_id: str | None
     now: float
+    priority: int = 0  # read by the claims of requested executions (StartCursor)
+
+
+@dataclass
+class StartCursor:
+    """Where a worker's next claim of requested executions resumes: after the last
+    (priority, id) it started, so that it does not walk again the index entries of the
+    executions it started before (under an old snapshot vacuum removes none of them, and
+    a scan from the head walks every one). From the head again every `rescan_seconds`,
+    and when the resumed scan finds nothing (at most every `retry_seconds`): a row
+    skipped while another worker held it, or a new one of a better priority, waits that
+    long, or until the next poll of an idle worker."""
+
+    after: tuple[int, int] | None = None
+    rescan_seconds: float = 1.0
+    retry_seconds: float = 0.25
+    head_at: float = float("-inf")  # monotonic time of the last scan from the head
+
+    def resume_from(self) -> tuple[int, int] | None:
+        if time.monotonic() - self.head_at >= self.rescan_seconds:
+            self.after = None
+        return self.after
+
+    def head_again(self) -> bool:
+        return time.monotonic() - self.head_at >= self.retry_seconds
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,7 @@ def lock_executions(
     requested: int = 0,
     one: int | None = None,
     settings: Settings | None = None,
+    cursor: StartCursor | None = None,
 ) -> tuple[list[Execution], float]:
     """Lock workflow rows in id order, or claim up to `requested` executions waiting to
     start (or just the requested execution `one`). Returns them and the DB clock.
@@ -88,7 +115,7 @@ def lock_executions(
     if one is not None:
         rows = fetch(conn, Q.execution_claim_one, {"id": one}, row)
     elif requested:
-        rows = fetch(conn, Q.execution_claim_requested, {"n": requested}, row)
+        rows = _claim_requested(conn, requested, cursor)
     else:
         rows = fetch(conn, Q.execution_lock, {"ids": list(ids)}, row)
     if not rows:
@@ -125,6 +152,23 @@ def lock_executions(
             )
         executions.append(_execution(r, budgets[r.root_id]))
     return executions, now
+
+
+def _claim_requested(conn: psycopg.Connection, n: int, cursor: StartCursor | None) -> list[_Locked]:
+    row = class_row(_Locked)
+    after = cursor.resume_from() if cursor is not None else None
+    if after is not None:
+        params = {"n": n, "priority": after[0], "id": after[1]}
+        rows = fetch(conn, Q.execution_claim_requested_after, params, row)
+        if rows or not cursor or not cursor.head_again():
+            if rows and cursor:
+                cursor.after = (rows[-1].priority, rows[-1].id)
+            return rows
+    rows = fetch(conn, Q.execution_claim_requested, {"n": n}, row)
+    if cursor is not None:
+        cursor.head_at = time.monotonic()
+        cursor.after = (rows[-1].priority, rows[-1].id) if rows else None
+    return rows
 
 
 def _load_definitions(

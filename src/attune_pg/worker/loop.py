@@ -32,7 +32,7 @@ from attune_pg.errors import ActionError, DatabaseUnavailable
 from attune_pg.machine import TaskStatus
 from attune_pg.secrets import Binding, resolve_secrets, token_keys
 from attune_pg.settings import REFRESH_SECONDS
-from attune_pg.store import claims, decode, kv, requests
+from attune_pg.store import claims, decode, kv, lock, requests
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.store.fence import Finished
 from attune_pg.worker.listener import Listener
@@ -81,6 +81,8 @@ class Worker:
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
         self._pending: list[Finished] = []  # finished, not yet committed
+        # Where the next claim of requested executions resumes (store.lock.StartCursor).
+        self._cursor = lock.StartCursor()
         self._hand_back: list[int] = []
         self.tasks_done = 0
         self._stop_deadline: float | None = None
@@ -316,7 +318,9 @@ class Worker:
         self._work_hint.clear()
         if self._pending or want_start or want_claim:
             start = self.config.start_batch if want_start else 0
-            t = advance.turn(conn, self._pending, actions, env, self._slots(), start, want_claim)
+            t = advance.turn(
+                conn, self._pending, actions, env, self._slots(), start, want_claim, self._cursor
+            )
             self._pending = []
             self._committed(conn, t.stats, actions, env)
             if want_start:
@@ -352,7 +356,7 @@ class Worker:
             self._start_deferred = None
             self._start_hint.clear()
             batch = self.config.start_batch
-            stats = advance.start_requested(conn, actions, batch, env, self._slots())
+            stats = advance.start_requested(conn, actions, batch, env, self._slots(), self._cursor)
             self._committed(conn, stats, actions, env)
             if stats.started + stats.errors >= batch:
                 self._start_hint.set()

@@ -38,9 +38,10 @@ SELECT extract(epoch FROM (SELECT min(run_at) FROM attune.task_execution
        extract(epoch FROM now())::float8 AS now
 
 -- name: task_heartbeat
--- Extend the leases of the rows this worker runs; which of them are asked to stop.
+-- Extend the leases of the rows this worker runs; which of them are asked to stop. By
+-- primary key (COLLATE "C": see fence.sql task_finish).
 UPDATE attune.task_execution SET lease_expires_at = now() + make_interval(secs => %(lease)s)
- WHERE id = ANY(%(ids)s::bigint[]) AND status = 'running' AND lease_owner = %(me)s
+ WHERE id = ANY(%(ids)s::bigint[]) AND status COLLATE "C" = 'running' AND lease_owner = %(me)s
 RETURNING id, cancel_requested
 
 -- name: worker_heartbeat

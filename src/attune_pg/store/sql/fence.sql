@@ -1,12 +1,17 @@
 -- name: task_finish
 -- Fenced completion: only rows still running under this worker's lease, in the attempt
 -- it claimed, are finished; a late result of a row handed to another worker is dropped.
+-- The status is compared under COLLATE "C" (the same equality) so that the plan looks the
+-- rows up by primary key: a partial index of live rows matches a plain `status =`, looks
+-- cheaper while small, and is scanned whole, which under an old snapshot (vacuum removes
+-- nothing) means every dead entry since (docs/scaling.md, lever 5).
 UPDATE attune.task_execution t
    SET status = v.status, result = v.result, error = v.error,
        lease_owner = NULL, lease_expires_at = NULL
   FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
               %(results)s::jsonb[], %(errors)s::jsonb[]) AS v(id, attempt, status, result, error)
- WHERE t.id = v.id AND t.attempt = v.attempt AND t.status = 'running' AND t.lease_owner = %(me)s
+ WHERE t.id = v.id AND t.attempt = v.attempt AND t.status COLLATE "C" = 'running'
+   AND t.lease_owner = %(me)s
 RETURNING t.id AS task_execution_id, t.workflow_execution_id AS execution_id, t.task_name,
           t.iteration, t.item_index, t.attempt, t.action_ref, t.input,
           t.status, t.result, t.error

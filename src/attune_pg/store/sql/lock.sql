@@ -32,11 +32,35 @@ SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
        coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0) AS used_rows,
        coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0'))
            AS trace_id,
-       extract(epoch FROM now())::float8 AS now
+       extract(epoch FROM now())::float8 AS now, e.priority
   FROM attune.workflow_execution e
   LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
   LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
  WHERE e.status = 'requested' AND NOT e.delayed
+ ORDER BY e.priority, e.id
+   FOR UPDATE OF e SKIP LOCKED
+ LIMIT %(n)s
+
+-- name: execution_claim_requested_after
+-- execution_claim_requested, resumed after the last (priority, id) this worker started
+-- (store/lock.py StartCursor): the index range starts there, past the entries of what it
+-- started before.
+SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
+       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       coalesce(e.started_by, e.requested_by) AS login,
+       extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
+       coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
+       r.cancel_policy AS root_cancel_policy,
+       coalesce(b.executions, 0) AS used_executions,
+       coalesce(r.task_rows, e.task_rows) + coalesce(b.task_rows, 0) AS used_rows,
+       coalesce(e.trace_id, r.trace_id, lpad(to_hex(coalesce(e.root_id, e.id)), 32, '0'))
+           AS trace_id,
+       extract(epoch FROM now())::float8 AS now, e.priority
+  FROM attune.workflow_execution e
+  LEFT JOIN attune.workflow_execution r ON r.id = e.root_id
+  LEFT JOIN attune.execution_budget b ON b.root_id = coalesce(e.root_id, e.id)
+ WHERE e.status = 'requested' AND NOT e.delayed
+   AND (e.priority, e.id) > (%(priority)s::int, %(id)s::bigint)
  ORDER BY e.priority, e.id
    FOR UPDATE OF e SKIP LOCKED
  LIMIT %(n)s
