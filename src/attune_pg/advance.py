@@ -100,8 +100,12 @@ def start_requested(
     try:
         body = partial(_start, conn, actions, env, slots, requested=limit, cursor=cursor)
         transaction(conn, stats, body)
+        if cursor is not None:
+            cursor.committed()
         return stats
     except Exception as exc:
+        if cursor is not None:
+            cursor.rolled_back()
         if _is_outage(exc):
             raise
         log.warning("start batch failed (%s); starting one execution at a time", exc)
@@ -350,10 +354,14 @@ def turn(
         transaction(conn, out.stats, partial(_turn, conn, finished, actions, env, slots, start,
                                              claim, cursor, out))  # fmt: skip
     except Exception as exc:
+        if cursor is not None:
+            cursor.rolled_back()
         if _is_outage(exc):
             raise
         log.info("one-transaction turn failed (%s); advancing and starting apart", exc)
     else:
+        if cursor is not None:
+            cursor.committed()
         if out.start_limit < 0:  # the advance charged a tree's budget: start apart
             out.start_limit = _start_limit(slots, out.stats, start)
             if out.start_limit:

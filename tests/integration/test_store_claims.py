@@ -231,3 +231,8 @@ def test_the_start_resumes_after_what_it_started_and_rescans_now_and_then(
     cursor.retry_seconds = 0
     assert advance.start_requested(conn, actions, 5, cursor=cursor).started == 1
     assert started() == {*ids, urgent[0]} and cursor.after == (0, ids[2])
+    # A transaction that rolls back (here: a kv rerun, a failed batch) moves nothing.
+    cursor.move((9, 9))
+    cursor.rolled_back()
+    cursor.committed()
+    assert cursor.after == (0, ids[2])

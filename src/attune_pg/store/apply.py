@@ -154,49 +154,55 @@ def apply_batch(
     return out
 
 
-def _state_values(s: TaskState) -> tuple[Any, ...]:
-    return (
-        s.status,
-        s.join_required,
-        s.join_arrivals,
-        s.items_total,
-        s.items_released,
-        s.items_done,
-        s.items_failed,
-        None if s.result is None else Jsonb(s.result),
-        None if s.error is None else Jsonb(s.error),
-        s.unhandled,
-        s.route,
-        list(s.join_from),
-    )
-
-
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i in range(width)]
-
-
-def _joined(columns: list[list[Any]]) -> list[list[Any]]:
-    """The last column (join_from, a list per row) as one text per row: unnest cannot
-    take an array of arrays of different lengths. Task names are identifiers, so the
-    unit separator never occurs in them; an empty list becomes NULL, i.e. '{}'."""
-    columns[-1] = [chr(31).join(names) if names else "" for names in columns[-1]]
-    return columns
-
-
-_STATE_COLUMNS = ("status", "jr", "ja", "t", "r", "d", "f", "result", "error", "unhandled",
-                  "route", "jf")  # fmt: skip
+def _state_record(e: int, s: TaskState) -> dict[str, Any]:
+    return {
+        "status": s.status,
+        "jr": s.join_required,
+        "ja": s.join_arrivals,
+        "t": s.items_total,
+        "r": s.items_released,
+        "d": s.items_done,
+        "f": s.items_failed,
+        "result": s.result,  # None: SQL NULL (no result yet)
+        "error": s.error,
+        "unhandled": s.unhandled,
+        "route": s.route,
+        "jf": list(s.join_from),
+        "e": e,
+        "n": s.name,
+        "i": s.iteration,
+    }
 
 
 def _insert_states(conn: psycopg.Connection, inserts: Sequence[tuple[int, TaskState]]) -> None:
-    rows = [(e, s.name, s.iteration, *_state_values(s)) for e, s in inserts]
-    names = ("e", "n", "i", *_STATE_COLUMNS)
-    conn.execute(Q.state_insert, dict(zip(names, _joined(_columns(rows, 15)), strict=True)))
+    conn.execute(Q.state_insert, {"rows": Jsonb([_state_record(e, s) for e, s in inserts])})
 
 
 def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskState, str]]) -> None:
-    rows = [(e, s.name, s.iteration, before, *_state_values(s)) for e, s, before in updates]
-    names = ("e", "n", "i", "before", *_STATE_COLUMNS)
-    cur = conn.execute(Q.state_update, dict(zip(names, _joined(_columns(rows, 16)), strict=True)))
+    rows = []
+    for e, s, before in updates:
+        r = _state_record(e, s)
+        rows.append(
+            {
+                "execution_id": e,
+                "task_name": s.name,
+                "iteration": s.iteration,
+                "before": before,
+                "status": s.status,
+                "join_required": r["jr"],
+                "join_arrivals": r["ja"],
+                "items_total": r["t"],
+                "items_released": r["r"],
+                "items_done": r["d"],
+                "items_failed": r["f"],
+                "result": s.result,
+                "error": s.error,
+                "unhandled": s.unhandled,
+                "route": s.route,
+                "join_from": r["jf"],
+            }
+        )
+    cur = conn.execute(Q.state_update, {"rows": Jsonb(rows)})
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
 
@@ -208,11 +214,7 @@ def _insert_tasks(
     slots: Slots | None,
 ) -> tuple[list[ClaimedTask], int]:
     """Insert the rows; those created claimed, and how many went in scheduled."""
-    names = (
-        "e", "task_name", "iteration", "item_index", "attempt", "action_ref", "status",
-        "input", "delay", "timeout", "held", "rank",
-    )  # fmt: skip
-    rows = []
+    rows: list[dict[str, Any]] = []
     ranks: dict[int, int] = {}
     for execution_id, c in commands:
         root = roots.get(execution_id, execution_id)
@@ -220,29 +222,32 @@ def _insert_tasks(
             released = i < c.release
             ranks[root] = rank = ranks.get(root, 0) + 1
             rows.append(
-                (
-                    execution_id,
-                    c.task_name,
-                    c.iteration,
-                    index,
-                    c.attempt,
-                    c.action_ref,
-                    TaskStatus.SCHEDULED if released and not c.held else TaskStatus.PENDING,
-                    Jsonb(value),
-                    c.delay,
-                    c.timeout,
-                    released and c.held,
-                    rank,
-                )
+                {
+                    "n": len(rows),
+                    "e": execution_id,
+                    "task_name": c.task_name,
+                    "iteration": c.iteration,
+                    "item_index": index,
+                    "attempt": c.attempt,
+                    "action_ref": c.action_ref,
+                    "status": TaskStatus.SCHEDULED
+                    if released and not c.held
+                    else TaskStatus.PENDING,
+                    "input": value,
+                    "delay": c.delay,
+                    "timeout": c.timeout,
+                    "held": released and c.held,
+                    "rank": rank,
+                }
             )
-    params: dict[str, Any] = dict(zip(names, _columns(rows, len(names)), strict=True))
-    params.update(
-        me=slots.me if slots else None,
-        lease=slots.lease if slots else 0.0,
-        slots=slots.free if slots else 0,
-    )
+    params: dict[str, Any] = {
+        "rows": Jsonb(rows),
+        "me": slots.me if slots else None,
+        "lease": slots.lease if slots else 0.0,
+        "slots": slots.free if slots else 0,
+    }
     claimed = fetch(conn, Q.task_insert, params, class_row(ClaimedTask))
-    scheduled = sum(1 for row in rows if row[6] == TaskStatus.SCHEDULED)
+    scheduled = sum(1 for row in rows if row["status"] == TaskStatus.SCHEDULED)
     return claimed, scheduled - len(claimed)
 
 
@@ -274,25 +279,21 @@ def _update_executions(
             for i, w in writes
         ]
     rows = [
-        (
-            execution_id,
-            w.before,
-            w.status,
-            None if w.parameters is None else Jsonb(w.parameters),
-            None if w.vars is None else Jsonb(w.vars),
-            w.active_tasks,
-            None if w.error is None else Jsonb(w.error),
-            None if w.output is None else Jsonb(w.output),
-            w.timeout_at,
-            created.pop(execution_id, 0),
-        )
+        {
+            "id": execution_id,
+            "before": w.before,
+            "status": w.status,
+            "parameters": w.parameters,  # None: not written (SQL NULL keeps the column)
+            "vars": w.vars,
+            "active_tasks": w.active_tasks,
+            "error": w.error,
+            "output": w.output,
+            "timeout_at": w.timeout_at,
+            "task_rows": created.pop(execution_id, 0),
+        }
         for execution_id, w in writes
     ]
-    names = (
-        "id", "before", "status", "parameters", "vars", "active_tasks", "error", "output",
-        "timeout_at", "task_rows",
-    )  # fmt: skip
-    cur = conn.execute(Q.execution_write, dict(zip(names, _columns(rows, 10), strict=True)))
+    cur = conn.execute(Q.execution_write, {"rows": Jsonb(rows)})
     if cur.rowcount != len(rows):
         raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")
     ended = [i for i, w in writes if w.status in WORKFLOW_TERMINAL]

@@ -60,11 +60,18 @@ def finish_attempts(
         Q.task_finish,
         {
             "me": me,
-            "ids": [f.task.id for f in finished],
-            "attempts": [f.task.attempt for f in finished],
-            "statuses": [f.status for f in finished],
-            "results": [Jsonb(f.result) for f in finished],
-            "errors": [_json(f.error) for f in finished],
+            "rows": Jsonb(
+                [
+                    {
+                        "id": f.task.id,
+                        "attempt": f.task.attempt,
+                        "status": f.status,
+                        "result": f.result,
+                        "error": f.error,
+                    }
+                    for f in finished
+                ]
+            ),
         },
         _ATTEMPT,
     )

@@ -78,14 +78,29 @@ class StartCursor:
     rescan_seconds: float = 1.0
     retry_seconds: float = 0.25
     head_at: float = float("-inf")  # monotonic time of the last scan from the head
+    # Where this transaction's claim got to: the cursor moves there once it commits (a
+    # rolled-back or rerun transaction started nothing, so it must not move the cursor).
+    moved: bool = False
+    to: tuple[int, int] | None = None
 
     def resume_from(self) -> tuple[int, int] | None:
         if time.monotonic() - self.head_at >= self.rescan_seconds:
-            self.after = None
+            return None
         return self.after
 
     def head_again(self) -> bool:
         return time.monotonic() - self.head_at >= self.retry_seconds
+
+    def move(self, to: tuple[int, int] | None) -> None:
+        self.moved, self.to = True, to
+
+    def committed(self) -> None:
+        if self.moved:
+            self.after = self.to
+        self.moved = False
+
+    def rolled_back(self) -> None:
+        self.moved = False
 
 
 @dataclass(frozen=True)
@@ -162,12 +177,12 @@ def _claim_requested(conn: psycopg.Connection, n: int, cursor: StartCursor | Non
         rows = fetch(conn, Q.execution_claim_requested_after, params, row)
         if rows or not cursor or not cursor.head_again():
             if rows and cursor:
-                cursor.after = (rows[-1].priority, rows[-1].id)
+                cursor.move((rows[-1].priority, rows[-1].id))
             return rows
     rows = fetch(conn, Q.execution_claim_requested, {"n": n}, row)
     if cursor is not None:
         cursor.head_at = time.monotonic()
-        cursor.after = (rows[-1].priority, rows[-1].id) if rows else None
+        cursor.move((rows[-1].priority, rows[-1].id) if rows else None)
     return rows
 
 

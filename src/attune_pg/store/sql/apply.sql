@@ -19,12 +19,10 @@ WITH head AS MATERIALIZED (
     SELECT v.*, e.priority, p.ref AS policy_ref,
            v.status = 'scheduled' AND v.delay <= 0 AND p.ref IS NULL
            AND NOT EXISTS (SELECT 1 FROM head WHERE head.priority <= e.priority) AS takeable
-      FROM unnest(%(e)s::bigint[], %(task_name)s::text[], %(iteration)s::int[],
-                  %(item_index)s::int[], %(attempt)s::int[], %(action_ref)s::text[],
-                  %(status)s::text[], %(input)s::jsonb[], %(delay)s::float8[],
-                  %(timeout)s::float8[], %(held)s::bool[], %(rank)s::bigint[])
-           WITH ORDINALITY AS v(e, task_name, iteration, item_index, attempt, action_ref,
-                status, input, delay, timeout, held, rank, n)
+      FROM jsonb_to_recordset(%(rows)s::jsonb)
+           AS v(n int, e bigint, task_name text, iteration int, item_index int, attempt int,
+                action_ref text, status text, input jsonb, delay float8, timeout float8,
+                held bool, rank bigint)
       JOIN attune.workflow_execution e ON e.id = v.e
       LEFT JOIN attune.policy p ON p.resource_ref = v.action_ref AND p.enabled
 ), ranked AS (
@@ -37,7 +35,7 @@ WITH head AS MATERIALIZED (
            fair_key, policy_ref, lease_owner, lease_expires_at, started_at)
     SELECT r.e, r.task_name, r.iteration, r.item_index, r.attempt, r.action_ref,
            CASE WHEN r.taken THEN 'running' ELSE r.status END,
-           r.input, r.priority, now() + make_interval(secs => r.delay), r.timeout, r.held,
+           coalesce(r.input, 'null'), r.priority, now() + make_interval(secs => r.delay), r.timeout, r.held,
            coalesce((SELECT head.fair_key FROM head), 0) + r.rank, r.policy_ref,
            CASE WHEN r.taken THEN %(me)s::text END,
            CASE WHEN r.taken THEN now() + make_interval(secs => %(lease)s::float8) END,
@@ -62,6 +60,8 @@ SELECT attune.record_publish(%(ids)s::bigint[], %(task_names)s::text[], %(data)s
 -- name: execution_write
 -- The conductor's writes of many executions, each guarded by its status as loaded;
 -- task_rows adds the task rows the execution created in this transaction (its budget use).
+-- One JSON array of records (as every hot batched write: one parameter to encode); a
+-- JSON value that is not written is absent (SQL NULL: the column keeps its value).
 UPDATE attune.workflow_execution e
    SET status = v.status, parameters = coalesce(v.parameters, e.parameters),
        vars = coalesce(v.vars, e.vars), active_tasks = v.active_tasks,
@@ -69,11 +69,9 @@ UPDATE attune.workflow_execution e
        started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,
        timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at),
        task_rows = e.task_rows + v.task_rows
-  FROM unnest(%(id)s::bigint[], %(before)s::text[], %(status)s::text[], %(parameters)s::jsonb[],
-              %(vars)s::jsonb[], %(active_tasks)s::int[], %(error)s::jsonb[],
-              %(output)s::jsonb[], %(timeout_at)s::float8[], %(task_rows)s::int[])
-       AS v(id, before, status, parameters, vars, active_tasks, error, output, timeout_at,
-            task_rows)
+  FROM jsonb_to_recordset(%(rows)s::jsonb)
+       AS v(id bigint, before text, status text, parameters jsonb, vars jsonb, active_tasks int,
+            error jsonb, output jsonb, timeout_at float8, task_rows int)
  WHERE e.id = v.id AND e.status = v.before
 
 -- name: execution_count_rows
@@ -83,18 +81,15 @@ UPDATE attune.workflow_execution e SET task_rows = e.task_rows + v.n
  WHERE e.id = v.id
 
 -- name: state_insert
--- New task states of many executions (join_from: names joined by the unit separator,
--- as unnest cannot take arrays of arrays of different lengths).
+-- New task states of many executions, as one JSON array of records.
 INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,
        join_required, join_arrivals, items_total, items_released, items_done, items_failed,
        result, error, unhandled, route, join_from)
 SELECT v.e, v.n, v.i, v.status, v.jr, v.ja, v.t, v.r, v.d, v.f, v.result,
-       v.error, v.unhandled, v.route, string_to_array(v.jf, chr(31))
-  FROM unnest(%(e)s::bigint[], %(n)s::text[], %(i)s::int[], %(status)s::text[], %(jr)s::int[],
-              %(ja)s::int[], %(t)s::int[], %(r)s::int[], %(d)s::int[], %(f)s::int[],
-              %(result)s::jsonb[], %(error)s::jsonb[], %(unhandled)s::bool[], %(route)s::text[],
-              %(jf)s::text[])
-       AS v(e, n, i, status, jr, ja, t, r, d, f, result, error, unhandled, route, jf)
+       v.error, v.unhandled, v.route, coalesce(v.jf, '{}')
+  FROM jsonb_to_recordset(%(rows)s::jsonb)
+       AS v(e bigint, n text, i int, status text, jr int, ja int, t int, r int, d int, f int,
+            result jsonb, error jsonb, unhandled bool, route text, jf text[])
 
 -- name: state_update
 -- Task state writes of many executions, each guarded by its status as loaded.
@@ -102,14 +97,12 @@ UPDATE attune.task_state t SET status = v.status, join_required = v.join_require
        join_arrivals = v.join_arrivals, items_total = v.items_total,
        items_released = v.items_released, items_done = v.items_done,
        items_failed = v.items_failed, result = v.result, error = v.error,
-       unhandled = v.unhandled, join_from = string_to_array(v.join_from, chr(31))
-  FROM unnest(%(e)s::bigint[], %(n)s::text[], %(i)s::int[], %(before)s::text[],
-              %(status)s::text[], %(jr)s::int[], %(ja)s::int[], %(t)s::int[], %(r)s::int[],
-              %(d)s::int[], %(f)s::int[], %(result)s::jsonb[], %(error)s::jsonb[],
-              %(unhandled)s::bool[], %(route)s::text[], %(jf)s::text[])
-       AS v(execution_id, task_name, iteration, before, status, join_required, join_arrivals,
-            items_total, items_released, items_done, items_failed, result, error, unhandled,
-            route, join_from)
+       unhandled = v.unhandled, join_from = coalesce(v.join_from, '{}')
+  FROM jsonb_to_recordset(%(rows)s::jsonb)
+       AS v(execution_id bigint, task_name text, iteration int, before text, status text,
+            join_required int, join_arrivals int, items_total int, items_released int,
+            items_done int, items_failed int, result jsonb, error jsonb, unhandled bool,
+            route text, join_from text[])
  WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name
    AND t.iteration = v.iteration AND t.status = v.before
 
