@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import Pool, Server, connect, log
-from plan import CANCEL_STEPS, Planned
-
 from attune_pg import audit as invariants
 from attune_pg import machine
 from attune_pg.store import audit as audit_store
+
+from cluster import Pool, Server, connect, log
+from plan import CANCEL_STEPS, Planned
 
 
 @dataclass

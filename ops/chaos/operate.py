@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
+
 from cluster import TRANSIENT, Session, log
 from plan import Planned
-from psycopg.types.json import Jsonb
 
 
 def submit_loop(
