@@ -107,17 +107,27 @@ def template_dsn(server_dsn: str) -> str:
 _counter = itertools.count()
 
 
-@pytest.fixture
-def dsn(server_dsn: str, template_dsn: str) -> Iterator[str]:
-    """A fresh database for one test, already migrated, core pack registered."""
+@contextlib.contextmanager
+def fresh_database(server_dsn: str, template_dsn: str) -> Iterator[str]:
+    """A database cloned from the template (migrated, core pack registered), dropped after."""
     name = f"attune_t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_dsn}"')
+        # FILE_COPY (PostgreSQL 15+) copies the small template's files instead of logging
+        # every block: about half the cost of each test's database, create and drop.
+        strategy = " STRATEGY FILE_COPY" if admin.info.server_version >= 150000 else ""
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_dsn}"{strategy}')
     try:
         yield dsn_for(server_dsn, name)
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_dsn: str) -> Iterator[str]:
+    """A fresh database for one test, already migrated, core pack registered."""
+    with fresh_database(server_dsn, template_dsn) as fresh:
+        yield fresh
 
 
 @pytest.fixture
