@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from attune_pg import audit
+from attune_pg.store import audit as audit_store
+from attune_pg.worker.loop import Worker, WorkerConfig
 
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
 T = TypeVar("T")
@@ -93,3 +99,65 @@ def task_states(conn: psycopg.Connection, execution_id: int) -> dict[str, str]:
         (execution_id,),
     ).fetchall()
     return {name: status for name, status in rows}
+
+
+# ----------------------------------------------------------------- in-process workers
+
+# What a test worker runs with unless the test says otherwise: short enough to be quick,
+# long enough that a loaded CI machine does not expire leases mid-task.
+WORKER_DEFAULTS: dict[str, object] = {
+    "concurrency": 8,
+    "lease_seconds": 10.0,
+    "poll_seconds": 1.0,
+    "grace_seconds": 5.0,
+}
+
+
+class WorkerThreads:
+    """The tests' one way to run in-process workers: each a thread running
+    `Worker.run`, on `dsn` or the one given to `start` (a role's login, an old schema's
+    database). `stop()` asks them all to stop, then joins them, and fails if one hangs."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(self, *, dsn: str | None = None, **config: object) -> Worker:
+        options = {**WORKER_DEFAULTS, **config}
+        worker = Worker(dsn or self.dsn, WorkerConfig(**options))  # type: ignore[arg-type]
+        thread = threading.Thread(
+            target=worker.run, name=f"test-worker-{len(self.started)}", daemon=True
+        )
+        thread.start()
+        self.started.append((worker, thread))
+        return worker
+
+    def stop(self) -> None:
+        for worker, _ in self.started:
+            worker.request_stop()
+        hung = []
+        for _, thread in self.started:
+            thread.join(timeout=20)
+            if thread.is_alive():
+                hung.append(thread.name)
+        self.started.clear()
+        assert not hung, f"test workers did not stop: {hung}"
+
+
+@contextlib.contextmanager
+def worker_running(dsn: str, **config: object) -> Iterator[Worker]:
+    """One in-process worker on `dsn` for the `with` block, stopped (and joined) after it."""
+    threads = WorkerThreads(dsn)
+    try:
+        yield threads.start(**config)
+    finally:
+        threads.stop()
+
+
+# ----------------------------------------------------------------- the audit
+
+
+def audit_problems(conn: psycopg.Connection, *, finished: bool = False) -> list[str]:
+    """What attune_pg.audit finds wrong in the database (empty: every invariant holds):
+    the tests that run workflows assert this once they are done."""
+    return [p.text for p in audit.check(audit_store.gather(conn), finished=finished)]

@@ -1,6 +1,7 @@
 """The chaos soak, bounded: 200 workflows of every kind on 3 worker processes while a
 killer SIGKILLs a random worker every 1-3 s and PostgreSQL is crashed and restarted
-once; afterwards nothing is lost, nothing ran twice, and the audit log agrees.
+once; afterwards nothing is lost, nothing ran twice, and the audit log agrees
+(attune_pg.audit finds nothing, over every row the soak counted).
 
 It runs ops/chaos/soak.py as a subprocess: the soak starts its own embedded
 PostgreSQL (it must be free to crash it), whatever server the rest of the suite uses.
@@ -24,6 +25,8 @@ SOAK = REPO / "ops" / "chaos" / "soak.py"
 SUMMARY = re.compile(
     r"^workflows=(\d+) tasks=(\d+) kills=(\d+) restarts=(\d+) lost=(\d+) duplicated=(\d+)$"
 )
+# The soak's stderr line from attune_pg.audit, the invariants the other tests check too.
+AUDIT = re.compile(r"audit: (\d+) executions, (\d+) task rows, (\d+) join rounds: (\d+) problems")
 
 
 def test_chaos_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -61,6 +64,10 @@ def test_chaos_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert match is not None, report
     workflows, tasks, kills, restarts, lost, duplicated = map(int, match.groups())
     assert (lost, duplicated) == (0, 0), report
+    audited = AUDIT.search(err)
+    assert audited is not None, report
+    executions, task_rows, joins, problems = map(int, audited.groups())
+    assert problems == 0 and task_rows == tasks and executions > workflows and joins > 0, report
     assert soak.returncode == 0, report
     assert workflows >= 200 and tasks > 3 * workflows, report
     assert kills >= 10 and restarts == 1, report

@@ -20,11 +20,10 @@ from psycopg.types.json import Jsonb
 
 from attune_pg import automation, db, packs
 from attune_pg.errors import SpecError
-from tests.helpers import start, tasks, wait_done
+from tests.helpers import start, tasks, wait_done, worker_running
 from tests.integration import test_roles
 
 login = test_roles.login  # the fixture: a LOGIN user in one of the roles
-_worker = test_roles._worker
 
 Register = Callable[[str], None]
 
@@ -171,7 +170,7 @@ def test_a_submitter_login_emits_and_a_worker_login_matches(
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         _emit(reader, "shop.order_placed", {"id": 4, "total": 1})
-    with _worker(login("attune_worker")):
+    with worker_running(login("attune_worker")):
         _wait(lambda: _count(conn, "SELECT count(*) FROM attune.enforcement") == 1)
         (row,) = _rows(conn, "SELECT * FROM attune.enforcement")
         assert row["event_id"] == event_id

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.pq import ExecStatus
 
+from attune_pg import db
 from attune_pg.store import queries
 from attune_pg.store.queries import Q
+from tests.conftest import fresh_database
 
 PACKAGE = Path(queries.__file__).resolve().parents[1]
 _NAMED = re.compile(r"%\((\w+)\)s")
@@ -51,8 +54,17 @@ def test_parse_rejects_duplicates_and_empty_blocks() -> None:
         _ = Q.no_such_query
 
 
+@pytest.fixture(scope="module")
+def schema_conn(server_dsn: str, template_dsn: str) -> Iterator[psycopg.Connection]:
+    """One database for every parse check: PREPARE changes nothing, and a fresh database per
+    query cost more than two minutes of the suite."""
+    with fresh_database(server_dsn, template_dsn) as dsn, db.connect(dsn) as connection:
+        yield connection
+
+
 @pytest.mark.parametrize("name", Q.names())
-def test_named_query_parses(conn: psycopg.Connection, name: str) -> None:
+def test_named_query_parses(schema_conn: psycopg.Connection, name: str) -> None:
+    conn = schema_conn
     # PREPARE parses and analyses the statement against the real schema without running it.
     result = conn.pgconn.prepare(f"check_{name}".encode(), _numbered(Q[name]).encode())
     message = (result.error_message or b"").decode()

@@ -8,9 +8,7 @@ roles owns anything or is a superuser.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -20,8 +18,14 @@ from psycopg.types.json import Jsonb
 
 from attune_pg import db
 from attune_pg.store import kv, migrate
-from attune_pg.worker.loop import Worker, WorkerConfig
-from tests.helpers import poll_until, start, tasks, wait_done
+from tests.helpers import (
+    audit_problems,
+    poll_until,
+    start,
+    tasks,
+    wait_done,
+    worker_running,
+)
 
 ROLES = ("attune_reader", "attune_submitter", "attune_worker")
 
@@ -142,23 +146,6 @@ def _refused(conn: psycopg.Connection, statement: str, params: tuple[object, ...
     """The statement fails for lack of privilege (and changes nothing)."""
     with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
         conn.execute(statement.encode(), params)
-
-
-@contextlib.contextmanager
-def _worker(worker_dsn: str) -> Iterator[Worker]:
-    """An in-process worker connected as `worker_dsn`, stopped on exit."""
-    worker = Worker(
-        worker_dsn,
-        WorkerConfig(concurrency=8, lease_seconds=10.0, poll_seconds=1.0, grace_seconds=5.0),
-    )
-    thread = threading.Thread(target=worker.run, name="test-role-worker", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.request_stop()
-        thread.join(timeout=20)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 def _wait_for(what: Callable[[], object], timeout: float = 20.0) -> object:
@@ -500,7 +487,7 @@ def test_workflows_run_end_to_end_with_a_worker_and_a_submitter_login(
     worker_dsn = login("attune_worker")
     submitter_dsn = login("attune_submitter")
     worker_user = _user(worker_dsn)
-    with _worker(worker_dsn) as worker, db.connect(submitter_dsn) as submitter:
+    with worker_running(worker_dsn) as worker, db.connect(submitter_dsn) as submitter:
         hello = start(submitter, "examples.hello_join")
         nested = start(submitter, "examples.nested")
         config = start(submitter, "examples.kv_config")
@@ -569,6 +556,8 @@ def test_workflows_run_end_to_end_with_a_worker_and_a_submitter_login(
             (hello,),
         ).fetchone()
         assert published is not None and published[0] > 0
+    # Every kind of step, run by the least-privileged roles, keeps the engine's invariants.
+    assert audit_problems(conn, finished=True) == []
 
 
 def test_worker_cannot_change_the_schema_the_catalog_or_history(
@@ -643,7 +632,7 @@ def test_worker_cannot_rewrite_what_runs_forge_audit_rows_or_answers(
     register("examples")
     worker_dsn = login("attune_worker")
     submitter_dsn = login("attune_submitter")
-    with _worker(worker_dsn), db.connect(submitter_dsn) as submitter:
+    with worker_running(worker_dsn), db.connect(submitter_dsn) as submitter:
         approval = start(submitter, "examples.approval")
         inquiry: tuple[int] = _wait_for(  # type: ignore[assignment]
             lambda: submitter.execute(

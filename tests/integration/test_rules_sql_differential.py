@@ -236,6 +236,29 @@ def test_action_params_render_as_the_python_engine(
     _check(conn, _rule("true", params), payload, tally)
 
 
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "not ('' | list)",  # found by the test above: '' iterated to [""] in SQL
+        "('' | list) == []",
+        "('' | first) is defined",
+        "('' | last) is undefined",
+        "('' | join('-')) == ''",
+        "('ab' | list) == ['a', 'b']",
+        # default('') without its boolean argument compiles too (it went to a worker)
+        "(event.payload.s | default('') | list | length) == (event.payload.s | length)",
+    ],
+)
+def test_iterating_the_empty_string_yields_nothing(
+    conn: psycopg.Connection, expression: str
+) -> None:
+    seen: Counter[str] = Counter()
+    for payload in ({}, {"s": ""}, {"s": "xy"}):
+        _check(conn, _rule(expression), payload, seen)
+        _check(conn, _rule("true", {"v": "{{ " + expression + " }}"}), payload, seen)
+    assert seen["worker"] == 0 and seen["defer"] == 0, seen  # decided in SQL, not handed off
+
+
 _criteria = st.lists(
     st.fixed_dictionaries(
         {

@@ -16,7 +16,7 @@ from attune_pg.spec.model import ActionSpec
 from attune_pg.spec.packfiles import load_packs
 from attune_pg.store import migrate
 from tests.conftest import PACKS, dsn_for
-from tests.helpers import start, wait_done
+from tests.helpers import audit_problems, poll_until, start, wait_done, worker_running
 
 LATEST = max(m.version for m in migrate.available())
 PREVIOUS = max(m.version for m in migrate.available() if m.version < LATEST)
@@ -67,15 +67,10 @@ def old_dsn(server_dsn: str) -> Iterator[str]:
 
 
 def _wait(conn: psycopg.Connection, sql: str, args: tuple[object, ...]) -> None:
-    deadline = time.monotonic() + 30
-    while not conn.execute(sql, args).fetchone():
-        assert time.monotonic() < deadline, sql
-        time.sleep(0.05)
+    poll_until(lambda: conn.execute(sql, args).fetchone(), sql, timeout=30)
 
 
 def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
-    import threading
-
     if PREVIOUS < migrate.REQUIRED_SCHEMA:
         pytest.skip(
             f"this code needs schema {migrate.REQUIRED_SCHEMA}: no worker of it can run on"
@@ -83,17 +78,12 @@ def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
             " exists)"
         )
 
-    from attune_pg.worker.loop import Worker, WorkerConfig
-
     with db.connect(old_dsn) as conn:
         migrate.migrate(conn, target=PREVIOUS)
         assert migrate.current_version(conn) == PREVIOUS
         _register_as_before(conn, PACKS / "core")
         _register_as_before(conn, PACKS / "examples")
-        worker = Worker(old_dsn, WorkerConfig(concurrency=8, lease_seconds=5, poll_seconds=0.5))
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        try:
+        with worker_running(old_dsn, lease_seconds=5, poll_seconds=0.5):
             done = wait_done(conn, start(conn, "examples.hello_join"))
             failed = wait_done(conn, start(conn, "examples.hello_join", {"name": 3}))
             running = start(conn, "examples.long_running", {"seconds": 1.5})
@@ -128,20 +118,13 @@ def test_upgrade_with_executions_in_every_state(old_dsn: str) -> None:
             for kept in (done, failed):
                 row = wait_done(conn, kept["id"])
                 assert (row["status"], row["output"]) == (kept["status"], kept["output"])
-        finally:
-            worker.request_stop()
-            thread.join(timeout=20)
-        assert not thread.is_alive()
+        assert audit_problems(conn, finished=True) == []
 
 
 def test_rows_from_before_0007_read_with_its_defaults(old_dsn: str) -> None:
     """Executions requested on schema 6 (before task_state.route/join_from and
     workflow_execution.started_by existed) are finished after the upgrade by a worker of
     this code: no started_by reads as requested_by, every old row is in the root route."""
-    import threading
-
-    from attune_pg.worker.loop import Worker, WorkerConfig
-
     with db.connect(old_dsn) as conn:
         migrate.migrate(conn, target=6)
         assert migrate.current_version(conn) == 6
@@ -158,10 +141,7 @@ def test_rows_from_before_0007_read_with_its_defaults(old_dsn: str) -> None:
             (joined,),
         ).fetchone()
         assert old is not None and old[0] is None and old[1]
-        worker = Worker(old_dsn, WorkerConfig(concurrency=8, lease_seconds=5, poll_seconds=0.5))
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        try:
+        with worker_running(old_dsn, lease_seconds=5, poll_seconds=0.5):
             _wait(conn, "SELECT 1 FROM attune.inquiry WHERE workflow_execution_id = %s", (waiting,))
             (inquiry,) = conn.execute(
                 "SELECT id FROM attune.inquiry WHERE workflow_execution_id = %s", (waiting,)
@@ -175,7 +155,4 @@ def test_rows_from_before_0007_read_with_its_defaults(old_dsn: str) -> None:
                 (joined,),
             ).fetchall()
             assert routes == [("",)]
-        finally:
-            worker.request_stop()
-            thread.join(timeout=20)
-        assert not thread.is_alive()
+        assert audit_problems(conn, finished=True) == []

@@ -122,13 +122,19 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def _bench_pack(root: Path, k: int, action: str = "noop") -> Path:
+def bench_pack_skeleton(root: Path) -> Path:
+    """The `bench` pack with its trivial python action `bench.nop`; workflows go in after."""
     pack = root / "bench"
     (pack / "workflows").mkdir(parents=True)
     (pack / "actions").mkdir()
     (pack / "pack.yaml").write_text('ref: bench\nlabel: Benchmark\nversion: "1.0.0"\n')
     (pack / "actions" / "nop.yaml").write_text(_NOP_ACTION)
     (pack / "actions" / "nop.py").write_text(_NOP_PY)
+    return pack
+
+
+def _bench_pack(root: Path, k: int, action: str = "noop") -> Path:
+    pack = bench_pack_skeleton(root)
     ref, input = ACTIONS[action]
     with_input = f"\n    input: {input}" if input else ""
     steps = []

@@ -31,7 +31,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from attune_pg import db, packs, shipped
-from attune_pg.cli.bench import _NOP_ACTION, _NOP_PY, _settings, _wait_workers
+from attune_pg.cli.bench import _settings, _wait_workers, bench_pack_skeleton
 from attune_pg.cli.bench_account import Cost, Meter
 from attune_pg.store import benchsuite, migrate
 from attune_pg.store.queries import Q
@@ -45,12 +45,7 @@ Progress = Callable[[str, int, int], None]
 
 def suite_pack(root: Path) -> Path:
     """The scenarios' pack: `bench.single`, `bench.three`, `bench.python`, `bench.items`."""
-    pack = root / "bench"
-    (pack / "workflows").mkdir(parents=True)
-    (pack / "actions").mkdir()
-    (pack / "pack.yaml").write_text('ref: bench\nlabel: Benchmark\nversion: "1.0.0"\n')
-    (pack / "actions" / "nop.yaml").write_text(_NOP_ACTION)
-    (pack / "actions" / "nop.py").write_text(_NOP_PY)
+    pack = bench_pack_skeleton(root)
     head = 'label: {label}\nversion: "1.0.0"\n'
     (pack / "workflows" / "single.yaml").write_text(
         head.format(label="One no-op") + "tasks:\n  - name: t0\n    action: core.noop\n"

@@ -3,8 +3,8 @@
 `Run` holds the locked execution's copies (status, variables, counters, the task
 states this transaction knows) and the commands gathered so far; `flush()` turns
 what changed into commands, at most one write per row. It decides nothing: the
-decisions are in routing.py (transitions, joins, dispatch, completion), fanout.py
-(with-items windows and parallel blocks) and requests.py (cancel, pause, retry),
+decisions are in routing.py (transitions, joins, dispatch, retries, parallel blocks,
+completion), fanout.py (with-items windows) and requests.py (cancel, pause, retry),
 which all take a `Run`; conductor.py feeds events in.
 """
 

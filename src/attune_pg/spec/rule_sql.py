@@ -357,8 +357,9 @@ class _Compiler:
         if name in ("default", "d"):
             a = self._args(node, ("default_value", "boolean"))
             fallback = self.expr(a["default_value"]) if "default_value" in a else self.arg("")
-            boolean = a.get("boolean")
-            flag = self._const(boolean, (bool,), "default's boolean argument is not a literal")
+            flag = "boolean" in a and self._const(
+                a["boolean"], (bool,), "default's boolean argument is not a literal"
+            )
             return f"attune.rx_f_default({value}, attune.rx_tag({fallback}), {bool(flag)})"
         if name in ("int", "float"):
             a = self._args(node, ("default",) if name == "float" else ("default", "base"))

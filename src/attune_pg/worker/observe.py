@@ -122,7 +122,7 @@ class Observer:
                 )
 
     def advanced(self, stats: AdvanceStats) -> None:
-        """After a committed advance, control pass or start."""
+        """After a committed advance, request pass or start."""
         if stats.attempts:
             self._attempts(stats.attempts)
         if stats.executions:

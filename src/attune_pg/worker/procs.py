@@ -1,4 +1,5 @@
-"""Start and stop `attune-worker` processes (the demo, the benchmark and tests use it)."""
+"""Start and stop `attune-worker` processes (the demo, the benchmark, the chaos soak and
+tests use it)."""
 
 from __future__ import annotations
 
@@ -19,25 +20,29 @@ def start_worker(
     log_file: str | None = None,
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ, ATTUNE_DSN=dsn)
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by child
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attune_pg.cli.worker_entry",
-            "--concurrency",
-            str(concurrency),
-            "--lease-seconds",
-            str(lease_seconds),
-            "--log-level",
-            log_level,
-            *extra,
-        ],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT if log_file else None,
-        start_new_session=True,
-    )
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 - closed below
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "attune_pg.cli.worker_entry",
+                "--concurrency",
+                str(concurrency),
+                "--lease-seconds",
+                str(lease_seconds),
+                "--log-level",
+                log_level,
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL if out is None else out,
+            stderr=None if out is None else subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        if out is not None:
+            out.close()  # the child holds its own descriptor of the log
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
