@@ -87,7 +87,7 @@ def test_clean_facts_have_no_problem() -> None:
     ("trail", "status", "kind"),
     [
         ("pending scheduled running succeeded succeeded", "succeeded", "duplicated"),
-        ("running succeeded", "succeeded", "trail"),  # not born in an initial status
+        ("waiting succeeded", "succeeded", "trail"),  # not born in an initial status
         ("pending running succeeded", "succeeded", "trail"),  # pending -> running: illegal
         ("pending scheduled running", "succeeded", "trail"),  # trail ends elsewhere
         ("", "succeeded", "trail"),  # no events at all
@@ -156,3 +156,12 @@ def test_finished_reports_what_is_left() -> None:
     assert [p.kind for p in problems] == ["unfinished"]
     assert audit.count(problems, "lost", "unfinished") == 1
     assert "execution 1 (p.w) is still running" in str(problems[0])
+
+
+def test_a_row_created_claimed_is_a_clean_trail() -> None:
+    """Schema 0015: a row created running by the worker that made it (claims 0), and one
+    of those requeued after its worker died and claimed again (claims 1)."""
+    made = _task(1, trail="running succeeded")
+    requeued = _task(2, task_name="b", trail="running scheduled running succeeded")
+    assert (made.claims, requeued.claims) == (0, 1)
+    assert audit.check(_facts(tasks=[made, requeued])) == []
