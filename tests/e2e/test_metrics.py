@@ -106,7 +106,14 @@ def test_metrics_and_json_logs_of_a_worker_agree_with_the_tables(
     assert _by(samples, "attune_tasks_finished_total", "action", "status") == attempts
     durations = _by(samples, "attune_task_duration_seconds_count", "action")
     assert durations == {("core.noop",): sum(attempts.values())}
+    # Every claim is observed: from the queue (`claims`) and rows created claimed by the
+    # worker whose transaction made them (schema 0015: their trail starts running).
     (claims,) = conn.execute("SELECT sum(claims) FROM attune.task_execution").fetchone()  # type: ignore[misc]
+    (made,) = conn.execute(  # type: ignore[misc]
+        "SELECT count(*) FROM attune.execution_event WHERE kind = 'task_status'"
+        " AND from_status IS NULL AND to_status = 'running'"
+    ).fetchone()
+    claims += made
     assert samples[("attune_claim_latency_seconds_count", ())] == float(claims)
     assert _by(samples, "attune_tasks_claimed_total", "action") == {("core.noop",): float(claims)}
     assert samples[("attune_leases_reaped_total", ())] == 0.0
