@@ -28,16 +28,15 @@ import psycopg
 
 from attune_pg import advance, automation, db
 from attune_pg.actions import ActionOutcome
-from attune_pg.errors import ActionError, DatabaseUnavailable
-from attune_pg.machine import TaskStatus
-from attune_pg.secrets import Binding, resolve_secrets, token_keys
+from attune_pg.errors import DatabaseUnavailable
 from attune_pg.settings import REFRESH_SECONDS
-from attune_pg.store import claims, decode, kv, lock, requests
+from attune_pg.store import claims, decode, lock, requests
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.store.fence import Finished
+from attune_pg.worker.dispatch import dispatch
 from attune_pg.worker.listener import Listener
 from attune_pg.worker.observe import Observer
-from attune_pg.worker.runner import Running, TaskRunner, parks_as
+from attune_pg.worker.runner import Running, TaskRunner
 
 log = logging.getLogger("attune_pg.worker")
 
@@ -396,48 +395,12 @@ class Worker:
         env: advance.Env,
     ) -> None:
         """Run what this worker claimed (by a claim, or created claimed and committed)."""
-        if not claimed:
-            return
-        self.observe.claimed(claimed)
-        # What the claimed rows call, refreshing the catalogue once if one is new to it.
-        actions.resolve({task.action_ref for task in claimed})
-        for task in sorted(claimed, key=lambda t: t.id):
-            log.debug(
-                "claimed task %s (%s) of execution %s",
-                task.id,
-                task.task_name,
-                task.workflow_execution_id,
-            )
-            park = parks_as(actions.get(task.action_ref))
-            if task.refused is not None:
-                # Over a `cancel` concurrency policy's threshold: ends canceled, never runs.
-                automation.cancel_refused(conn, task.workflow_execution_id)
-                self._pending.append(Finished(task, TaskStatus.CANCELED, None, task.refused))
+        if claimed:
+            self.observe.claimed(claimed)
+            ended = dispatch(conn, claimed, actions, env.signing_key, self._runner)
+            self._pending.extend(ended)
+            if ended:
                 self._wake.set()
-                continue
-            reason = decode.problem(task.input)
-            if reason is not None:
-                # Quarantine the one row: its task fails, the rest of the batch runs.
-                error = {"type": "Quarantined", "message": f"task input: {reason}"}
-                self._pending.append(Finished(task, TaskStatus.FAILED, None, error))
-                self._wake.set()
-            elif park:
-                # Inquiries and nested workflows wait in the database, not in a thread.
-                self._pending.append(Finished(task, TaskStatus.WAITING, None, None, park))
-                self._wake.set()
-            elif token_keys(task.input):
-                # Secrets travel as tokens; the real values exist only for the action.
-                try:
-                    binding = Binding(task.workflow_execution_id, task.task_name, env.signing_key)
-                    resolved, texts = resolve_secrets(task.input, kv.secret_lookup(conn), binding)
-                except ActionError as exc:
-                    error = {"type": "ActionError", "message": str(exc)}
-                    self._pending.append(Finished(task, TaskStatus.FAILED, None, error))
-                    self._wake.set()
-                    continue
-                self._runner.submit(task, actions, resolved, texts)
-            else:
-                self._runner.submit(task, actions)
 
     _start_deferred: float | None = None  # since when a full worker put off starting
     _last_heartbeat = 0.0
