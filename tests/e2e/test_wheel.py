@@ -18,14 +18,21 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
+_NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+               "test-artifacts")  # fmt: skip
+
 
 @pytest.fixture
 def fresh_venv(tmp_path: Path) -> Iterator[Path]:
     """A venv with nothing but the wheel built from this checkout (and its pinned
     dependencies); removed afterwards."""
     dist = tmp_path / "dist"
+    # Built from a copy without build/: setuptools reuses a checkout's build/lib, so a wheel
+    # built in a tree that once held a since-deleted module or .sql file would ship it.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
         capture_output=True,
         text=True,
         timeout=300,
