@@ -20,18 +20,20 @@ from attune_pg import __version__
 from attune_pg.errors import InUseError, SpecError
 from attune_pg.pack_remove import unregister_pack
 from attune_pg.spec.automation import PackAutomation, load_automation
-from attune_pg.spec.loader import read_source
-from attune_pg.spec.model import ActionSpec, PackSpec, TaskSpec, WorkflowSpec
-from attune_pg.spec.normalize import Source
-from attune_pg.spec.packfiles import (
-    check_references,
+from attune_pg.spec.linked import (
     graph_ref,
     is_graph_file,
     linked_graph_bytes,
     linked_graphs,
     links_workflow,
-    load_action,
     load_linked_workflow,
+)
+from attune_pg.spec.loader import read_source
+from attune_pg.spec.model import ActionSpec, PackSpec, TaskSpec, WorkflowSpec
+from attune_pg.spec.normalize import Source
+from attune_pg.spec.packfiles import (
+    check_references,
+    load_action,
     load_pack_meta,
     load_pack_workflow,
     scan_pack,

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from attune_pg.errors import SpecError
+from attune_pg.spec.linked import load_linked_workflow
 from attune_pg.spec.loader import load_workflow_file, load_workflow_text
 from attune_pg.spec.model import WorkflowSpec
-from attune_pg.spec.packfiles import load_linked_workflow
 from attune_pg.spec.triggers import load_trigger
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "attune"

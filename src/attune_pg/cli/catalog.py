@@ -249,13 +249,9 @@ def workflows_show(ref: str, dsn: str | None) -> None:
 @errors_to_exit
 def workflows_validate(file: Path, max_file_size: int) -> None:
     """Check a workflow file offline (no database): syntax, schema and semantics."""
+    from attune_pg.spec.linked import linked_graphs, links_workflow, load_linked_workflow
     from attune_pg.spec.loader import load_workflow_source, read_source
-    from attune_pg.spec.packfiles import (
-        linked_graphs,
-        links_workflow,
-        load_linked_workflow,
-        load_pack_workflow,
-    )
+    from attune_pg.spec.packfiles import load_pack_workflow
 
     resolved = file.resolve()
     if resolved.parent.name == "actions":  # Attune's action file linking its workflow

@@ -107,6 +107,18 @@ def read_source(path: str | FsPath, max_bytes: int = MAX_BYTES) -> bytes:
     return data
 
 
+def load_mapping(
+    file: FsPath, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
+) -> Document:
+    """A pack's YAML file (pack.yaml, an action, a rule, ...) that must be one mapping."""
+    if text is None:
+        text = read_source(file, max_bytes)
+    doc = load_yaml(text, file=str(file), max_bytes=max_bytes)
+    if not isinstance(doc.data, dict):
+        raise doc.error(f"{file.name} must be a mapping")
+    return doc
+
+
 def _workflow_ref(doc: Document, pack: str | None) -> str:
     given = doc.data.get("ref")
     if pack is None:

@@ -35,18 +35,26 @@ from jsonschema.exceptions import SchemaError
 from attune_pg.errors import ParameterError, SpecError
 from attune_pg.spec import fastschema
 from attune_pg.spec.checks import check_actions, check_inputs
+from attune_pg.spec.linked import (
+    is_graph_file,
+    linked_graphs,
+    links_workflow,
+    load_graph,
+    load_linked_workflow,
+)
 from attune_pg.spec.loader import (
-    load_workflow_document,
+    NAME_RE,
+    load_mapping,
     load_workflow_source,
     read_source,
     validate_document,
 )
 from attune_pg.spec.model import ActionSpec, PackSpec, WorkflowSpec
 from attune_pg.spec.normalize import Source
-from attune_pg.spec.params import output_schema, parameters_schema, validate_parameters
-from attune_pg.spec.yaml_lines import MAX_BYTES, Document, Problem, load_yaml, one_line
+from attune_pg.spec.params import parameters_schema, validate_parameters
+from attune_pg.spec.yaml_lines import MAX_BYTES, Document, Problem, one_line
 
-_NAME = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+_NAME = NAME_RE.pattern
 _ENTRY_RE = re.compile(r"^([^:]+\.py):([A-Za-z_][A-Za-z0-9_]*)$")
 
 PACK_SCHEMA: dict[str, Any] = {
@@ -78,29 +86,8 @@ ACTION_SCHEMA: dict[str, Any] = {
     },
 }
 
-# An action file that links a workflow (Attune: `workflow_file`): the action-level keys.
-LINKED_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["workflow_file"],
-    "additionalProperties": False,
-    "properties": {
-        "workflow_file": {"type": "string", "minLength": 1},
-        "name": {"type": "string", "pattern": _NAME},
-        "ref": {"type": "string"},
-        "label": {"type": "string", "minLength": 1},
-        "description": {"type": "string"},
-        "enabled": {"const": True},
-        "parameters": {"type": "object"},
-        "output": {"type": "object"},
-        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
-    },
-}
-# What the action file gives the workflow; its own keys win over the graph file's.
-_LINKED_KEYS = ("label", "description", "parameters", "output", "tags")
-
 _PACK_VALIDATOR = Draft202012Validator(PACK_SCHEMA)
 _ACTION_VALIDATOR = Draft202012Validator(ACTION_SCHEMA)
-_LINKED_VALIDATOR = Draft202012Validator(LINKED_SCHEMA)
 
 
 BUNDLED = "packs"  # <pack>/packs/<other>/: packs shipped with a pack, registered with it
@@ -186,7 +173,7 @@ def load_pack_meta(
 ) -> PackSpec:
     """pack.yaml alone: ref (= directory name), version, label, config. No actions yet."""
     file = root / "pack.yaml"
-    doc = _load_doc(file, text, max_bytes)
+    doc = load_mapping(file, text, max_bytes)
     validate_document(doc, _PACK_VALIDATOR)
     data: dict[str, Any] = doc.data
     ref: str = data["ref"]
@@ -227,120 +214,8 @@ def load_pack_workflow(
         wf, source, _ = load_linked_workflow(file, pack, text, max_bytes)
         return wf, source
     if is_graph_file(file):
-        return _load_graph(file, pack, text, max_bytes)
+        return load_graph(file, pack, text, max_bytes)
     return load_workflow_source(text, file=str(file), pack=pack, max_bytes=max_bytes)
-
-
-def is_graph_file(file: Path) -> bool:
-    """Is `file` in a pack's actions/workflows/ (Attune's folder of workflow graphs)?"""
-    return file.parent.name == "workflows" and file.parent.parent.name == "actions"
-
-
-def graph_ref(file: Path, pack: str) -> str:
-    """`<pack>.<name>` of a graph file: `deploy.workflow.yaml` is `deploy`, as in Attune."""
-    return f"{pack}.{file.stem.removesuffix('.workflow')}"
-
-
-def linked_graphs(actions: Iterable[tuple[Path, bytes]]) -> set[Path]:
-    """The graph files the given action files link (those that link one)."""
-    out: set[Path] = set()
-    for file, text in actions:
-        if not links_workflow(text):
-            continue
-        name = load_yaml(text, file=str(file)).data.get("workflow_file")
-        if isinstance(name, str):
-            out.add((file.parent / name).resolve())
-    return out
-
-
-def _load_graph(
-    file: Path, pack: str, text: str | bytes, max_bytes: int
-) -> tuple[WorkflowSpec, Source]:
-    """A graph file in actions/workflows/ that no action links: a workflow of its own."""
-    doc = load_yaml(text, file=str(file), max_bytes=max_bytes)
-    if not isinstance(doc.data, dict):
-        raise doc.error("a workflow file must be a mapping with version and tasks")
-    ref = graph_ref(file, pack)
-    if "label" not in doc.data:
-        doc = Document(file=doc.file, data={**doc.data, "label": ref}, root=doc.root)
-    return load_workflow_document(doc, ref=ref)
-
-
-def links_workflow(text: bytes) -> bool:
-    """Does this action file link a workflow (Attune's `workflow_file:` key)?"""
-    if b"workflow_file" not in text:
-        return False  # the common case, without parsing the file twice
-    try:
-        data = load_yaml(text, file="").data
-    except SpecError:
-        return False  # reported as the action file's own error
-    return isinstance(data, dict) and "workflow_file" in data
-
-
-def load_linked_workflow(
-    file: Path, pack: str, text: str | bytes | None = None, max_bytes: int = MAX_BYTES
-) -> tuple[WorkflowSpec, Source, bytes]:
-    """The workflow an action file links: (spec, where its parts were written, the graph
-    file's bytes). Errors in the action-level keys name the action file, errors in the
-    graph the graph file."""
-    meta = _load_doc(file, text, max_bytes)
-    if meta.data.get("enabled") is False:
-        raise meta.error(
-            "false is not supported in a file; register the workflow and run"
-            f" `attune-pg workflows disable {pack}.{file.stem}`",
-            ("enabled",),
-        )
-    validate_document(meta, _LINKED_VALIDATOR)
-    data: dict[str, Any] = meta.data
-    ref = f"{pack}.{file.stem}"
-    for key, want in (("ref", ref), ("name", file.stem)):
-        if key in data and data[key] != want:
-            raise meta.error(f"{key} {data[key]!r} must be {want!r} (<pack>.<file name>)", (key,))
-    try:
-        if "parameters" in data:
-            parameters_schema(data["parameters"], ("parameters",))
-        output = output_schema(data.get("output"))
-        if output is not None and not fastschema.schema_valid(output):
-            Draft202012Validator.check_schema(output)
-    except Problem as problem:
-        raise meta.problem(problem) from None
-    except SchemaError as exc:
-        raise meta.error(
-            f"invalid JSON Schema: {one_line(exc.message, 160)}", ("output", *exc.path)
-        ) from None
-    graph_file = _linked_path(meta, file.parent, data["workflow_file"])
-    graph_text = read_source(graph_file, max_bytes)
-    graph = load_yaml(graph_text, file=str(graph_file), max_bytes=max_bytes)
-    if not isinstance(graph.data, dict):
-        raise graph.error("a workflow file must be a mapping with version and tasks")
-    merged = {**graph.data, **{k: data[k] for k in _LINKED_KEYS if k in data}}
-    if "label" not in merged:
-        merged["label"] = ref
-    doc = Document(file=graph.file, data=merged, root=graph.root)
-    wf, source = load_workflow_document(doc, ref=ref)
-    return wf, source, graph_text
-
-
-def linked_graph_bytes(file: Path, text: bytes, max_bytes: int = MAX_BYTES) -> bytes:
-    """The bytes of the graph file an action file links (for its content hash)."""
-    meta = _load_doc(file, text, max_bytes)
-    name = meta.data.get("workflow_file")
-    if not isinstance(name, str):
-        validate_document(meta, _LINKED_VALIDATOR)  # raises the located schema error
-        raise meta.error("workflow_file must be a string", ("workflow_file",))
-    return read_source(_linked_path(meta, file.parent, name), max_bytes)
-
-
-def _linked_path(doc: Document, actions_dir: Path, name: str) -> Path:
-    rel = PurePosixPath(name)
-    if rel.is_absolute() or ".." in rel.parts or "\\" in name:
-        raise doc.error(f"workflow_file {name!r} must be inside the actions directory",
-                        ("workflow_file",))  # fmt: skip
-    path = actions_dir / rel
-    if not path.is_file():
-        raise doc.error(f"workflow_file {name!r} does not exist in {actions_dir}",
-                        ("workflow_file",))  # fmt: skip
-    return path
 
 
 def check_references(
@@ -403,15 +278,6 @@ def _refuse_links_out(root: Path) -> None:
                 )
 
 
-def _load_doc(file: Path, text: str | bytes | None = None, max_bytes: int = MAX_BYTES) -> Document:
-    if text is None:
-        text = read_source(file, max_bytes)
-    doc = load_yaml(text, file=str(file), max_bytes=max_bytes)
-    if not isinstance(doc.data, dict):
-        raise doc.error(f"{file.name} must be a mapping")
-    return doc
-
-
 def _config(doc: Document) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     config: dict[str, Any] = doc.data.get("config") or {}
     if "config_schema" not in doc.data:
@@ -460,7 +326,7 @@ def _load_action(
     text: str | bytes | None = None,
     max_bytes: int = MAX_BYTES,
 ) -> tuple[ActionSpec, int | None]:
-    doc = _load_doc(file, text, max_bytes)
+    doc = load_mapping(file, text, max_bytes)
     validate_document(doc, _ACTION_VALIDATOR)
     data: dict[str, Any] = doc.data
     entry_point: str | None = data.get("entry_point")
