@@ -22,6 +22,7 @@ import os
 import threading
 from typing import Any
 
+from attune_pg.actions.host_process import OUTPUT_TAIL_BYTES, CallResult
 from attune_pg.actions.outcome import (
     ActionContext,
     ActionOutcome,
@@ -34,7 +35,7 @@ from attune_pg.actions.outcome import (
     timed_out,
 )
 from attune_pg.actions.process import attempt_env, pack_file, signal_name
-from attune_pg.actions.python_pool import OUTPUT_TAIL_BYTES, CallResult, default_pool
+from attune_pg.actions.python_pool import default_pool
 from attune_pg.spec.model import ActionSpec
 
 __all__ = ["OUTPUT_TAIL_BYTES", "resolve", "run"]
