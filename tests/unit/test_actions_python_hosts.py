@@ -441,7 +441,7 @@ def _call(pack: Path, entry: str) -> Any:
 def test_unread_request_bytes_are_seen_from_the_write_end() -> None:
     # How a call tells "the host died before taking my request" (safe to run elsewhere)
     # from "it died running it": the bytes still in the pipe, asked of our end.
-    from attune_pg.actions.python_pool import _pending
+    from attune_pg.actions.host_process import _pending
 
     read, write = os.pipe()
     try:
