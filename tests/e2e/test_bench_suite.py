@@ -37,13 +37,13 @@ def test_the_local_scenarios_report_rates_latency_and_costs(dsn: str) -> None:
     by = {s.name: s for s in result.scenarios}
     assert (by["single"].steps, by["three"].steps, by["python"].steps) == (12, 12, 12)
     assert (by["three"].workflows, by["items"].steps, by["wakeup"].steps) == (4, 12, 3)
-    costs = [s.cost for s in result.scenarios]
-    for scenario, cost in zip(result.scenarios, costs):
+    for scenario in result.scenarios:
+        cost = scenario.cost
         assert cost is not None and cost.wal_bytes > 0 and cost.worker_cpu >= 0, scenario.name
         assert scenario.latency_ms is not None and scenario.latency_ms[0] >= 0
     # CPU is read in clock ticks (10 ms): one small scenario may round to zero, the five
     # together cannot.
-    assert sum(c.worker_cpu for c in costs if c is not None) > 0
+    assert sum(s.cost.worker_cpu for s in result.scenarios if s.cost is not None) > 0
     text = result.report()
     assert "python / builtin no-op:" in text and "items/s" in text
     assert by["wakeup"].start_ms is not None and by["wakeup"].start_ms[0] > 0
