@@ -76,3 +76,28 @@ def test_history_rows_are_what_a_real_run_leaves(conn: psycopg.Connection, tmp_p
 def test_settle_outlasts_the_statistics_idle_flush() -> None:
     # PostgreSQL flushes an idle backend's statistics up to 10 s late (PGSTAT_IDLE_INTERVAL).
     assert bench_account.SETTLE_SECONDS > 10
+
+
+def test_the_backlog_poll_walks_from_the_first_unfinished_execution(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    packs.register(conn, suite_pack(tmp_path))
+    ids = benchsuite.start_workflows(conn, "bench.single", 5, "bench-test")
+
+    def cancel(*which: int) -> None:
+        conn.execute(
+            "UPDATE attune.workflow_execution SET status = 'canceled' WHERE id = ANY(%s)",
+            (list(which),),
+        )
+
+    backlog = benchsuite.Backlog(ids)
+    assert backlog.left(conn) == 5
+    cancel(ids[0], ids[1])
+    assert backlog.left(conn) == 3 and backlog.lo == ids[2]
+    cancel(ids[4])  # past the first unfinished one: an upper bound until that one ends
+    assert backlog.left(conn) == 3
+    cancel(ids[2], ids[3])
+    assert backlog.left(conn) == 0 and benchsuite.Backlog([]).left(conn) == 0
+    # Not a range (someone else's rows could lie between): counted exactly, by id.
+    others = benchsuite.start_workflows(conn, "bench.single", 3, "bench-test")
+    assert benchsuite.Backlog([others[0], others[2]]).left(conn) == 2

@@ -30,7 +30,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from attune_pg import db, packs, shipped
-from attune_pg.store import migrate
+from attune_pg.store import benchsuite, migrate
 from attune_pg.store.queries import Q
 from attune_pg.worker.procs import start_worker, stop_worker
 
@@ -174,11 +174,12 @@ def _wait_all(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
+    backlog = benchsuite.Backlog(ids)
     while time.monotonic() < deadline:
-        row = conn.execute(Q.bench_unfinished, {"ids": ids}).fetchone()
-        if row is not None and on_progress is not None:
-            on_progress(len(ids) - int(row[0]), len(ids))
-        if row is not None and row[0] == 0:
+        left = backlog.left(conn)
+        if on_progress is not None:
+            on_progress(len(ids) - left, len(ids))
+        if left == 0:
             return
         time.sleep(0.05)
     raise TimeoutError(f"benchmark workflows did not finish within {timeout:.0f}s")

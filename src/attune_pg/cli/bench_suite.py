@@ -155,8 +155,9 @@ class Poller:
         self, ids: list[int], timeout: float, tick: Callable[[int], None] | None = None
     ) -> None:
         deadline = time.monotonic() + timeout
+        backlog = benchsuite.Backlog(ids)
         while time.monotonic() < deadline:
-            left = benchsuite.unfinished(self.conn, ids)
+            left = backlog.left(self.conn)
             self.transactions += 1
             if tick is not None:
                 tick(len(ids) - left)

@@ -49,9 +49,30 @@ def start_workflows(conn: psycopg.Connection, ref: str, n: int, tag: str) -> lis
     return [int(r[0]) for r in rows]
 
 
-def unfinished(conn: psycopg.Connection, ids: list[int]) -> int:
-    row = conn.execute(Q.bench_workflows_unfinished, {"ids": ids}).fetchone()
-    return int(row[0]) if row else 0
+class Backlog:
+    """The bench's executions that have not ended yet, polled cheaply."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = sorted(ids)
+        self.contiguous = bool(ids) and self.ids[-1] - self.ids[0] + 1 == len(ids)
+        self.lo = self.ids[0] if ids else 0
+
+    def left(self, conn: psycopg.Connection) -> int:
+        """How many have not ended; for a range of ids (one INSERT, nobody else's rows in
+        between) those from the first unfinished one on, an upper bound that reaches 0
+        exactly when all have ended."""
+        if not self.ids:
+            return 0
+        if not self.contiguous:
+            row = conn.execute(Q.bench_workflows_unfinished, {"ids": self.ids}).fetchone()
+            return int(row[0]) if row else 0
+        hi = self.ids[-1]
+        row = conn.execute(Q.bench_range_first_unfinished, {"lo": self.lo, "hi": hi}).fetchone()
+        if row is None:
+            self.lo = hi + 1
+            return 0
+        self.lo = int(row[0])
+        return hi - self.lo + 1
 
 
 def window(conn: psycopg.Connection, ids: list[int]) -> tuple[float | None, int, int]:
@@ -86,7 +107,6 @@ def finished_between(conn: psycopg.Connection, tag: str, t0: datetime, t1: datet
 def still_open(conn: psycopg.Connection, ids: list[int]) -> list[int]:
     rows = conn.execute(Q.bench_workflows_open, {"ids": ids}).fetchall()
     return [int(r[0]) for r in rows]
-
 
 
 def hold_snapshot(conn: psycopg.Connection) -> None:

@@ -113,3 +113,13 @@ def register_worker(
 
 def stop_worker(conn: psycopg.Connection, me: str, done: int) -> None:
     conn.execute(Q.worker_stop, {"done": done, "me": me})
+
+
+def forget_plans(conn: psycopg.Connection) -> None:
+    """Re-plan every statement of this session from its next executions on."""
+    conn.execute(Q.session_plans_forget)
+
+
+def plan_generic(conn: psycopg.Connection) -> None:
+    """Plan each prepared statement once for any values (worker.loop)."""
+    conn.execute(Q.session_plans_generic)

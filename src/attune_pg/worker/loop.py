@@ -44,6 +44,14 @@ log = logging.getLogger("attune_pg.worker")
 # worker with room, or its own next free slot, normally takes them first).
 START_WAIT = 1.0
 
+# A session keeps the generic plan of a prepared statement until the table is analyzed,
+# which autovacuum does a minute or more later: a plan made while the hot tables were
+# nearly empty (a new install, a bench, after a purge) scans them whole on every batch as
+# they grow. So a worker forgets its plans each time the task steps it ran doubled, from
+# REPLAN_FIRST to REPLAN_LAST (by then the tables were analyzed); a dozen re-plans in all.
+REPLAN_FIRST = 128
+REPLAN_LAST = 1 << 20
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -84,6 +92,7 @@ class Worker:
         self._cursor = lock.StartCursor()
         self._hand_back: list[int] = []
         self.tasks_done = 0
+        self._replan_at = REPLAN_FIRST  # tasks_done at which the session plans afresh
         self._stop_deadline: float | None = None
         # Logs, metrics and spans: fed from what the loop already holds, no SQL of its own.
         self.observe = Observer(
@@ -156,6 +165,7 @@ class Worker:
                             self.observe.reconnected("main")
                             failed = False
                         decode.install(conn)
+                        claims.plan_generic(conn)
                         self._env = None  # re-read on every (re)connect
                         self._load_env(conn)
                         claims.register_worker(
@@ -294,6 +304,9 @@ class Worker:
         """After a commit: report it, and run what it claimed for this worker."""
         self.observe.advanced(stats)
         self.tasks_done += stats.advanced
+        if self.tasks_done >= self._replan_at and self._replan_at <= REPLAN_LAST:
+            self._replan_at *= 2
+            claims.forget_plans(conn)
         if stats.stale:
             log.info("dropped %d stale results (lease lost to another worker)", stats.stale)
         if stats.queued:

@@ -98,11 +98,12 @@ UPDATE attune.task_state t SET status = v.status, join_required = v.join_require
        items_released = v.items_released, items_done = v.items_done,
        items_failed = v.items_failed, result = v.result, error = v.error,
        unhandled = v.unhandled, join_from = coalesce(v.join_from, '{}')
-  FROM jsonb_to_recordset(%(rows)s::jsonb)
-       AS v(execution_id bigint, task_name text, iteration int, before text, status text,
-            join_required int, join_arrivals int, items_total int, items_released int,
-            items_done int, items_failed int, result jsonb, error jsonb, unhandled bool,
-            route text, join_from text[])
+  FROM (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+          AS r(execution_id bigint, task_name text, iteration int, before text, status text,
+               join_required int, join_arrivals int, items_total int, items_released int,
+               items_done int, items_failed int, result jsonb, error jsonb, unhandled bool,
+               route text, join_from text[])
+         LIMIT jsonb_array_length(%(rows)s::jsonb)) v  -- the batch's size, as in task_finish
  WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name
    AND t.iteration = v.iteration AND t.status = v.before
 

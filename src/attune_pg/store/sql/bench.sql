@@ -69,10 +69,6 @@ SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
        (ORDER BY extract(epoch FROM started_at - run_at) * 1000)
   FROM attune.task_execution WHERE workflow_execution_id = ANY(%(ids)s::bigint[])
 
--- name: bench_unfinished
-SELECT count(*) FROM attune.workflow_execution WHERE id = ANY(%(ids)s::bigint[])
-   AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')
-
 -- name: bench_workers_started
 SELECT count(*) FROM attune.worker WHERE started_at >= %(since)s AND stopped_at IS NULL
 

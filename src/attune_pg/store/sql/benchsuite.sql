@@ -38,6 +38,17 @@ SELECT count(*) FROM attune.workflow_execution
  WHERE id = ANY(%(ids)s::bigint[])
    AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')
 
+-- name: bench_range_first_unfinished
+-- The first of the ids lo..hi (all of them the bench's: one INSERT returned them) that
+-- has not ended yet: a primary-key walk from lo that stops there. The caller moves lo up
+-- to it, so a whole run reads each row about once; counting them all on every poll cost
+-- the server more CPU than a tenth of the engine under test.
+SELECT id FROM attune.workflow_execution
+ WHERE id BETWEEN %(lo)s AND %(hi)s
+   AND status NOT IN ('succeeded', 'failed', 'canceled', 'timed_out')
+ ORDER BY id
+ LIMIT 1
+
 -- name: bench_workflows_window
 -- The given executions' span on the database clock (first created to last finished),
 -- how many succeeded, and how many task steps they ran.

@@ -71,3 +71,14 @@ VALUES (%(me)s, %(hostname)s, %(pid)s, %(concurrency)s)
 -- name: worker_stop
 UPDATE attune.worker SET stopped_at = now(), running = 0, tasks_done = %(done)s
  WHERE id = %(me)s
+
+-- name: session_plans_forget
+-- Drop this session's prepared statements (psycopg sees the command and prepares afresh):
+-- their cached plans were made for the tables as they were then (worker.loop, replan).
+DEALLOCATE ALL
+
+-- name: session_plans_generic
+-- The worker's statements are written for generic plans (literal status predicates, batch
+-- sizes the planner is told): re-planning each batch with its values cost more than the
+-- batch's writes.
+SET plan_cache_mode = force_generic_plan

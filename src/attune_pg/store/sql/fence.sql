@@ -7,12 +7,16 @@
 -- nothing) means every dead entry since (docs/scaling.md, lever 5).
 -- The outcomes come as one JSON array of records (one parameter to encode, not five
 -- arrays: psycopg's array dumping was a fifth of a worker's time); a result is always
--- a JSON value (null included), an error SQL NULL when there is none.
+-- a JSON value (null included), an error SQL NULL when there is none. The LIMIT tells
+-- the planner the batch's size (10 rows in a generic plan, where a function in FROM
+-- counts 100): at 100 it hash-joined over a scan of the whole table up to some tens of
+-- thousands of rows (docs/scaling.md, "Plans").
 UPDATE attune.task_execution t
    SET status = v.status, result = coalesce(v.result, 'null'), error = v.error,
        lease_owner = NULL, lease_expires_at = NULL
-  FROM jsonb_to_recordset(%(rows)s::jsonb)
-       AS v(id bigint, attempt int, status text, result jsonb, error jsonb)
+  FROM (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+          AS r(id bigint, attempt int, status text, result jsonb, error jsonb)
+         LIMIT jsonb_array_length(%(rows)s::jsonb)) v
  WHERE t.id = v.id AND t.attempt = v.attempt AND t.status COLLATE "C" = 'running'
    AND t.lease_owner = %(me)s
 RETURNING t.id AS task_execution_id, t.workflow_execution_id AS execution_id, t.task_name,
