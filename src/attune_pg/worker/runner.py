@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Running:
     task: ClaimedTask
     cancel: threading.Event = field(default_factory=threading.Event)
     hand_back: bool = False  # graceful stop: give the row back instead of recording an outcome
+    submitted: float = field(default_factory=time.monotonic)  # when it went to its thread
     # The input with secret tokens resolved, and the secret texts to mask afterwards.
     input: dict[str, Any] | None = None
     secrets: set[str] = field(default_factory=set)
