@@ -55,6 +55,14 @@ class Terminal:
                 self.raw += chunk.decode(errors="replace")
         return ANSI.sub("", self.raw)
 
+    def exit_code(self, timeout: float = 30.0) -> int:
+        """Wait for the child to exit, reading what it writes meanwhile (a child blocked on
+        a full terminal could never finish its last write)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.drain()
+        return self.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+
     def drain(self) -> None:
         while True:
             ready, _, _ = select.select([self.master], [], [], 0.2)
@@ -88,7 +96,7 @@ def test_watch_one_execution_shows_item_progress_and_exits_with_its_status(
         term.read_until(r"each\s+running\s+\[[#.]{20}\] [0-5]/6")  # a bar, part way
         screen = term.read_until(rf"execution {execution_id} succeeded in")
         assert re.search(r"each\s+succeeded\s+\[#{20}\] 6/6", screen)
-        assert term.proc.wait(timeout=10) == 0
+        assert term.exit_code() == 0
         term.drain()
         assert "\x1b[H\x1b[J" in term.raw  # redrawn in place, not scrolled
         assert term.raw.rstrip().endswith("\x1b[?25h")  # the cursor is given back
@@ -116,7 +124,7 @@ def test_watch_all_lists_live_executions_until_interrupted(
         wait_done(conn, execution_id, timeout=60)
         term.read_until(r"\(no live executions\)")
         os.kill(term.proc.pid, signal.SIGINT)
-        assert term.proc.wait(timeout=10) == 0
+        assert term.exit_code() == 0
     finally:
         term.close()
 

@@ -125,6 +125,9 @@ def watch(
     tty = sys.stdout.isatty()
     out = sys.stdout
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C ends it at once: as a KeyboardInterrupt in the middle of a query, psycopg would
+    # first cancel the query and wait for that (up to 10 s).
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     with connection(dsn) as conn:
         notify.listen(conn, CHANNELS)
         last: list[str] | None = None
