@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attune_pg.actions import ActionContext, ActionOutcome, run_action
+from attune_pg.actions.runners import ActionContext, ActionOutcome, run_action
 from attune_pg.errors import ActionError
 from attune_pg.spec.model import ActionSpec
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from attune_pg.actions import ActionContext, ActionOutcome, run_action
+from attune_pg.actions.runners import ActionContext, ActionOutcome, run_action
 from attune_pg.spec.model import ActionSpec
 
 HTTP = ActionSpec(ref="core.http_request", runner="http")

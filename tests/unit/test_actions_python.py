@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from attune_pg.actions import ActionContext, ActionOutcome, run_action
+from attune_pg.actions.runners import ActionContext, ActionOutcome, run_action
 from attune_pg.spec.model import ActionSpec
 
 TESTPACK = Path(__file__).resolve().parents[1] / "fixtures" / "packs" / "testpack"

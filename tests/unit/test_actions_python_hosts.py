@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from attune_pg.actions import ActionOutcome, python_pool, run_action
+from attune_pg.actions import python_pool
 from attune_pg.actions.python_pool import HostPool
+from attune_pg.actions.runners import ActionOutcome, run_action
 from attune_pg.spec.model import ActionSpec
 from tests.unit.test_actions_python import TESTPACK, ctx, error, gone, run, wait_gone
 
@@ -243,7 +244,10 @@ def test_an_edited_action_file_is_picked_up(pool: HostPool, tmp_path: Path) -> N
     assert _call(pack, "act.py:f") == "rewritten"
 
 
-def test_an_edit_retires_every_warm_host_of_the_directory(pool: HostPool, tmp_path: Path) -> None:
+def test_an_edit_retires_every_warm_host_of_the_directory(
+    pool: HostPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(python_pool, "LANES", 100)  # five calls at once: five hosts
     pack = _pack(
         tmp_path / "many", {"act.py": "import time\ndef f(s=0):\n    time.sleep(s)\n    return 1\n"}
     )
@@ -286,7 +290,10 @@ def test_a_failed_import_is_retried_on_a_fresh_host(pool: HostPool, tmp_path: Pa
     assert pool.started == 2
 
 
-def test_concurrent_calls_get_hosts_of_their_own(pool: HostPool) -> None:
+def test_concurrent_calls_get_hosts_of_their_own(
+    pool: HostPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(python_pool, "LANES", 100)  # not held as a first burst of quick calls
     results: list[ActionOutcome] = []
     lock = threading.Lock()
     barrier = threading.Barrier(4)
@@ -333,11 +340,56 @@ def test_quick_calls_share_a_few_warm_hosts(
     assert len(set(pids)) <= 2 and pool.started <= 2  # 8 threads, 2 lanes, 2 warm hosts
 
 
+def test_a_first_burst_starts_a_few_hosts_not_one_per_call(
+    pool: HostPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No call of the directory was timed yet: it counts as quick, so six calls at once
+    # start LANES hosts and the other calls wait for one of them.
+    monkeypatch.setattr(python_pool, "LANES", 2)
+    monkeypatch.setattr(python_pool, "FIRST_LANE_WAIT", 60.0)
+    barrier = threading.Barrier(6)
+    pids: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        barrier.wait()
+        pid = pid_of(run("behave.py:host_pid"))
+        with lock:
+            pids.append(pid)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(pids) == 6
+    assert pool.started == 2 and len(set(pids)) == 2
+
+
+def test_a_host_starts_without_the_engine_s_heavy_imports() -> None:
+    # What the host module imports is paid by every host's start-up (and again after
+    # each max_calls): the engine, typing and dataclasses must stay out of it.
+    code = (
+        "import sys, attune_pg.actions.python_host; "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('attune_pg')"
+        " or m in ('typing', 'dataclasses', 'inspect', 'threading'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [
+        "attune_pg",
+        "attune_pg.actions",
+        "attune_pg.actions.python_host",
+        "attune_pg.actions.results",
+    ]
+
+
 def test_slow_calls_are_never_held_back(pool: HostPool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(python_pool, "LANES", 1)
     monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
     for _ in range(2):
-        run("behave.py:sleep", {"seconds": 0.05})  # now known to take 50 ms: not quick
+        run("behave.py:sleep", {"seconds": 0.2})  # now known to take 200 ms: not quick
     threads = [
         threading.Thread(target=run, args=("behave.py:sleep", {"seconds": 0.5})) for _ in range(3)
     ]
@@ -378,7 +430,7 @@ def test_a_host_killed_while_idle_is_replaced_without_failing_a_call(pool: HostP
 
 _FAKE_WORKER = """
 import sys, threading
-from attune_pg.actions import ActionContext, run_action
+from attune_pg.actions.runners import ActionContext, run_action
 from attune_pg.spec.model import ActionSpec
 
 pack, pidfile, shellfile = sys.argv[1:4]

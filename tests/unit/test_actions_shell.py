@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from attune_pg.actions import ActionContext, ActionOutcome, run_action
 from attune_pg.actions.outcome import MAX_RESULT_BYTES, result_problem
+from attune_pg.actions.runners import ActionContext, ActionOutcome, run_action
 from attune_pg.spec.model import ActionSpec
 
 TESTPACK = Path(__file__).resolve().parents[1] / "fixtures" / "packs" / "testpack"

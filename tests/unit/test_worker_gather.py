@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from attune_pg.actions import ActionOutcome
+from attune_pg.actions.runners import ActionOutcome
 from attune_pg.store.claims import ClaimedTask
 from attune_pg.worker import loop
 from attune_pg.worker.loop import Worker

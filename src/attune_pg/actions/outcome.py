@@ -8,21 +8,46 @@ JSON text must fit in `MAX_RESULT_BYTES`.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from attune_pg.actions.results import (
+    MAX_MESSAGE_CHARS,
+    MAX_RESULT_BYTES,
+    clean_text,
+    limit_text,
+    make_error,
+    one_line,
+    size_text,
+    text_problem,
+)
+
+__all__ = [
+    "MAX_MESSAGE_CHARS",
+    "MAX_RESULT_BYTES",
+    "ActionContext",
+    "ActionOutcome",
+    "OutcomeStatus",
+    "canceled",
+    "checked",
+    "clean_text",
+    "decode_output",
+    "failed",
+    "human_size",
+    "limit_text",
+    "make_error",
+    "one_line",
+    "result_problem",
+    "size_text",
+    "succeeded",
+    "text_problem",
+    "timed_out",
+    "timeout_message",
+]
+
 OutcomeStatus = Literal["succeeded", "failed", "timed_out", "canceled"]
 
-#: The largest result (its JSON text, UTF-8) an action may return.
-MAX_RESULT_BYTES = 1024 * 1024
-
-#: Longest `error["message"]`; longer messages are cut with an ellipsis.
-MAX_MESSAGE_CHARS = 2000
-
 _MB = 1024 * 1024
-# A JSON escape of U+0000 that is not itself an escaped backslash followed by "u0000".
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass(frozen=True)
@@ -52,33 +77,9 @@ class ActionOutcome:
         return self.status == "succeeded"
 
 
-def clean_text(text: str) -> str:
-    """`text` without what PostgreSQL text/jsonb refuses (NUL, lone surrogates)."""
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text.replace("\x00", "\ufffd")
-
-
 def decode_output(data: bytes) -> str:
     """Process output as text: UTF-8 with replacement characters, storable."""
     return clean_text(data.decode("utf-8", "replace"))
-
-
-def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """`text` on one line (line breaks become spaces), at most `limit` characters."""
-    flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    if len(flat) > limit:
-        flat = flat[: limit - 1] + "…"
-    return clean_text(flat)
-
-
-def make_error(type_: str, message: str, **detail: Any) -> dict[str, Any]:
-    """An error dict: one-line `message`, plus the non-empty `detail` entries."""
-    error: dict[str, Any] = {"type": type_, "message": one_line(message) or type_}
-    for key, value in detail.items():
-        if value not in (None, "", [], {}):
-            error[key] = clean_text(value) if isinstance(value, str) else value
-    return error
 
 
 def succeeded(result: Any) -> ActionOutcome:
@@ -105,11 +106,6 @@ def timeout_message(timeout: float) -> str:
     return f"action timed out after {timeout:g} s"
 
 
-def size_text(nbytes: int) -> str:
-    """`nbytes` in MB with one decimal ("2.3 MB")."""
-    return f"{nbytes / _MB:.1f} MB"
-
-
 def human_size(nbytes: int) -> str:
     """`nbytes` as "512 bytes", "3.5 KB" or "2.3 MB"."""
     if nbytes < 1024:
@@ -119,10 +115,6 @@ def human_size(nbytes: int) -> str:
     return size_text(nbytes)
 
 
-def limit_text() -> str:
-    return f"{MAX_RESULT_BYTES / _MB:g} MB"
-
-
 def result_problem(result: Any) -> tuple[str, str] | None:
     """Why `result` cannot be stored, as (error type, message); None if it can."""
     try:
@@ -130,26 +122,6 @@ def result_problem(result: Any) -> tuple[str, str] | None:
     except (TypeError, ValueError, RecursionError) as exc:
         return "ResultNotJSON", f"result is not JSON: {exc}"
     return text_problem(text)
-
-
-def text_problem(text: str) -> tuple[str, str] | None:
-    """Why the JSON text of a result cannot be stored; None if it can."""
-    if "\\u0000" in text and _NUL_ESCAPE.search(text):
-        return (
-            "ResultNotJSON",
-            "result is not JSON: it contains a NUL character (\\u0000), "
-            "which PostgreSQL jsonb cannot store",
-        )
-    if text.isascii():
-        size = len(text)
-    else:
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError:
-            return "ResultNotJSON", "result is not JSON: it contains a lone surrogate character"
-    if size > MAX_RESULT_BYTES:
-        return "ResultTooLarge", f"result is {size_text(size)}, over the {limit_text()} limit"
-    return None
 
 
 def checked(outcome: ActionOutcome) -> ActionOutcome:

@@ -41,11 +41,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
-from types import ModuleType
-from typing import Any
 
-from attune_pg.actions.outcome import make_error, text_problem
+from attune_pg.actions.results import make_error, text_problem
+
+TYPE_CHECKING = False  # as typing's, which costs an import at every host's start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+    from typing import Any
 
 _TRACEBACK_CHARS = 65536
 _HEADER = 8  # length, call number
@@ -108,8 +111,10 @@ class Host:
                 os.environ[key] = self.env[key]
             else:
                 os.environ.pop(key, None)
+        last = self.call_env
         for key, value in env.items():
-            os.environ[key] = value
+            if last.get(key) != value:  # os.environ is the last call's again (_leave)
+                os.environ[key] = value
         self.call_keys = set(env)
         self.call_env = {**self.env, **env}
         self.call_data = dict(_environ_data())

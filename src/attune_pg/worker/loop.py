@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import psycopg
 
 from attune_pg import advance, automation, db
-from attune_pg.actions import ActionOutcome
+from attune_pg.actions.runners import ActionOutcome
 from attune_pg.errors import DatabaseUnavailable
 from attune_pg.settings import REFRESH_SECONDS
 from attune_pg.store import claims, decode, lock, requests

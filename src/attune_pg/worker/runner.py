@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attune_pg import jsonbounds
-from attune_pg.actions import MAX_RESULT_BYTES, ActionContext, ActionOutcome, run_action
-from attune_pg.actions import shutdown as stop_action_runners
+from attune_pg.actions.runners import MAX_RESULT_BYTES, ActionContext, ActionOutcome, run_action
+from attune_pg.actions.runners import shutdown as stop_action_runners
 from attune_pg.errors import AttuneError
 from attune_pg.machine import TaskStatus
 from attune_pg.secrets import neutralize_tokens, redact_secrets
