@@ -343,7 +343,10 @@ def turn(
     due rows from the queue for the slots still free. One commit where there were
     three. If it fails, each part runs again on its own, with its own fallback (one
     execution at a time), as if there were no turn."""
-    if not finished and not start:
+    if not finished and (not start or slots.free <= 0):
+        # Nothing to advance, and nothing to start or no slot to start it in (a full
+        # worker woken by another's notification): no transaction, just the claim if any.
+        # The caller sees start_limit 0 and defers the start (Worker._started).
         out = Turn(claim_limit=slots.free if claim else 0)
         if out.claim_limit:
             out.stats.claimed = claims.claim_tasks(conn, slots.me, slots.free, slots.lease)

@@ -195,6 +195,29 @@ def test_one_turn_advances_starts_and_claims_in_one_transaction(
     assert len(left) == 1 and left[0].workflow_execution_id in (first, second, third)
 
 
+def test_a_full_worker_with_nothing_finished_sends_nothing_for_a_start_hint(
+    conn: psycopg.Connection, register: Callable[[Path | str], None], tmp_path: Path
+) -> None:
+    """A full worker woken by another's notification (nothing finished, a start hint, no
+    free slot) used to commit an empty transaction each time: 0.19 commits a step where
+    0.11 were needed. No message reaches the server; the start waits for a slot."""
+    register("examples")
+    env = advance.Env.load(conn)
+    actions = ActionCatalog(conn)
+    waiting = start(conn, "examples.long_running", {"seconds": 1})
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as f:
+        conn.pgconn.trace(f.fileno())
+        try:
+            t = advance.turn(conn, [], actions, env, claims.Slots("w1", 60, 0), 10, False)
+        finally:
+            conn.pgconn.untrace()
+    assert trace.read_text() == ""
+    assert (t.start_limit, t.claim_limit, t.stats.started) == (0, 0, 0)
+    t = advance.turn(conn, [], actions, env, claims.Slots("w1", 60, 1), 10, False)
+    assert t.stats.started == 1 and t.stats.claimed[0].workflow_execution_id == waiting
+
+
 def test_the_start_resumes_after_what_it_started_and_rescans_now_and_then(
     conn: psycopg.Connection, register: Callable[[Path | str], None]
 ) -> None:
