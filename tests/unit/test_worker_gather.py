@@ -1,6 +1,6 @@
-"""The loop's gather: a turn that advances what finished waits a few milliseconds for the
-tasks just sent to their threads, and never for older ones (no database: the loop's own
-queue of outcomes, fed by hand)."""
+"""The loop's gather (TaskRunner.gather): a turn that advances what finished waits a few
+milliseconds for the tasks just sent to their threads, and never for older ones (no
+database: the loop's own queue of outcomes, fed by hand)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def _running(w: Worker, task_id: int, age: float) -> Running:
     return entry
 
 
+def _collect(w: Worker) -> None:
+    w._runner.collect(w._pending, w._hand_back)
+
+
+def _gather(w: Worker, window: float) -> None:
+    w._runner.gather(w._pending, w._hand_back, window)
+
+
 def _finish_later(w: Worker, entry: Running, delay: float) -> threading.Thread:
     def finish() -> None:
         time.sleep(delay)
@@ -47,27 +55,23 @@ def _finish_later(w: Worker, entry: Running, delay: float) -> threading.Thread:
 def test_a_turn_waits_for_the_tasks_that_just_started(worker: Worker) -> None:
     first = _running(worker, 1, age=0.0)
     worker._done.put((first, ActionOutcome("succeeded", {})))
-    worker._collect()
+    _collect(worker)
     second = _finish_later(worker, _running(worker, 2, age=0.0), delay=0.001)
-    worker._gather()
+    _gather(worker, loop.GATHER)
     second.join()
     assert [f.task.id for f in worker._pending] == [1, 2]
     assert not worker._runner.running
 
 
-def test_a_turn_never_waits_for_older_tasks_nor_longer_than_gather(
-    worker: Worker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(loop, "GATHER", 1.0)
+def test_a_turn_never_waits_for_older_tasks_nor_longer_than_gather(worker: Worker) -> None:
     old = _finish_later(worker, _running(worker, 1, age=10.0), delay=0.05)
-    worker._gather()  # a long action: not waited for, its outcome comes later
+    _gather(worker, 1.0)  # a long action: not waited for, its outcome comes later
     assert old.is_alive() and worker._pending == []
     old.join()
-    worker._collect()
-    monkeypatch.setattr(loop, "GATHER", 0.005)
+    _collect(worker)
     slow = _finish_later(worker, _running(worker, 2, age=0.0), delay=0.5)
     started = time.monotonic()
-    worker._gather()  # young, but slower than GATHER: the turn goes on without it
+    _gather(worker, 0.005)  # young, but slower than GATHER: the turn goes on without it
     assert time.monotonic() - started >= 0.004
     assert slow.is_alive() and [f.task.id for f in worker._pending] == [1]
     slow.join()

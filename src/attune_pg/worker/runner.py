@@ -113,6 +113,39 @@ class TaskRunner:
         self._done.put((entry, outcome))
         self._wake.set()
 
+    def collect(self, pending: list[Finished], hand_back: list[int]) -> None:
+        """Take every outcome in the done queue: onto `pending` as it will be stored, or,
+        for a task handed back on a graceful stop, its id onto `hand_back`."""
+        while True:
+            try:
+                self._take(pending, hand_back, *self._done.get_nowait())
+            except queue.Empty:
+                return
+
+    def gather(self, pending: list[Finished], hand_back: list[int], window: float) -> None:
+        """As `collect`, waiting (`window` seconds at most) for the tasks that went to
+        their threads less than `window` ago (worker/loop.py, GATHER)."""
+        until = time.monotonic() + window
+        while True:
+            now = time.monotonic()
+            young = any(now - e.submitted < window for e in self.running.values())
+            if not young or now >= until:
+                return
+            try:
+                self._take(pending, hand_back, *self._done.get(timeout=until - now))
+            except queue.Empty:
+                return
+            self.collect(pending, hand_back)
+
+    def _take(
+        self, pending: list[Finished], hand_back: list[int], entry: Running, outcome: ActionOutcome
+    ) -> None:
+        if entry.hand_back:
+            self.running.pop(entry.task.id, None)
+            hand_back.append(entry.task.id)
+        else:
+            pending.append(self.finished(entry, outcome))
+
     def finished(self, entry: Running, outcome: ActionOutcome) -> Finished:
         """The outcome as stored: secrets masked, token look-alikes defused."""
         self.running.pop(entry.task.id, None)
