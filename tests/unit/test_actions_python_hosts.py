@@ -244,10 +244,7 @@ def test_an_edited_action_file_is_picked_up(pool: HostPool, tmp_path: Path) -> N
     assert _call(pack, "act.py:f") == "rewritten"
 
 
-def test_an_edit_retires_every_warm_host_of_the_directory(
-    pool: HostPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(python_pool, "LANES", 100)  # five calls at once: five hosts
+def test_an_edit_retires_every_warm_host_of_the_directory(pool: HostPool, tmp_path: Path) -> None:
     pack = _pack(
         tmp_path / "many", {"act.py": "import time\ndef f(s=0):\n    time.sleep(s)\n    return 1\n"}
     )
@@ -290,10 +287,7 @@ def test_a_failed_import_is_retried_on_a_fresh_host(pool: HostPool, tmp_path: Pa
     assert pool.started == 2
 
 
-def test_concurrent_calls_get_hosts_of_their_own(
-    pool: HostPool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(python_pool, "LANES", 100)  # not held as a first burst of quick calls
+def test_concurrent_calls_get_hosts_of_their_own(pool: HostPool) -> None:
     results: list[ActionOutcome] = []
     lock = threading.Lock()
     barrier = threading.Barrier(4)
@@ -340,32 +334,6 @@ def test_quick_calls_share_a_few_warm_hosts(
     assert len(set(pids)) <= 2 and pool.started <= 2  # 8 threads, 2 lanes, 2 warm hosts
 
 
-def test_a_first_burst_starts_a_few_hosts_not_one_per_call(
-    pool: HostPool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No call of the directory was timed yet: it counts as quick, so six calls at once
-    # start LANES hosts and the other calls wait for one of them.
-    monkeypatch.setattr(python_pool, "LANES", 2)
-    monkeypatch.setattr(python_pool, "FIRST_LANE_WAIT", 60.0)
-    barrier = threading.Barrier(6)
-    pids: list[int] = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        barrier.wait()
-        pid = pid_of(run("behave.py:host_pid"))
-        with lock:
-            pids.append(pid)
-
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(pids) == 6
-    assert pool.started == 2 and len(set(pids)) == 2
-
-
 def test_a_host_starts_without_the_engine_s_heavy_imports() -> None:
     # What the host module imports is paid by every host's start-up (and again after
     # each max_calls): the engine, typing and dataclasses must stay out of it.
@@ -389,7 +357,7 @@ def test_slow_calls_are_never_held_back(pool: HostPool, monkeypatch: pytest.Monk
     monkeypatch.setattr(python_pool, "LANES", 1)
     monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
     for _ in range(2):
-        run("behave.py:sleep", {"seconds": 0.2})  # now known to take 200 ms: not quick
+        run("behave.py:sleep", {"seconds": 0.05})  # now known to take 50 ms: not quick
     threads = [
         threading.Thread(target=run, args=("behave.py:sleep", {"seconds": 0.5})) for _ in range(3)
     ]

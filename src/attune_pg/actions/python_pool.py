@@ -7,9 +7,7 @@ that ever ran at once (so at most the worker's slots) or `MIN_HOSTS`, whichever 
 the longest-idle host of another key makes room for a new one. Quick calls (a key whose
 calls average under `FAST_CALL`) run on at most `LANES` hosts at once: another one waits
 up to `LANE_WAIT` for a lane, so a burst of them keeps a few hosts hot instead of waking
-dozens of cold ones (measured: a third less host CPU per call at 50 slots). A key none of
-whose calls was timed yet counts as quick, with `FIRST_LANE_WAIT`: the first burst starts
-`LANES` hosts, not one per slot.
+dozens of cold ones (measured: a third less host CPU per call at 50 slots).
 
 The call sends the request, then pumps the host's stdout, stderr and answer until the
 answer is complete, the host exits, the timeout passes or `cancel` is set, and gives the
@@ -40,17 +38,9 @@ DEFAULT_IDLE_SECONDS = 60.0
 MIN_HOSTS = 4
 #: Quick calls (a directory's average under FAST_CALL seconds) run on at most LANES hosts
 #: of that directory at once; one more waits up to LANE_WAIT seconds for a lane first.
-#: FAST_CALL is what a host's start-up costs (~50-100 ms of CPU): a call shorter than that
-#: is better served by a warm host soon than by a new one. (At 5 ms, a trivial call under
-#: load, 4-8 ms from send to answer on 2 busy cores, counted as slow: 20 hosts, not 8.)
-FAST_CALL = 0.05
+FAST_CALL = 0.005
 LANES = max(2, 2 * (os.cpu_count() or 1))
 LANE_WAIT = 0.010
-#: A directory none of whose calls has been timed yet counts as quick, and a call waits up
-#: to FIRST_LANE_WAIT for one of its LANES hosts (their start-up, ~60 ms idle, took over
-#: 250 ms on 2 loaded cores): the first burst of calls does not start a host per slot.
-#: Slow calls pay this wait once per worker and directory.
-FIRST_LANE_WAIT = 1.0
 
 
 class HostPool:
@@ -127,9 +117,7 @@ class HostPool:
             while True:
                 if self._lanes_full(key):
                     now = time.monotonic()
-                    if deadline is None:
-                        timed = key in self._call_seconds
-                        deadline = now + (LANE_WAIT if timed else FIRST_LANE_WAIT)
+                    deadline = now + LANE_WAIT if deadline is None else deadline
                     if now < deadline:
                         self._lane_freed_for(key).wait(deadline - now)
                         continue
@@ -164,10 +152,11 @@ class HostPool:
         """Whether `key`'s calls are quick (under FAST_CALL on average) and LANES of them
         already run: then a call waits (LANE_WAIT at most) for one of those warm hosts
         rather than wake a cold one or start another. On a few cores, more quick calls at
-        once only add processes (and cache misses) to schedule; slow calls are never held.
-        A key with no timed call yet counts as quick (see FIRST_LANE_WAIT)."""
-        busy = self._busy_by_key.get(key, 0)
-        return busy >= LANES and self._call_seconds.get(key, 0.0) < FAST_CALL
+        once only add processes (and cache misses) to schedule; slow calls are never held."""
+        return (
+            self._busy_by_key.get(key, 0) >= LANES
+            and self._call_seconds.get(key, FAST_CALL) < FAST_CALL
+        )
 
     def _lane_freed_for(self, key: str) -> threading.Condition:
         cond = self._lane_freed.get(key)
