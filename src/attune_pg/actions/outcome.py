@@ -2,7 +2,9 @@
 
 Also the checks every result goes through before it can be stored: it must be JSON
 (strict: no NaN/Infinity, no NUL characters, which PostgreSQL `jsonb` refuses) and its
-JSON text must fit in `MAX_RESULT_BYTES`.
+JSON text must fit in `MAX_RESULT_BYTES` (`result_problem`, `checked`). The checks on JSON
+text and the error shape live in `results`, which every python host imports too; they are
+re-exported here.
 """
 
 from __future__ import annotations
