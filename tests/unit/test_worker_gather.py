@@ -45,7 +45,7 @@ def _gather(w: Worker, window: float) -> None:
 def _finish_later(w: Worker, entry: Running, delay: float) -> threading.Thread:
     def finish() -> None:
         time.sleep(delay)
-        w._done.put((entry, ActionOutcome("succeeded", {"n": entry.task.id})))
+        w._runner._done.put((entry, ActionOutcome("succeeded", {"n": entry.task.id})))
 
     thread = threading.Thread(target=finish)
     thread.start()
@@ -54,7 +54,7 @@ def _finish_later(w: Worker, entry: Running, delay: float) -> threading.Thread:
 
 def test_a_turn_waits_for_the_tasks_that_just_started(worker: Worker) -> None:
     first = _running(worker, 1, age=0.0)
-    worker._done.put((first, ActionOutcome("succeeded", {})))
+    worker._runner._done.put((first, ActionOutcome("succeeded", {})))
     _collect(worker)
     second = _finish_later(worker, _running(worker, 2, age=0.0), delay=0.001)
     _gather(worker, loop.GATHER)

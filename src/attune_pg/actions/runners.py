@@ -36,7 +36,7 @@ from attune_pg.actions.outcome import (
 )
 from attune_pg.errors import ActionError
 
-if TYPE_CHECKING:  # the model's import cost stays out of every python action's start-up
+if TYPE_CHECKING:  # annotations only
     from attune_pg.spec.model import ActionSpec
 
 __all__ = [

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
 import secrets
 import socket
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 import psycopg
 
 from attune_pg import advance, automation, db
-from attune_pg.actions.runners import ActionOutcome
 from attune_pg.errors import DatabaseUnavailable
 from attune_pg.settings import REFRESH_SECONDS
 from attune_pg.store import claims, decode, lock, requests
@@ -36,7 +34,7 @@ from attune_pg.store.fence import Finished
 from attune_pg.worker.dispatch import dispatch
 from attune_pg.worker.listener import Listener
 from attune_pg.worker.observe import Observer
-from attune_pg.worker.runner import Running, TaskRunner
+from attune_pg.worker.runner import TaskRunner
 
 log = logging.getLogger("attune_pg.worker")
 
@@ -92,8 +90,7 @@ class Worker:
             hint.set()
         # Set by NOTIFY attune_catalog (a registration changed something): reload actions.
         self._catalog_hint = threading.Event()
-        self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
-        self._runner = TaskRunner(self.config.concurrency, self._done, self._wake)
+        self._runner = TaskRunner(self.config.concurrency, self._wake)
         self._pending: list[Finished] = []  # finished, not yet committed
         # Where the next claim of requested executions resumes (store.lock.StartCursor).
         self._cursor = lock.StartCursor()
@@ -470,7 +467,7 @@ class Worker:
 
     def _sleep_for(self, conn: psycopg.Connection, stopping: bool) -> float:
         room = len(self._runner.running) < self.config.concurrency
-        if not self._done.empty() or (
+        if self._runner.has_outcomes() or (
             room and (self._work_hint.is_set() or self._start_hint.is_set()) and not stopping
         ):
             return 0.0

@@ -50,14 +50,10 @@ class Running:
 
 
 class TaskRunner:
-    def __init__(
-        self,
-        concurrency: int,
-        done: queue.SimpleQueue[tuple[Running, ActionOutcome]],
-        wake: threading.Event,
-    ) -> None:
+    def __init__(self, concurrency: int, wake: threading.Event) -> None:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="attune-action")
-        self._done = done
+        # Outcomes from the action threads, read by collect and gather (the loop's thread).
+        self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._wake = wake
         self.running: dict[int, Running] = {}
         self.max_depth = Settings().json_max_depth  # setting json_max_depth
@@ -112,6 +108,10 @@ class TaskRunner:
             )
         self._done.put((entry, outcome))
         self._wake.set()
+
+    def has_outcomes(self) -> bool:
+        """Whether an outcome waits for `collect`."""
+        return not self._done.empty()
 
     def collect(self, pending: list[Finished], hand_back: list[int]) -> None:
         """Take every outcome in the done queue: onto `pending` as it will be stored, or,
