@@ -5,6 +5,7 @@ Every test gets a pool of its own (so host reuse is deterministic), and real hos
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,9 @@ from typing import Any
 import pytest
 
 from attune_pg.actions import python_pool
+from attune_pg.actions.host_process import CallResult
 from attune_pg.actions.python_pool import HostPool
-from attune_pg.actions.runners import ActionOutcome, run_action
+from attune_pg.actions.runners import ActionOutcome, run_action, start_action
 from attune_pg.spec.model import ActionSpec
 from tests.unit.test_actions_python import TESTPACK, ctx, error, gone, run, wait_gone
 
@@ -498,3 +500,103 @@ def test_the_guardian_comes_back_and_kills_what_is_registered_when_its_pipe_clos
         for proc in (first, second, released):
             proc.kill()
             proc.wait()
+
+
+def _submit(pool: HostPool, function: str, input: dict[str, Any]) -> CallResult:
+    """One call straight through the pool (what python_runner.start sends), waited for."""
+    path = str(TESTPACK / "actions" / "behave.py")
+    request = json.dumps({"file": path, "function": function, "input": input, "env": {}})
+    got: list[CallResult | Exception] = []
+    ended = threading.Event()
+
+    def done(ending: CallResult | Exception) -> None:
+        got.append(ending)
+        ended.set()
+
+    pool.submit(os.path.dirname(path), request.encode(), threading.Event(), 20.0, done)
+    assert ended.wait(30)
+    assert isinstance(got[0], CallResult), got
+    return got[0]
+
+
+def test_a_request_larger_than_the_pipe_is_written_in_steps(pool: HostPool) -> None:
+    data = "z" * (3 * 1024 * 1024)  # a pipe holds 64 KiB: the pump writes the rest
+    assert run("behave.py:size_of", {"data": data}).result == len(data)
+    assert run("behave.py:size_of", {"data": "ok"}).result == 2  # the same host, in step
+    assert pool.started == 1
+
+
+def test_an_answer_says_how_long_the_call_took_and_whether_it_blocked(pool: HostPool) -> None:
+    napped = _submit(pool, "sleep", {"seconds": 0.05})
+    assert napped.answer == b'{"ok": true, "result": "woke"}'
+    assert napped.wall >= 0.05 and napped.waits >= 1
+    added = _submit(pool, "add", {"a": 1, "b": 2})
+    assert added.answer == b'{"ok": true, "result": 3}'
+    assert 0 < added.wall < napped.wall
+
+
+def test_calls_that_block_get_hosts_of_their_own(
+    pool: HostPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were they held for a lane, four of these would wait a minute for two lanes.
+    monkeypatch.setattr(python_pool, "LANES", 2)
+    monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
+    for _ in range(3):  # measured: short, but each one sleeps
+        assert run("behave.py:sleep", {"seconds": 0.001}).result == "woke"
+    outcomes: list[ActionOutcome] = []
+    barrier = threading.Barrier(6)
+
+    def one() -> None:
+        barrier.wait()
+        outcomes.append(run("behave.py:sleep", {"seconds": 0.3}))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [o.status for o in outcomes] == ["succeeded"] * 6
+    assert pool.started == 6  # the warm one and five more: none waited for a lane
+
+
+def test_a_call_canceled_while_it_waits_for_a_lane_never_runs(
+    pool: HostPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(python_pool, "LANES", 1)
+    monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
+    busy = threading.Thread(target=run, args=("behave.py:sleep", {"seconds": 1.0}))
+    busy.start()
+    while pool.hosts() == 0:  # the first call has its host (its only lane)
+        time.sleep(0.01)
+    cancel = threading.Event()
+    outcomes: list[ActionOutcome] = []
+    waiter = threading.Thread(
+        target=lambda: outcomes.append(run("behave.py:chatty", cancel=cancel))
+    )
+    waiter.start()
+    time.sleep(0.2)
+    cancel.set()
+    waiter.join(5)
+    assert [o.status for o in outcomes] == ["canceled"]
+    assert outcomes[0].error is not None and outcomes[0].error.get("stdout", "") == ""
+    busy.join(10)
+    assert pool.started == 1  # no host was started or stopped for the canceled call
+
+
+def test_python_calls_take_no_thread_each(pool: HostPool) -> None:
+    action = ActionSpec(ref="testpack.x", runner="python", entry_point="behave.py:sleep")
+    outcomes: list[ActionOutcome] = []
+    all_done = threading.Event()
+
+    def done(outcome: ActionOutcome) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 8:
+            all_done.set()
+
+    before = threading.active_count()
+    for _ in range(8):
+        assert start_action(action, {"seconds": 0.5}, ctx(), threading.Event(), done)
+    during = threading.active_count()
+    assert all_done.wait(30)
+    assert [o.status for o in outcomes] == ["succeeded"] * 8
+    assert during - before <= 2  # the pool's pump (and its idle-host trimmer), not 8

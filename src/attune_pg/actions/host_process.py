@@ -1,7 +1,9 @@
-"""One warm python host process, as the worker sees it: start it, send it a call, pump
-its stdout, stderr and answer until the answer is complete, the host exits, the timeout
-passes or the call is canceled, and kill it with its whole process group.
-`python_pool` decides which host a call gets; `python_host` is the host's own side."""
+"""One warm python host process, as the worker sees it: start it, write a call's request,
+take its stdout, stderr and answer as they come (`step`, driven by the pool's pump in
+`host_io`) until the answer is complete, and end a call that will not answer (`finish`:
+the host exited, or the timeout passed or the call was canceled): kill it with its whole
+process group. `python_pool` decides which host a call gets; `python_host` is the host's
+own side."""
 
 from __future__ import annotations
 
@@ -11,13 +13,12 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
 from attune_pg.actions import guardian
 from attune_pg.actions.outcome import MAX_RESULT_BYTES
-from attune_pg.actions.process import DRAIN_GRACE, POLL_INTERVAL, TERM_GRACE, Capture, EndedBy
+from attune_pg.actions.process import DRAIN_GRACE, TERM_GRACE, Capture, EndedBy
 
 HOST_MODULE = "attune_pg.actions.python_host"
 #: How much of the action's stdout and stderr (each, last bytes) a call keeps.
@@ -25,7 +26,7 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 #: The largest answer frame a host may write (the host itself refuses results over the
 #: limit, so anything larger means the action wrote into the answer pipe).
 ANSWER_LIMIT = MAX_RESULT_BYTES + 256 * 1024
-_HEADER = 8  # length, call number (see python_host)
+_HEADER = 16  # of an answer: length, call number, wall µs, waits (see python_host)
 _READ_SIZE = 65536
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
 
@@ -40,6 +41,8 @@ class CallResult:
     return_code: int | None  # the host's, when it is gone
     stdout: Capture
     stderr: Capture
+    wall: float = 0.0  # seconds the host spent on the call (0 when it did not answer)
+    waits: int = 0  # how often the call blocked (slept, waited for I/O) in the host
 
 
 class HostGone(Exception):
@@ -85,61 +88,108 @@ class Host:
                 self.pidfd = os.pidfd_open(self.proc.pid)
                 self.poller.register(self.pidfd, select.POLLIN)
         self._open = {res_r, self.out_fd, self.err_fd}
+        os.set_blocking(req_w, False)  # a request larger than the pipe is written in steps
+        self.exited = False
+        self.stdout = self.stderr = Capture(0)
+        self._answer = bytearray()
+        self._request = memoryview(b"")
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    # -- one call -----------------------------------------------------------------------
+    # -- one call, in steps: the pool's pump (host_io) drives them --------------------
 
-    def call(self, request: bytes, cancel: threading.Event, timeout: float | None) -> CallResult:
-        """Send `request`, wait for the answer. Raises HostGone if the host was dead."""
+    def begin(self, request: bytes) -> None:
+        """Start a call: write as much of its request as the pipe takes now (`writing`
+        says whether some is left for `step`). Raises HostGone if the host was dead."""
         self.calls += 1
-        stdout = Capture(OUTPUT_TAIL_BYTES, "tail")
-        stderr = Capture(OUTPUT_TAIL_BYTES, "tail")
-        try:
-            header = len(request).to_bytes(4, "big") + _number(self.calls)
-            _write_all(self.req_fd, header + request)
-        except BrokenPipeError:
+        self.stdout = Capture(OUTPUT_TAIL_BYTES, "tail")
+        self.stderr = Capture(OUTPUT_TAIL_BYTES, "tail")
+        self.exited = False
+        self._answer = bytearray()
+        self._request = memoryview(len(request).to_bytes(4, "big") + _number(self.calls) + request)
+        self._write_more()
+
+    @property
+    def writing(self) -> bool:
+        """Whether part of the request still waits for room in the pipe."""
+        return bool(self._request)
+
+    def fds(self) -> tuple[int, ...]:
+        """The descriptors to watch for reading while a call runs (pidfd included)."""
+        return tuple(self._open) + ((self.pidfd,) if self.pidfd >= 0 else ())
+
+    def step(self, fd: int) -> CallResult | None:
+        """Take what `fd` is ready for; the result once the answer is complete (or is
+        garbled), else None: the call still runs, or the host is gone (`exited`: then
+        `finish("exit")`). Raises HostGone if the host went before taking the request."""
+        if fd == self.pidfd:
+            self.exited = True
+        elif fd == self.req_fd:
+            self._write_more()
+        elif fd == self.res_fd:
+            if not self._read(fd, self._answer):
+                self.exited = True  # nobody holds the answer pipe: the host is gone
+        elif fd in self._open:
+            self._read(fd, self.stdout if fd == self.out_fd else self.stderr)
+        return self._answered()
+
+    def check_exited(self) -> bool:
+        """Without a pidfd, whether the host is gone (then `exited` is set)."""
+        if self.pidfd < 0 and not self.exited:
+            self.exited = self._exited()
+        return self.exited
+
+    def finish(self, ended_by: EndedBy) -> CallResult:
+        """End a call that has no answer (this blocks, TERM_GRACE + DRAIN_GRACE at most):
+        the host exited ("exit"), or the call timed out or was canceled (its group gets
+        SIGTERM, then SIGKILL). Raises HostGone if it died before taking the request."""
+        if ended_by != "exit":
+            return self._stop(ended_by, self.stdout, self.stderr)
+        if self.res_fd in self._open:  # what it wrote before it went is all in the pipe
+            self._read(self.res_fd, self._answer)
+        result = self._answered()  # it answered, then exited (a retiring host does)
+        if result is not None:
+            return result
+        if self.writing or self._unread():  # it died before taking the request
             self.kill()
+            raise HostGone
+        return CallResult("exit", None, False, self._end(self.stdout, self.stderr), *self._logs())
+
+    def _write_more(self) -> None:
+        try:
+            while self._request:
+                self._request = self._request[os.write(self.req_fd, self._request) :]
+        except BlockingIOError:
+            pass
+        except OSError:  # the host is gone (EPIPE): whoever holds the call kills it
             raise HostGone from None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        answer = bytearray()
-        exited = False
-        while True:
-            if cancel.is_set():
-                return self._stop("cancel", stdout, stderr)
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return self._stop("timeout", stdout, stderr)
-            wait = POLL_INTERVAL if deadline is None else min(POLL_INTERVAL, deadline - now)
-            for fd, _ in self.poller.poll(max(0.0, wait) * 1000):
-                if fd == self.pidfd:
-                    exited = True
-                elif fd == self.res_fd:
-                    if not self._read(fd, answer):
-                        exited = True  # nobody holds the answer pipe: the host is gone
-                else:
-                    self._read(fd, stdout if fd == self.out_fd else stderr)
-            if self.pidfd < 0 and not exited:
-                exited = self._exited()
-            size = _frame_size(answer)
-            if size is not None and (
-                size > ANSWER_LIMIT
-                or len(answer) > _HEADER + size
-                or answer[4:_HEADER] != _number(self.calls)
-            ):
-                self.kill()  # not (only) the host's answer to this call
-                return CallResult("exit", None, True, None, stdout, stderr)
-            if size is not None and len(answer) == _HEADER + size:
-                self._drain(stdout, stderr)
-                self.last_used = time.monotonic()
-                return CallResult("exit", bytes(answer[_HEADER:]), False, None, stdout, stderr)
-            if exited:
-                if self._unread():  # it died before taking the request (killed while idle)
-                    self.kill()
-                    raise HostGone
-                return CallResult("exit", None, False, self._end(stdout, stderr), stdout, stderr)
+
+    def _answered(self) -> CallResult | None:
+        answer = self._answer
+        size = _frame_size(answer)
+        if size is None:
+            return None
+        if (
+            size > ANSWER_LIMIT
+            or len(answer) > _HEADER + size
+            or answer[4:8] != _number(self.calls)
+        ):
+            # Not (only) the host's answer to this call: the pool retires the host.
+            return CallResult("exit", None, True, None, *self._logs())
+        if len(answer) < _HEADER + size:
+            return None
+        self._drain(self.stdout, self.stderr)
+        self.last_used = time.monotonic()
+        wall = int.from_bytes(answer[8:12], "big") / 1e6
+        waits = int.from_bytes(answer[12:16], "big")
+        return CallResult(
+            "exit", bytes(answer[_HEADER:]), False, None, *self._logs(), wall=wall, waits=waits
+        )
+
+    def _logs(self) -> tuple[Capture, Capture]:
+        return self.stdout, self.stderr
 
     def _read(self, fd: int, into: Capture | bytearray) -> bool:
         """Read what `fd` has; False at EOF (then it is unregistered)."""
@@ -269,9 +319,3 @@ def _pending(fd: int) -> int:
     buf = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, buf, True)
     return buf[0]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

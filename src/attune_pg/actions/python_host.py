@@ -5,7 +5,10 @@ in a session of its own, stdin on /dev/null, stdout and stderr on pipes the work
 
 Protocol: a frame is a 4-byte big-endian length, a 4-byte call number, then that many
 bytes of UTF-8 JSON. An answer carries its request's call number, so an answer that is not
-the host's own (an action writing into the pipe) cannot pass for the next call's.
+the host's own (an action writing into the pipe) cannot pass for the next call's, and,
+before its JSON, the call's wall time in microseconds and how often the call blocked
+(voluntary context switches), 4 bytes each: the pool keeps quick calls that never wait
+on a few hosts.
 
 - The worker writes one request frame to `<req_fd>`: `{"file": <absolute .py path>,
   "function": <name>, "input": {...}, "env": {<per-call variables>}}`, and waits for the
@@ -39,8 +42,10 @@ import faulthandler
 import importlib.util
 import json
 import os
+import resource
 import signal
 import sys
+import time
 
 from attune_pg.actions.results import make_error, text_problem
 
@@ -51,7 +56,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _TRACEBACK_CHARS = 65536
-_HEADER = 8  # length, call number
+_HEADER = 8  # of a request: length, call number (an answer's adds wall µs and waits)
 #: Handlers an action may change that the host restores after every call.
 _RESET_SIGNALS = tuple(
     getattr(signal, name)
@@ -205,13 +210,14 @@ def main() -> None:
         if got is None:
             break
         call, frame = got
+        wall, waits = time.perf_counter(), _waits()
         try:
             request = json.loads(frame)
             payload = host.serve(request)
         except (ValueError, KeyError, TypeError) as exc:
             error = make_error("ActionError", f"bad request to python host: {exc}")
             payload = b'{"retire": "bad request", ' + _failure(error)[1:]
-        _write_frame(res_fd, call, payload)
+        _write_frame(res_fd, call, payload, time.perf_counter() - wall, _waits() - waits)
         if payload.startswith(b'{"retire"'):
             break
     for stream in (sys.stdout, sys.stderr):
@@ -400,8 +406,17 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _write_frame(fd: int, call: int, payload: bytes) -> None:
-    view = memoryview(len(payload).to_bytes(4, "big") + call.to_bytes(4, "big") + payload)
+def _waits() -> int:
+    """How often this process has blocked so far (voluntary context switches: a sleep, a
+    read that had to wait; being preempted does not count)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+
+
+def _write_frame(fd: int, call: int, payload: bytes, wall: float, waits: int) -> None:
+    header = len(payload).to_bytes(4, "big") + call.to_bytes(4, "big")
+    for number in (int(wall * 1e6), waits):
+        header += min(max(number, 0), 0xFFFFFFFF).to_bytes(4, "big")
+    view = memoryview(header + payload)
     while view:
         view = view[os.write(fd, view) :]
 

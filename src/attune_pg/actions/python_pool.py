@@ -4,14 +4,21 @@ Each worker process keeps a pool of host processes, keyed by the directory of th
 file (so two packs' helper modules never meet in one interpreter). A call takes the idle
 host of its key used last, or starts one. There are never more hosts than the most calls
 that ever ran at once (so at most the worker's slots) or `MIN_HOSTS`, whichever is more:
-the longest-idle host of another key makes room for a new one. Quick calls (a key whose
-calls average under `FAST_CALL`) run on at most `LANES` hosts at once: another one waits
-up to `LANE_WAIT` for a lane, so a burst of them keeps a few hosts hot instead of waking
-dozens of cold ones (measured: a third less host CPU per call at 50 slots).
+the longest-idle host of another key makes room for a new one.
 
-The call sends the request, then pumps the host's stdout, stderr and answer until the
-answer is complete, the host exits, the timeout passes or `cancel` is set, and gives the
-host back. A host is killed with its whole process group, never reused, after a timeout
+Quick calls (a key whose calls average under `FAST_CALL` and do not block, or have not
+been measured yet) run on at most `LANES` hosts at once: another one waits for a lane (up
+to `LANE_WAIT`), so a burst of them keeps a few hosts hot instead of starting and waking
+one per slot. Measured on 2 cores, 2 workers of 10 slots: with 2 hosts a worker the
+trivial action ran at 0.80-0.84x the no-op, with 10 at 0.63-0.65x; a host's start costs
+about 60 ms of CPU, as much as a thousand warm calls. A call that blocks (sleeps, waits
+for I/O) gains from a host of its own however short it is, so such keys never wait.
+
+`submit` writes the request to the host and returns; the pool's pump (`host_io`) takes
+the host's stdout, stderr and answer until the answer is complete, the host exits, the
+timeout passes or `cancel` is set, gives the host back and hands the result to the call's
+`done`. So no thread waits on a call. A call waiting for a lane waits in a queue, not in a
+thread. A host is killed with its whole process group, never reused, after a timeout
 or cancel, a crash, an answer marked `retire` (the call left something the host cannot
 put back), a garbled answer, `max_calls` calls, or `idle_seconds` without a call. Hosts
 start lazily: a worker that never runs a python action has none.
@@ -26,8 +33,13 @@ import atexit
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from attune_pg.actions.host_process import CallResult, Host, HostGone
+from attune_pg.actions.host_io import Ending, Pump, Watch
+from attune_pg.actions.host_process import OUTPUT_TAIL_BYTES, CallResult, Host, HostGone
+from attune_pg.actions.process import Capture
 
 MAX_CALLS_ENV = "ATTUNE_PYTHON_MAX_CALLS"
 IDLE_ENV = "ATTUNE_PYTHON_IDLE_SECONDS"
@@ -36,11 +48,32 @@ DEFAULT_IDLE_SECONDS = 60.0
 #: Hosts a pool may keep even when fewer calls ever ran at once (so that sequential calls
 #: of actions in a few directories do not start a host each time).
 MIN_HOSTS = 4
-#: Quick calls (a directory's average under FAST_CALL seconds) run on at most LANES hosts
-#: of that directory at once; one more waits up to LANE_WAIT seconds for a lane first.
-FAST_CALL = 0.005
-LANES = max(2, 2 * (os.cpu_count() or 1))
-LANE_WAIT = 0.010
+#: Quick calls (a directory's calls that take under FAST_CALL seconds on average and do
+#: not block, or have not been measured yet) run on at most LANES hosts of that directory at once;
+#: one more waits for a lane, up to LANE_WAIT seconds (longer than a host takes to start,
+#: about 0.1 s under load), then it takes a host of its own.
+FAST_CALL = 0.010
+LANES = max(2, os.cpu_count() or 1)
+LANE_WAIT = 0.25
+#: Hosts a call may find dead (killed while idle, stale) before it fails.
+TRIES = 3
+
+#: What a call's `done` gets: its result, or the OSError that no host could be started.
+Done = Callable[[CallResult | Exception], None]
+
+
+@dataclass(eq=False)
+class PendingCall:
+    """One request, from `submit` until its `done` is called."""
+
+    key: str
+    request: bytes
+    cancel: threading.Event
+    timeout: float | None  # seconds, counted from when the request goes to its host
+    done: Done
+    tries: int = 0
+    lane_deadline: float = 0.0  # while it waits for a lane
+    sent: float = 0.0  # when its request went to its host
 
 
 class HostPool:
@@ -50,42 +83,33 @@ class HostPool:
         self.max_calls = max_calls
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
-        self._lane_freed: dict[str, threading.Condition] = {}  # by key, on self._lock
         self._idle: dict[str, list[Host]] = {}
         self._busy: set[Host] = set()
         self._busy_by_key: dict[str, int] = {}
-        self._call_seconds: dict[str, float] = {}  # moving average of a call, by key
+        self._inflight: dict[Host, PendingCall] = {}
+        self._waiting: dict[str, deque[PendingCall]] = {}  # for a lane, by key
+        # Moving averages of a call's wall seconds in its host and of how often it
+        # blocked there, by key.
+        self._call_seconds: dict[str, tuple[float, float]] = {}
         self._peak = 0  # the most calls that ever ran at once
         self._trimmer: threading.Thread | None = None
         self._trim_stop = threading.Event()
+        self._pump = Pump(self._ended, self._tick)
         self.started = 0  # hosts started so far (for tests and the benchmark)
 
-    def call(
-        self, key: str, request: bytes, cancel: threading.Event, timeout: float | None
-    ) -> CallResult:
-        """Run one request on a host for `key`. Raises OSError if no host can be started."""
-        for _ in range(3):  # a dead idle host or a stale one: the call never ran; go again
-            host = self._take(key)
-            started = time.monotonic()
-            try:
-                result = host.call(request, cancel, timeout)
-            except HostGone:
-                self._give_back(host, retire=True)
-                continue
-            except BaseException:
-                host.kill()
-                self._give_back(host, retire=True)
-                raise
-            if result.answer == b'{"stale": true}':
-                # Its siblings imported the same files: none of them may serve this key.
-                self._give_back(host, retire=True)
-                self._drop_idle(key)
-                continue
-            retire = result.answer is None or result.answer.startswith(b'{"retire"')
-            took = time.monotonic() - started if host.calls > 1 else None  # not its start-up
-            self._give_back(host, retire=retire, took=took)
-            return result
-        raise OSError("python hosts keep exiting before they take a request")
+    def submit(
+        self,
+        key: str,
+        request: bytes,
+        cancel: threading.Event,
+        timeout: float | None,
+        done: Done,
+    ) -> None:
+        """Run one request on a host for `key`: write it and return. `done` gets the
+        result (or the OSError that no host could be started) once, later, from the
+        pool's pump or a thread finishing a stopped call; or at once, from this thread,
+        when the call ends before it reaches a host."""
+        self._dispatch(PendingCall(key, request, cancel, timeout, done))
 
     def hosts(self) -> int:
         """How many hosts are alive (idle or busy)."""
@@ -105,35 +129,121 @@ class HostPool:
         if trimmer is not None and trimmer is not threading.current_thread():
             trimmer.join(timeout=5)
 
+    # -- a call's way to a host ---------------------------------------------------------
+
+    def _dispatch(self, call: PendingCall, *, waited: bool = False) -> None:
+        """Send `call` to a host, or queue it for a lane (`waited`: it did, go now)."""
+        if self._ends_early(call):
+            return
+        try:
+            host = self._take(call, waited)
+        except OSError as exc:
+            call.done(exc)
+            return
+        if host is not None:  # else it is queued: _give_back or _tick sends it on
+            self._send(call, host)
+
+    def _ends_early(self, call: PendingCall) -> bool:
+        """End `call` before it reaches a host, if it is canceled or out of tries."""
+        if call.cancel.is_set():  # nothing ran: nothing to stop
+            empty = Capture(OUTPUT_TAIL_BYTES, "tail")
+            call.done(CallResult("cancel", None, False, None, empty, empty))
+            return True
+        if call.tries >= TRIES:
+            call.done(OSError("python hosts keep exiting before they take a request"))
+            return True
+        return False
+
+    def _send(self, call: PendingCall, host: Host) -> None:
+        """Write `call`'s request to `host` (taken for it) and hand both to the pump."""
+        call.tries += 1
+        call.sent = time.monotonic()
+        try:
+            host.begin(call.request)
+        except HostGone:
+            self._give_back(host, retire=True)  # died while idle: the call never ran
+            self._dispatch(call, waited=True)
+            return
+        with self._lock:
+            self._inflight[host] = call
+        deadline = None if call.timeout is None else call.sent + call.timeout
+        self._pump.watch(Watch(host, deadline, call.cancel))
+
+    def _ended(self, watch: Watch, ending: Ending) -> None:
+        """The pump's report that a call's host is free: give it back, finish the call."""
+        host = watch.host
+        with self._lock:
+            call = self._inflight.pop(host)
+        if isinstance(ending, HostGone):
+            self._give_back(host, retire=True)  # it never ran: go again on another host
+            self._dispatch(call, waited=True)
+            return
+        if isinstance(ending, Exception):
+            self._give_back(host, retire=True)
+            call.done(ending)
+            return
+        if ending.answer == b'{"stale": true}':
+            # Its siblings imported the same files: none of them may serve this key.
+            self._give_back(host, retire=True)
+            self._drop_idle(call.key)
+            self._dispatch(call, waited=True)
+            return
+        retire = ending.answer is None or ending.answer.startswith(b'{"retire"')
+        took = (ending.wall, ending.waits) if ending.answer and host.calls > 1 else None
+        self._give_back(host, retire=retire, took=took)  # (not a host's first: its start)
+        call.done(ending)
+
+    def _tick(self, now: float) -> float | None:
+        """The pump's timer: send on the calls whose lane wait is over (or that were
+        canceled meanwhile); when to come back."""
+        with self._lock:
+            due: list[PendingCall] = []
+            next_at: float | None = None
+            for key, queue in list(self._waiting.items()):
+                for call in [c for c in queue if c.lane_deadline <= now or c.cancel.is_set()]:
+                    queue.remove(call)
+                    due.append(call)
+                if queue:
+                    at = min(c.lane_deadline for c in queue)
+                    next_at = at if next_at is None else min(next_at, at)
+                else:
+                    del self._waiting[key]
+        for call in due:
+            self._dispatch(call, waited=True)
+        return next_at
+
     def _drop_idle(self, key: str) -> None:
         with self._lock:
             idle = self._idle.pop(key, [])
         for host in idle:
             host.kill()
 
-    def _take(self, key: str) -> Host:
+    def _take(self, call: PendingCall, waited: bool) -> Host | None:
+        """A host for `call` (marked busy), or None when it must wait for a lane."""
+        key = call.key
         with self._lock:
-            deadline: float | None = None
-            while True:
-                if self._lanes_full(key):
-                    now = time.monotonic()
-                    deadline = now + LANE_WAIT if deadline is None else deadline
-                    if now < deadline:
-                        self._lane_freed_for(key).wait(deadline - now)
-                        continue
+            if not waited and self._lanes_full(key):
+                call.lane_deadline = time.monotonic() + LANE_WAIT
+                self._waiting.setdefault(key, deque()).append(call)
+                queued = True
+            else:
+                queued = False
                 stack = self._idle.get(key)
                 while stack:
                     host = stack.pop()
                     if not host.dead:  # if it died while idle, its call finds out, goes again
                         self._mark_busy(host)
                         return host
-                break
-            # Never more hosts than calls ever ran at once (at most the worker's slots), or
-            # MIN_HOSTS: a new host for this key replaces the longest-idle one of another.
-            self._peak = max(self._peak, len(self._busy) + 1)
-            cap = max(self._peak, MIN_HOSTS)
-            evict = self._oldest_idle() if self._count() + 1 > cap else None
-            self._busy_by_key[key] = self._busy_by_key.get(key, 0) + 1  # the one we start
+                # Never more hosts than calls ever ran at once (at most the worker's
+                # slots), or MIN_HOSTS: a new host for this key replaces the longest-idle
+                # one of another.
+                self._peak = max(self._peak, len(self._busy) + 1)
+                cap = max(self._peak, MIN_HOSTS)
+                evict = self._oldest_idle() if self._count() + 1 > cap else None
+                self._busy_by_key[key] = self._busy_by_key.get(key, 0) + 1  # the one we start
+        if queued:
+            self._pump.poke(call.lane_deadline)
+            return None
         if evict is not None:
             evict.kill()
         try:
@@ -141,7 +251,9 @@ class HostPool:
         except BaseException:
             with self._lock:
                 self._busy_by_key[key] -= 1
-                self._lane_freed_for(key).notify()
+                waiting = self._next_waiting(key)
+            if waiting is not None:
+                self._dispatch(waiting, waited=True)
             raise
         with self._lock:
             self.started += 1
@@ -153,16 +265,25 @@ class HostPool:
         already run: then a call waits (LANE_WAIT at most) for one of those warm hosts
         rather than wake a cold one or start another. On a few cores, more quick calls at
         once only add processes (and cache misses) to schedule; slow calls are never held."""
-        return (
-            self._busy_by_key.get(key, 0) >= LANES
-            and self._call_seconds.get(key, FAST_CALL) < FAST_CALL
-        )
+        return self._busy_by_key.get(key, 0) >= LANES and self._quick(key)
 
-    def _lane_freed_for(self, key: str) -> threading.Condition:
-        cond = self._lane_freed.get(key)
-        if cond is None:
-            cond = self._lane_freed[key] = threading.Condition(self._lock)
-        return cond
+    def _quick(self, key: str) -> bool:
+        """Whether `key`'s calls are quick and do not wait: under FAST_CALL on average,
+        blocking (sleep, I/O) in fewer than half of them (unmeasured ones count as quick).
+        Calls that wait gain from more hosts however short they are; calls that only
+        compute cannot run faster than the cores, and a queue behind a quick one is short."""
+        wall, waits = self._call_seconds.get(key, (0.0, 0.0))
+        return wall < FAST_CALL and waits < 0.5
+
+    def _next_waiting(self, key: str) -> PendingCall | None:
+        """The next call waiting for a lane of `key`, off its queue (lock held)."""
+        queue = self._waiting.get(key)
+        if not queue:
+            return None
+        call = queue.popleft()
+        if not queue:
+            del self._waiting[key]
+        return call
 
     def _mark_busy(self, host: Host) -> None:
         self._busy.add(host)
@@ -182,27 +303,53 @@ class HostPool:
             del self._idle[key]
         return host
 
-    def _give_back(self, host: Host, *, retire: bool, took: float | None = None) -> None:
+    def _give_back(
+        self, host: Host, *, retire: bool, took: tuple[float, float] | None = None
+    ) -> None:
+        """A host's call is over: keep it or kill it. A call waiting for a lane of its
+        key takes it over at once (under the lock, so that no new call slips in between
+        and makes the waiting one start a host), or goes on if it retired."""
         retire = retire or host.dead or host.calls >= self.max_calls
         if retire:
             host.kill()
+        key = host.key
         with self._lock:
-            self._busy.discard(host)
-            self._busy_by_key[host.key] -= 1
+            released: list[PendingCall] = []
             if took is not None:
-                last = self._call_seconds.get(host.key, took)
-                self._call_seconds[host.key] = 0.8 * last + 0.2 * took
-            if not retire:
-                self._idle.setdefault(host.key, []).append(host)
-                if self._trimmer is None:
-                    self._trimmer = threading.Thread(
-                        target=self._trim_loop,
-                        args=(self._trim_stop,),
-                        name="attune-python-hosts",
-                        daemon=True,
-                    )
-                    self._trimmer.start()
-            self._lane_freed_for(host.key).notify()
+                last = self._call_seconds.get(key, took)
+                self._call_seconds[key] = (
+                    0.8 * last[0] + 0.2 * took[0],
+                    0.8 * last[1] + 0.2 * took[1],
+                )
+                if not self._quick(key):  # slow now: nobody waits for a lane
+                    released = list(self._waiting.pop(key, ()))
+            waiting = None if retire else self._next_waiting(key)
+            if waiting is None:
+                self._busy.discard(host)
+                self._busy_by_key[key] -= 1
+                if not retire:
+                    self._idle.setdefault(key, []).append(host)
+                    self._start_trimmer()
+                if retire and (after := self._next_waiting(key)) is not None:
+                    released.insert(0, after)  # its lane is free
+        if waiting is not None:
+            if self._ends_early(waiting):  # the host stays busy for the next one, if any
+                self._give_back(host, retire=False)
+            else:
+                self._send(waiting, host)
+        for call in released:
+            self._dispatch(call, waited=True)
+
+    def _start_trimmer(self) -> None:
+        """Watch idle hosts for `idle_seconds` (lock held)."""
+        if self._trimmer is None:
+            self._trimmer = threading.Thread(
+                target=self._trim_loop,
+                args=(self._trim_stop,),
+                name="attune-python-hosts",
+                daemon=True,
+            )
+            self._trimmer.start()
 
     def _trim_loop(self, stop: threading.Event) -> None:
         interval = min(max(self.idle_seconds / 4, 0.05), 15.0)

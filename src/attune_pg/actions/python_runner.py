@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from attune_pg.actions.host_process import OUTPUT_TAIL_BYTES, CallResult
@@ -38,7 +39,7 @@ from attune_pg.actions.process import attempt_env, pack_file, signal_name
 from attune_pg.actions.python_pool import default_pool
 from attune_pg.spec.model import ActionSpec
 
-__all__ = ["OUTPUT_TAIL_BYTES", "resolve", "run"]
+__all__ = ["OUTPUT_TAIL_BYTES", "resolve", "run", "start"]
 
 
 def resolve(action: ActionSpec, context: ActionContext) -> tuple[str, str]:
@@ -59,25 +60,62 @@ def resolve(action: ActionSpec, context: ActionContext) -> tuple[str, str]:
 def run(
     action: ActionSpec, input: dict[str, Any], context: ActionContext, cancel: threading.Event
 ) -> ActionOutcome:
+    """Run one call and wait for its outcome (the worker uses `start`, which does not)."""
+    outcomes: list[ActionOutcome] = []
+    ended = threading.Event()
+
+    def done(outcome: ActionOutcome) -> None:
+        outcomes.append(outcome)
+        ended.set()
+
+    start(action, input, context, cancel, done)
+    ended.wait()
+    return outcomes[0]
+
+
+def start(
+    action: ActionSpec,
+    input: dict[str, Any],
+    context: ActionContext,
+    cancel: threading.Event,
+    done: Callable[[ActionOutcome], None],
+) -> None:
+    """Start one call on a warm host and return: `done` gets its outcome once, from the
+    pool's pump thread (or from this thread when the call cannot start)."""
     try:
         path, function = resolve(action, context)
     except ValueError as exc:
-        return failed("ActionError", str(exc))
+        done(failed("ActionError", str(exc)))
+        return
     try:
         request = json.dumps(
             {"file": path, "function": function, "input": input, "env": attempt_env(context)}
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        return failed("InvalidInput", f"input is not JSON: {exc}")
+        done(failed("InvalidInput", f"input is not JSON: {exc}"))
+        return
     try:
         pool = default_pool()
     except ValueError as exc:
-        return failed("ActionError", f"cannot run python actions: {exc}")
-    try:
-        call = pool.call(os.path.dirname(path), request, cancel, context.timeout)
-    except OSError as exc:
-        return failed("ActionError", f"cannot start the python interpreter: {exc}")
+        done(failed("ActionError", f"cannot run python actions: {exc}"))
+        return
 
+    def ended(ending: CallResult | Exception) -> None:
+        try:
+            outcome = _outcome(ending, context)
+        except Exception as exc:  # never leave a call without an outcome
+            outcome = failed("ActionError", f"the python runner failed: {exc}")
+        done(outcome)
+
+    pool.submit(os.path.dirname(path), request, cancel, context.timeout, ended)
+
+
+def _outcome(call: CallResult | Exception, context: ActionContext) -> ActionOutcome:
+    """What a call's ending means for its task."""
+    if isinstance(call, OSError):
+        return failed("ActionError", f"cannot start the python interpreter: {call}")
+    if isinstance(call, Exception):
+        return failed("ActionError", f"the python runner failed: {type(call).__name__}: {call}")
     if call.ended_by == "cancel":
         return canceled(**_logs(call))
     if call.ended_by == "timeout":

@@ -47,6 +47,7 @@ __all__ = [
     "OutcomeStatus",
     "run_action",
     "shutdown",
+    "start_action",
 ]
 
 Runner = Callable[["ActionSpec", dict[str, Any], ActionContext, threading.Event], ActionOutcome]
@@ -76,6 +77,33 @@ def run_action(
         return runner(action, input, context, cancel)
     except Exception as exc:
         return _crashed(action, exc)
+
+
+def start_action(
+    action: ActionSpec,
+    input: dict[str, Any],
+    context: ActionContext,
+    cancel: threading.Event,
+    done: Callable[[ActionOutcome], None],
+) -> bool:
+    """Start `action` without a thread of its own where its runner can (python: the pool's
+    pump takes the answer) and return True: `done` gets the outcome once, later, on the
+    runner's thread (or at once on this one). False for the other runners: `run_action`
+    them on a thread. Like `run_action`, it never raises for a failing action."""
+    if action.runner != "python":
+        return False
+    if action.timeout is not None and (context.timeout is None or action.timeout < context.timeout):
+        context = replace(context, timeout=action.timeout)
+    if cancel.is_set():
+        done(canceled())
+        return True
+    from attune_pg.actions import python_runner
+
+    try:
+        python_runner.start(action, input, context, cancel, done)
+    except Exception as exc:
+        done(_crashed(action, exc))
+    return True
 
 
 def shutdown() -> None:

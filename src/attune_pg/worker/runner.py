@@ -1,7 +1,9 @@
-"""Runs claimed tasks on a thread pool, outside any transaction."""
+"""Runs claimed tasks outside any transaction: python calls through the host pool's pump
+(no thread of their own), every other runner on a thread pool."""
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import threading
@@ -12,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attune_pg import jsonbounds
-from attune_pg.actions.runners import MAX_RESULT_BYTES, ActionContext, ActionOutcome, run_action
+from attune_pg.actions.runners import (
+    MAX_RESULT_BYTES,
+    ActionContext,
+    ActionOutcome,
+    run_action,
+    start_action,
+)
 from attune_pg.actions.runners import shutdown as stop_action_runners
 from attune_pg.errors import AttuneError
 from attune_pg.machine import TaskStatus
@@ -25,6 +33,9 @@ from attune_pg.store.fence import Finished
 # Runners the worker does not execute as processes: the engine parks these tasks.
 ENGINE_RUNNERS = frozenset({"workflow"})
 ENGINE_BUILTINS = frozenset({"inquiry"})
+#: How long shutdown waits for started python calls to end (a canceled one takes up to
+#: TERM_GRACE + DRAIN_GRACE, under a second; this is the bound if something hangs).
+STARTED_WAIT = 10.0
 
 
 def parks_as(action: ActionSpec | None) -> str | None:
@@ -55,6 +66,8 @@ class TaskRunner:
         # Outcomes from the action threads, read by collect and gather (the loop's thread).
         self._done: queue.SimpleQueue[tuple[Running, ActionOutcome]] = queue.SimpleQueue()
         self._wake = wake
+        self._started = 0  # calls handed to start_action whose outcome has not come yet
+        self._started_cond = threading.Condition()
         self.running: dict[int, Running] = {}
         self.max_depth = Settings().json_max_depth  # setting json_max_depth
         self.max_result_bytes = Settings().max_result_bytes  # setting max_result_bytes
@@ -68,7 +81,15 @@ class TaskRunner:
     ) -> None:
         entry = Running(task, input=resolved, secrets=secrets or set())
         self.running[task.id] = entry
-        self._pool.submit(self._run, entry, actions.get(task.action_ref))
+        action = actions.get(task.action_ref)
+        if action is not None and not parks_as(action):
+            given = entry.input if entry.input is not None else task.input
+            self._count_started(1)  # before: the outcome may come before start_action returns
+            ended = functools.partial(self._ended, entry, started=True)
+            if start_action(action, given, _context(task, action), entry.cancel, ended):
+                return
+            self._count_started(-1)
+        self._pool.submit(self._run, entry, action)
 
     def _run(self, entry: Running, action: ActionSpec | None) -> None:
         task = entry.task
@@ -85,19 +106,8 @@ class TaskRunner:
             elif parks_as(action):
                 raise AssertionError("parked tasks never reach the runner")
             else:
-                limits = [t for t in (task.timeout, action.timeout) if t]
-                context = ActionContext(
-                    execution_id=task.workflow_execution_id,
-                    task_execution_id=task.id,
-                    task_name=task.task_name,
-                    attempt=task.attempt,
-                    idempotency_key=f"{task.workflow_execution_id}:{task.id}",
-                    timeout=min(limits) if limits else None,
-                    pack_path=action.pack_path,
-                    trace_id=task.trace_id,
-                )
                 given = entry.input if entry.input is not None else task.input
-                outcome = run_action(action, given, context, entry.cancel)
+                outcome = run_action(action, given, _context(task, action), entry.cancel)
         except AttuneError as exc:
             outcome = ActionOutcome(
                 "failed", None, {"type": type(exc).__name__, "message": str(exc)}
@@ -106,8 +116,19 @@ class TaskRunner:
             outcome = ActionOutcome(
                 "failed", None, {"type": type(exc).__name__, "message": str(exc)[:1000]}
             )
+        self._ended(entry, outcome)
+
+    def _ended(self, entry: Running, outcome: ActionOutcome, *, started: bool = False) -> None:
+        """An outcome, from an action thread or the python pump: to the loop."""
         self._done.put((entry, outcome))
         self._wake.set()
+        if started:
+            self._count_started(-1)
+
+    def _count_started(self, delta: int) -> None:
+        with self._started_cond:
+            self._started += delta
+            self._started_cond.notify_all()
 
     def has_outcomes(self) -> bool:
         """Whether an outcome waits for `collect`."""
@@ -189,4 +210,20 @@ class TaskRunner:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._started_cond:  # as the threads: a started call ends (canceled, if so)
+            self._started_cond.wait_for(lambda: self._started <= 0, timeout=STARTED_WAIT)
         stop_action_runners()  # idle python hosts go with the worker
+
+
+def _context(task: ClaimedTask, action: ActionSpec) -> ActionContext:
+    limits = [t for t in (task.timeout, action.timeout) if t]
+    return ActionContext(
+        execution_id=task.workflow_execution_id,
+        task_execution_id=task.id,
+        task_name=task.task_name,
+        attempt=task.attempt,
+        idempotency_key=f"{task.workflow_execution_id}:{task.id}",
+        timeout=min(limits) if limits else None,
+        pack_path=action.pack_path,
+        trace_id=task.trace_id,
+    )
