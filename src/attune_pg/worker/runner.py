@@ -59,6 +59,11 @@ class Running:
     input: dict[str, Any] | None = None
     secrets: set[str] = field(default_factory=set)
 
+    @property
+    def given(self) -> dict[str, Any]:
+        """The input the action gets: resolved, if it had secret tokens."""
+        return self.input if self.input is not None else self.task.input
+
 
 class TaskRunner:
     def __init__(self, concurrency: int, wake: threading.Event) -> None:
@@ -83,10 +88,9 @@ class TaskRunner:
         self.running[task.id] = entry
         action = actions.get(task.action_ref)
         if action is not None and not parks_as(action):
-            given = entry.input if entry.input is not None else task.input
             self._count_started(1)  # before: the outcome may come before start_action returns
             ended = functools.partial(self._ended, entry, started=True)
-            if start_action(action, given, _context(task, action), entry.cancel, ended):
+            if start_action(action, entry.given, _context(task, action), entry.cancel, ended):
                 return
             self._count_started(-1)
         self._pool.submit(self._run, entry, action)
@@ -106,8 +110,7 @@ class TaskRunner:
             elif parks_as(action):
                 raise AssertionError("parked tasks never reach the runner")
             else:
-                given = entry.input if entry.input is not None else task.input
-                outcome = run_action(action, given, _context(task, action), entry.cancel)
+                outcome = run_action(action, entry.given, _context(task, action), entry.cancel)
         except AttuneError as exc:
             outcome = ActionOutcome(
                 "failed", None, {"type": type(exc).__name__, "message": str(exc)}
