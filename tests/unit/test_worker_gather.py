@@ -45,7 +45,7 @@ def _gather(w: Worker, window: float) -> None:
 def _finish_later(w: Worker, entry: Running, delay: float) -> threading.Thread:
     def finish() -> None:
         time.sleep(delay)
-        w._runner._done.put((entry, ActionOutcome("succeeded", {"n": entry.task.id})))
+        w._runner._ended(entry, ActionOutcome("succeeded", {"n": entry.task.id}))
 
     thread = threading.Thread(target=finish)
     thread.start()
@@ -75,3 +75,16 @@ def test_a_turn_never_waits_for_older_tasks_nor_longer_than_gather(worker: Worke
     assert time.monotonic() - started >= 0.004
     assert slow.is_alive() and [f.task.id for f in worker._pending] == [1]
     slow.join()
+
+
+def test_a_turn_goes_on_as_soon_as_the_last_young_task_ends(worker: Worker) -> None:
+    """One wake when the last of them ends, not the whole window (nor one per outcome)."""
+    quick = [_finish_later(worker, _running(worker, i, age=0.0), delay=0.01) for i in (1, 2, 3)]
+    started = time.monotonic()
+    _gather(worker, 5.0)
+    took = time.monotonic() - started
+    for thread in quick:
+        thread.join()
+    assert sorted(f.task.id for f in worker._pending) == [1, 2, 3]
+    assert took < 2.0, took
+    assert not worker._runner.running

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from attune_pg.actions.host_io import Ending, Pump, Watch
 from attune_pg.actions.host_process import OUTPUT_TAIL_BYTES, CallResult, Host, HostGone
-from attune_pg.actions.process import Capture
+from attune_pg.actions.process import POLL_INTERVAL, Capture
 
 MAX_CALLS_ENV = "ATTUNE_PYTHON_MAX_CALLS"
 IDLE_ENV = "ATTUNE_PYTHON_IDLE_SECONDS"
@@ -92,6 +92,7 @@ class HostPool:
         # blocked there, by key.
         self._call_seconds: dict[str, tuple[float, float]] = {}
         self._peak = 0  # the most calls that ever ran at once
+        self._next_sweep = 0.0  # when _tick next looks for canceled calls in the queues
         self._trimmer: threading.Thread | None = None
         self._trim_stop = threading.Event()
         self._pump = Pump(self._ended, self._tick)
@@ -195,19 +196,31 @@ class HostPool:
 
     def _tick(self, now: float) -> float | None:
         """The pump's timer: send on the calls whose lane wait is over (or that were
-        canceled meanwhile); when to come back."""
+        canceled meanwhile); when to come back. The pump turns once per answer, so this
+        looks only at each queue's head (a queue is in deadline order: every call waits
+        LANE_WAIT from when it came) and for cancels once per POLL_INTERVAL, as the pump
+        does for the calls in flight."""
         with self._lock:
             due: list[PendingCall] = []
             next_at: float | None = None
+            sweep = now >= self._next_sweep
+            if sweep:
+                self._next_sweep = now + POLL_INTERVAL
             for key, queue in list(self._waiting.items()):
-                for call in [c for c in queue if c.lane_deadline <= now or c.cancel.is_set()]:
-                    queue.remove(call)
-                    due.append(call)
+                while queue and queue[0].lane_deadline <= now:
+                    due.append(queue.popleft())
+                if sweep and queue:
+                    canceled = [c for c in queue if c.cancel.is_set()]
+                    for call in canceled:
+                        queue.remove(call)
+                    due.extend(canceled)
                 if queue:
-                    at = min(c.lane_deadline for c in queue)
+                    at = queue[0].lane_deadline
                     next_at = at if next_at is None else min(next_at, at)
                 else:
                     del self._waiting[key]
+            if self._waiting:  # the next cancel sweep
+                next_at = self._next_sweep if next_at is None else min(next_at, self._next_sweep)
         for call in due:
             self._dispatch(call, waited=True)
         return next_at

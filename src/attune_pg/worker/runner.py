@@ -58,6 +58,7 @@ class Running:
     # The input with secret tokens resolved, and the secret texts to mask afterwards.
     input: dict[str, Any] | None = None
     secrets: set[str] = field(default_factory=set)
+    ended: bool = False  # its outcome is in the done queue (set under TaskRunner._lock)
 
     @property
     def given(self) -> dict[str, Any]:
@@ -73,6 +74,12 @@ class TaskRunner:
         self._wake = wake
         self._started = 0  # calls handed to start_action whose outcome has not come yet
         self._started_cond = threading.Condition()
+        # What `gather` waits for: the ids of young tasks still running, and the event
+        # the last of them to end sets, so the loop wakes once a turn, not once a call
+        # (each wake would take the GIL from the pump that is taking the next answers).
+        self._lock = threading.Lock()
+        self._awaited: set[int] = set()
+        self._awaited_in = threading.Event()
         self.running: dict[int, Running] = {}
         self.max_depth = Settings().json_max_depth  # setting json_max_depth
         self.max_result_bytes = Settings().max_result_bytes  # setting max_result_bytes
@@ -123,6 +130,12 @@ class TaskRunner:
 
     def _ended(self, entry: Running, outcome: ActionOutcome, *, started: bool = False) -> None:
         """An outcome, from an action thread or the python pump: to the loop."""
+        with self._lock:
+            entry.ended = True
+            if self._awaited:
+                self._awaited.discard(entry.task.id)
+                if not self._awaited:
+                    self._awaited_in.set()
         self._done.put((entry, outcome))
         self._wake.set()
         if started:
@@ -147,19 +160,20 @@ class TaskRunner:
                 return
 
     def gather(self, pending: list[Finished], hand_back: list[int], window: float) -> None:
-        """As `collect`, waiting (`window` seconds at most) for the tasks that went to
-        their threads less than `window` ago (worker/loop.py, GATHER)."""
-        until = time.monotonic() + window
-        while True:
-            now = time.monotonic()
-            young = any(now - e.submitted < window for e in self.running.values())
-            if not young or now >= until:
-                return
-            try:
-                self._take(pending, hand_back, *self._done.get(timeout=until - now))
-            except queue.Empty:
-                return
-            self.collect(pending, hand_back)
+        """As `collect`, after waiting (`window` seconds at most) for the tasks that went
+        to their threads less than `window` ago (worker/loop.py, GATHER): until the last
+        of them ends, or the youngest is `window` old."""
+        now = time.monotonic()
+        with self._lock:
+            young = [e for e in self.running.values() if not e.ended and now - e.submitted < window]
+            self._awaited = {e.task.id for e in young}
+            self._awaited_in.clear()
+        if young:
+            until = max(e.submitted for e in young) + window
+            self._awaited_in.wait(until - now)
+            with self._lock:
+                self._awaited = set()
+        self.collect(pending, hand_back)
 
     def _take(
         self, pending: list[Finished], hand_back: list[int], entry: Running, outcome: ActionOutcome
