@@ -250,6 +250,8 @@ def test_an_edit_retires_every_warm_host_of_the_directory(pool: HostPool, tmp_pa
     pack = _pack(
         tmp_path / "many", {"act.py": "import time\ndef f(s=0):\n    time.sleep(s)\n    return 1\n"}
     )
+    for _ in range(3):  # measured: they block, so each of the five below gets a host
+        assert _call(pack, "act.py:f", {"s": 0.001}) == 1
     threads = [threading.Thread(target=_run, args=(pack, "act.py:f", {"s": 0.3})) for _ in range(5)]
     for t in threads:
         t.start()
@@ -454,8 +456,8 @@ def _run(pack: Path, entry: str, input: dict[str, Any] | None = None) -> ActionO
     return run(entry, input, pack_path=pack)
 
 
-def _call(pack: Path, entry: str) -> Any:
-    outcome = _run(pack, entry)
+def _call(pack: Path, entry: str, input: dict[str, Any] | None = None) -> Any:
+    outcome = _run(pack, entry, input)
     assert outcome.status == "succeeded", outcome
     return outcome.result
 
@@ -600,3 +602,148 @@ def test_python_calls_take_no_thread_each(pool: HostPool) -> None:
     assert all_done.wait(30)
     assert [o.status for o in outcomes] == ["succeeded"] * 8
     assert during - before <= 2  # the pool's pump (and its idle-host trimmer), not 8
+
+
+# -- a lane's pipeline --------------------------------------------------------------------
+
+
+def _start_all(
+    calls: list[tuple[str, dict[str, Any]]],
+    *,
+    timeout: float | None = 20.0,
+    cancels: dict[int, threading.Event] | None = None,
+) -> tuple[list[ActionOutcome | None], threading.Event]:
+    """Start every call at once (no thread each); their outcomes fill in as they end."""
+    outcomes: list[ActionOutcome | None] = [None] * len(calls)
+    all_done = threading.Event()
+    lock = threading.Lock()
+
+    def done_for(i: int) -> Any:
+        def done(outcome: ActionOutcome) -> None:
+            with lock:
+                outcomes[i] = outcome
+                if all(o is not None for o in outcomes):
+                    all_done.set()
+
+        return done
+
+    for i, (entry, input) in enumerate(calls):
+        action = ActionSpec(ref="testpack.x", runner="python", entry_point=entry)
+        cancel = (cancels or {}).get(i, threading.Event())
+        assert start_action(action, input, ctx(timeout), cancel, done_for(i))
+    return outcomes, all_done
+
+
+@pytest.fixture
+def one_lane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quick calls all go to one host's pipe, and none is taken back from it."""
+    monkeypatch.setattr(python_pool, "LANES", 1)
+    monkeypatch.setattr(python_pool, "LANE_WAIT", 60.0)
+
+
+def test_calls_in_one_pipe_each_get_exactly_their_own_output(
+    pool: HostPool, one_lane: None
+) -> None:
+    # Written past sys.stdout too (os.write, a child process): the markers cut the
+    # streams, not Python's buffers.
+    outcomes, all_done = _start_all(
+        [("behave.py:raw_print_and_fail", {"tag": str(i)}) for i in range(40)]
+    )
+    assert all_done.wait(60)
+    pids: list[str] = []
+    for i, outcome in enumerate(outcomes):
+        assert outcome is not None
+        err = error(outcome)
+        assert (err["stdout"], err["stderr"]) == (f"raw {i}\nsub {i}\n", f"suberr {i}\n")
+        tag, pid = err["message"].split()
+        assert tag == str(i)
+        pids.append(pid)
+    # All were sent before the first ended: a pipe's worth ran on the first host, back to
+    # back (the rest on hosts of their own, once these were seen to block).
+    assert pids.count(pids[0]) >= python_pool.DEPTH
+
+
+def test_a_call_canceled_in_a_pipe_ends_at_once_and_never_runs(
+    pool: HostPool, one_lane: None, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    cancel = threading.Event()
+    outcomes, all_done = _start_all(
+        [("behave.py:sleep", {"seconds": 2.0}), ("behave.py:touch", {"path": str(marker)})],
+        cancels={1: cancel},
+    )
+    time.sleep(0.5)  # the host runs the sleep; the touch waits in its pipe
+    cancel.set()
+    deadline = time.monotonic() + 1.0
+    while outcomes[1] is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcomes[1] is not None and outcomes[1].status == "canceled"
+    assert outcomes[0] is None  # it ended while the call ahead of it still ran
+    assert all_done.wait(30)
+    assert outcomes[0] == ActionOutcome("succeeded", "woke", None)
+    assert not marker.exists()
+    assert pool.started == 1  # the host was not stopped for it
+
+
+def test_calls_behind_a_slow_one_are_taken_back_and_run_elsewhere(
+    pool: HostPool, one_lane: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(python_pool, "LANE_WAIT", 0.2)
+    outcomes, all_done = _start_all(
+        [("behave.py:sleep", {"seconds": 3.0})] + [("behave.py:host_pid", {})] * 3
+    )
+    deadline = time.monotonic() + 2.5
+    while any(o is None for o in outcomes[1:]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [o.status if o else None for o in outcomes] == [None] + ["succeeded"] * 3
+    assert all_done.wait(30)
+    assert outcomes[0] == ActionOutcome("succeeded", "woke", None)
+    assert pool.started >= 2
+
+
+def test_a_timeout_in_a_pipe_fails_only_its_own_call(pool: HostPool, one_lane: None) -> None:
+    outcomes, all_done = _start_all(
+        [("behave.py:sleep", {"seconds": 30.0})] + [("behave.py:host_pid", {})] * 3,
+        timeout=1.0,
+    )
+    assert all_done.wait(30)
+    assert outcomes[0] is not None and outcomes[0].status == "timed_out"
+    pids = {pid_of(o) for o in outcomes[1:] if o is not None}
+    assert len(pids) == 1  # they never started on the killed host: they ran on the next
+    assert pool.started == 2
+
+
+@pytest.mark.parametrize("crash", ["hard_exit", "segfault"])
+def test_a_crash_in_a_pipe_fails_only_its_own_call(
+    pool: HostPool, one_lane: None, crash: str
+) -> None:
+    outcomes, all_done = _start_all([(f"behave.py:{crash}", {})] + [("behave.py:host_pid", {})] * 5)
+    assert all_done.wait(30)
+    assert outcomes[0] is not None and error(outcomes[0])["type"] == "ActionCrashed"
+    assert [o.status if o else None for o in outcomes[1:]] == ["succeeded"] * 5
+    assert pool.started == 2
+
+
+def test_max_calls_holds_for_calls_in_a_pipe(
+    monkeypatch: pytest.MonkeyPatch, one_lane: None
+) -> None:
+    capped = HostPool(max_calls=3, idle_seconds=60)
+    monkeypatch.setattr(python_pool, "_POOL", capped)
+    try:
+        outcomes, all_done = _start_all([("behave.py:count", {})] * 12)
+        assert all_done.wait(60)
+        calls = [o.result["calls"] for o in outcomes if o is not None and o.status == "succeeded"]
+        assert len(calls) == 12 and max(calls) <= 3
+        assert capped.started >= 4
+    finally:
+        capped.shutdown()
+
+
+def test_a_burst_of_quick_calls_all_end_on_a_few_warm_hosts(pool: HostPool) -> None:
+    # Every call of a wave is sent before the first answer is in: the lanes' pipes fill,
+    # and each host's output and answers keep being read until its last call ends.
+    for _ in range(3):
+        outcomes, all_done = _start_all([("behave.py:host_pid", {})] * 50)
+        assert all_done.wait(30), [i for i, o in enumerate(outcomes) if o is None]
+        assert {o.status if o else None for o in outcomes} == {"succeeded"}
+    assert pool.started <= python_pool.LANES + 2

@@ -1,23 +1,31 @@
 """The child side of the python runner: a warm host serving many calls, one at a time.
 
-Started by `python_pool` as `python -u -P -m attune_pg.actions.python_host <req_fd> <res_fd>`
+Started by `python_pool` as
+`python -u -P -m attune_pg.actions.python_host <req_fd> <res_fd> <token_hex>`
 in a session of its own, stdin on /dev/null, stdout and stderr on pipes the worker drains.
 
 Protocol: a frame is a 4-byte big-endian length, a 4-byte call number, then that many
 bytes of UTF-8 JSON. An answer carries its request's call number, so an answer that is not
-the host's own (an action writing into the pipe) cannot pass for the next call's, and,
+the host's own (an action writing into the pipe) cannot pass for another call's, and,
 before its JSON, the call's wall time in microseconds and how often the call blocked
 (voluntary context switches), 4 bytes each: the pool keeps quick calls that never wait
 on a few hosts.
 
-- The worker writes one request frame to `<req_fd>`: `{"file": <absolute .py path>,
-  "function": <name>, "input": {...}, "env": {<per-call variables>}}`, and waits for the
-  answer before it sends another. EOF on `<req_fd>` ends the host.
-- The host answers on `<res_fd>` with exactly one frame: `{"ok": true, "result": ...}` or
-  `{"ok": false, "error": {"type", "message", "traceback"?}}`, with `"retire": <reason>`
-  when it must serve no further call (the worker then kills its process group), or
-  `{"stale": true}` without running anything when a module it imported for this directory
-  changed on disk (the worker runs the call on a fresh host).
+- The worker writes request frames to `<req_fd>`: `{"file": <absolute .py path>,
+  "function": <name>, "input": {...}, "env": {<per-call variables>}}`. It may write the
+  next ones before a call is answered (a lane's pipeline, see `python_pool`): the host
+  runs them one at a time, in order. A frame of length 0 asks the host to skip that call
+  number if it has not started it (it answers `{"skipped": true}`); one that started
+  runs on. EOF on `<req_fd>` ends the host once what it read is answered.
+- The host answers on `<res_fd>` with exactly one frame per call: `{"ok": true, "result":
+  ...}` or `{"ok": false, "error": {"type", "message", "traceback"?}}`, with `"retire":
+  <reason>` when it must serve no further call (it exits; the worker kills its process
+  group), or `{"stale": true}` without running anything when a module it imported for
+  this directory changed on disk (the worker runs the call on a fresh host).
+- Before it answers a call it ran (and did not retire after), the host writes a marker,
+  `<token><call number>` (the token is `<token_hex>`, 16 random bytes the worker chose
+  for this host), to its stdout and to its stderr: everything before the marker on a
+  stream, after the last one, is that call's output. So the next call may print at once.
 - Exiting without an answer (os._exit in the action, a segfault, a kill) is the worker's
   to report.
 
@@ -200,13 +208,15 @@ class Host:
 
 def main() -> None:
     faulthandler.enable()  # a segfault in the action leaves its Python stack on stderr
-    req_fd, res_fd = int(sys.argv[-2]), int(sys.argv[-1])
+    req_fd, res_fd = int(sys.argv[-3]), int(sys.argv[-2])
+    token = bytes.fromhex(sys.argv[-1])
     for fd in (req_fd, res_fd):
         os.set_inheritable(fd, False)  # the action's own subprocesses must not hold them
     _become_subreaper()
     host = Host()
+    requests = _Requests(req_fd, res_fd)
     while True:
-        got = _read_frame(req_fd)
+        got = requests.next()
         if got is None:
             break
         call, frame = got
@@ -217,13 +227,74 @@ def main() -> None:
         except (ValueError, KeyError, TypeError) as exc:
             error = make_error("ActionError", f"bad request to python host: {exc}")
             payload = b'{"retire": "bad request", ' + _failure(error)[1:]
+        retire = payload.startswith(b'{"retire"')
+        if not retire:  # (then fd 1 or 2 may not be ours: the exit ends the call's output)
+            # Before the answer: a worker that has the answer finds them in the pipes.
+            marker = token + call.to_bytes(4, "big")
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):  # the worker is gone
+                    _write_all(fd, marker)
         _write_frame(res_fd, call, payload, time.perf_counter() - wall, _waits() - waits)
-        if payload.startswith(b'{"retire"'):
+        if retire:
             break
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed or broken stream must not block exit
             stream.flush()
     os._exit(0)  # threads or atexit hooks an action left behind cannot keep us alive
+
+
+class _Requests:
+    """The request frames, read ahead: before each call the host takes all the pipe
+    holds, so that a skip frame in it reaches the call it names before that starts."""
+
+    def __init__(self, fd: int, res_fd: int) -> None:
+        import select
+        from collections import deque
+
+        self.fd, self.res_fd = fd, res_fd
+        self.buf = bytearray()
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.eof = False
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+
+    def next(self) -> tuple[int, bytes] | None:
+        """The next call to run, or None at EOF with nothing left to run."""
+        while not self.queue and not self.eof:
+            self._read()  # blocks: nothing to run
+        while not self.eof and self.poller.poll(0):  # all of it: a skip may be last
+            self._read()
+        return self.queue.popleft() if self.queue else None
+
+    def _read(self) -> None:
+        data = os.read(self.fd, 1 << 16)
+        if not data:
+            self.eof = True
+            return
+        buf = self.buf
+        buf += data
+        at = 0
+        while len(buf) - at >= _HEADER:
+            size = int.from_bytes(buf[at : at + 4], "big")
+            if len(buf) - at < _HEADER + size:
+                break
+            call = int.from_bytes(buf[at + 4 : at + 8], "big")
+            if size:
+                self.queue.append((call, bytes(buf[at + _HEADER : at + _HEADER + size])))
+            else:
+                self._skip(call)
+            at += _HEADER + size
+        del buf[:at]
+
+    def _skip(self, call: int) -> None:
+        for i, (queued, _) in enumerate(self.queue):
+            if queued == call:
+                del self.queue[i]
+                _write_frame(self.res_fd, call, _SKIPPED, 0.0, 0)
+                return
+
+
+_SKIPPED = b'{"skipped": true}'
 
 
 def _run(host: Host, path: str, function: str, kwargs: dict[str, Any]) -> tuple[bytes, str]:
@@ -385,27 +456,6 @@ def _become_subreaper() -> None:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _read_frame(fd: int) -> tuple[int, bytes] | None:
-    header = _read_exact(fd, _HEADER)
-    if header is None:
-        return None
-    body = _read_exact(fd, int.from_bytes(header[:4], "big"))
-    if body is None:
-        return None
-    return int.from_bytes(header[4:], "big"), body
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        chunk = os.read(fd, min(n, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
 def _waits() -> int:
     """How often this process has blocked so far (voluntary context switches: a sleep, a
     read that had to wait; being preempted does not count)."""
@@ -416,7 +466,11 @@ def _write_frame(fd: int, call: int, payload: bytes, wall: float, waits: int) ->
     header = len(payload).to_bytes(4, "big") + call.to_bytes(4, "big")
     for number in (int(wall * 1e6), waits):
         header += min(max(number, 0), 0xFFFFFFFF).to_bytes(4, "big")
-    view = memoryview(header + payload)
+    _write_all(fd, header + payload)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 

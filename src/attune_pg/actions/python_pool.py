@@ -1,4 +1,4 @@
-"""Warm python hosts: the worker's side of `python_host`, one call per host at a time.
+"""Warm python hosts: the worker's side of `python_host`.
 
 Each worker process keeps a pool of host processes, keyed by the directory of the action's
 file (so two packs' helper modules never meet in one interpreter). A call takes the idle
@@ -14,14 +14,23 @@ trivial action ran at 0.80-0.84x the no-op, with 10 at 0.63-0.65x; a host's star
 about 60 ms of CPU, as much as a thousand warm calls. A call that blocks (sleeps, waits
 for I/O) gains from a host of its own however short it is, so such keys never wait.
 
-`submit` writes the request to the host and returns; the pool's pump (`host_io`) takes
-the host's stdout, stderr and answer until the answer is complete, the host exits, the
-timeout passes or `cancel` is set, gives the host back and hands the result to the call's
-`done`. So no thread waits on a call. A call waiting for a lane waits in a queue, not in a
-thread. A host is killed with its whole process group, never reused, after a timeout
-or cancel, a crash, an answer marked `retire` (the call left something the host cannot
-put back), a garbled answer, `max_calls` calls, or `idle_seconds` without a call. Hosts
-start lazily: a worker that never runs a python action has none.
+A lane is a pipeline: while LANES hosts of a key run quick calls, the next calls are
+written to the one with the fewest in its pipe (up to DEPTH), and the host runs them back
+to back; only past that do calls wait in the pool's queue. Without it, every call on a
+lane waited for the pump to see the last answer and wake the host again: a round trip
+per call that the host spent idle. A call's timeout counts from when its host starts it;
+a canceled call still in a pipe is skipped, and the calls behind one that runs longer
+than LANE_WAIT are taken back and run on hosts of their own (`host_io`).
+
+`submit` writes the request to a host and returns; the pool's pump (`host_io`) takes
+the host's stdout, stderr and answers until a call's answer is complete, the host exits,
+the timeout passes or `cancel` is set, and hands the result to the call's `done`; once a
+host has no call left it is given back. So no thread waits on a call. A call waiting for
+a lane waits in a queue, not in a thread. A host is killed with its whole process group,
+never reused, after a timeout or cancel, a crash, an answer marked `retire` (the call
+left something the host cannot put back), a garbled answer, `max_calls` calls, or
+`idle_seconds` without a call. Hosts start lazily: a worker that never runs a python
+action has none.
 
 Settings (environment of the worker): `ATTUNE_PYTHON_MAX_CALLS` (default 1000; 1 means a
 fresh interpreter for every call) and `ATTUNE_PYTHON_IDLE_SECONDS` (default 60).
@@ -37,8 +46,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from attune_pg.actions.host_io import Ending, Pump, Watch
-from attune_pg.actions.host_process import OUTPUT_TAIL_BYTES, CallResult, Host, HostGone
+from attune_pg.actions.host_io import Ending, Pump
+from attune_pg.actions.host_process import (
+    OUTPUT_TAIL_BYTES,
+    STALE,
+    CallResult,
+    Flight,
+    Host,
+    HostGone,
+)
 from attune_pg.actions.process import POLL_INTERVAL, Capture
 
 MAX_CALLS_ENV = "ATTUNE_PYTHON_MAX_CALLS"
@@ -55,6 +71,8 @@ MIN_HOSTS = 4
 FAST_CALL = 0.010
 LANES = max(2, os.cpu_count() or 1)
 LANE_WAIT = 0.25
+#: Calls one lane host may have in its pipe at once.
+DEPTH = 16
 #: Hosts a call may find dead (killed while idle, stale) before it fails.
 TRIES = 3
 
@@ -86,7 +104,7 @@ class HostPool:
         self._idle: dict[str, list[Host]] = {}
         self._busy: set[Host] = set()
         self._busy_by_key: dict[str, int] = {}
-        self._inflight: dict[Host, PendingCall] = {}
+        self._load: dict[Host, int] = {}  # calls given to a busy host and not yet ended
         self._waiting: dict[str, deque[PendingCall]] = {}  # for a lane, by key
         # Moving averages of a call's wall seconds in its host and of how often it
         # blocked there, by key.
@@ -95,7 +113,7 @@ class HostPool:
         self._next_sweep = 0.0  # when _tick next looks for canceled calls in the queues
         self._trimmer: threading.Thread | None = None
         self._trim_stop = threading.Event()
-        self._pump = Pump(self._ended, self._tick)
+        self._pump = Pump(self._ended, self._tick, lambda: LANE_WAIT)
         self.started = 0  # hosts started so far (for tests and the benchmark)
 
     def submit(
@@ -141,7 +159,7 @@ class HostPool:
         except OSError as exc:
             call.done(exc)
             return
-        if host is not None:  # else it is queued: _give_back or _tick sends it on
+        if host is not None:  # else it is queued: _release or _tick sends it on
             self._send(call, host)
 
     def _ends_early(self, call: PendingCall) -> bool:
@@ -156,42 +174,39 @@ class HostPool:
         return False
 
     def _send(self, call: PendingCall, host: Host) -> None:
-        """Write `call`'s request to `host` (taken for it) and hand both to the pump."""
+        """Write `call`'s request to `host` (taken for it): the pump has it from there."""
         call.tries += 1
         call.sent = time.monotonic()
         try:
-            host.begin(call.request)
-        except HostGone:
-            self._give_back(host, retire=True)  # died while idle: the call never ran
+            self._pump.send(host, call.request, call.cancel, call.timeout, call)
+        except HostGone:  # the pump is ending the host: the call never reached it
+            self._release(host)
             self._dispatch(call, waited=True)
-            return
-        with self._lock:
-            self._inflight[host] = call
-        deadline = None if call.timeout is None else call.sent + call.timeout
-        self._pump.watch(Watch(host, deadline, call.cancel))
 
-    def _ended(self, watch: Watch, ending: Ending) -> None:
-        """The pump's report that a call's host is free: give it back, finish the call."""
-        host = watch.host
-        with self._lock:
-            call = self._inflight.pop(host)
-        if isinstance(ending, HostGone):
-            self._give_back(host, retire=True)  # it never ran: go again on another host
-            self._dispatch(call, waited=True)
+    def _ended(self, host: Host, flight: Flight, ending: Ending) -> None:
+        """The pump's report that one of `host`'s calls ended: finish it, and give the
+        host back once it has none left."""
+        call = flight.owner
+        assert isinstance(call, PendingCall)
+        if isinstance(ending, HostGone):  # it never ran: go again on another host
+            self._release(host)
+            # (one taken back from behind a slow call gets a host of its own; one from
+            # a host that died takes the lanes like any other)
+            self._dispatch(call, waited=flight.withdrawn)
             return
         if isinstance(ending, Exception):
-            self._give_back(host, retire=True)
+            self._release(host, retire=True)
             call.done(ending)
             return
-        if ending.answer == b'{"stale": true}':
+        if ending.answer == STALE:
             # Its siblings imported the same files: none of them may serve this key.
-            self._give_back(host, retire=True)
+            self._release(host, retire=True)
             self._drop_idle(call.key)
             self._dispatch(call, waited=True)
             return
         retire = ending.answer is None or ending.answer.startswith(b'{"retire"')
-        took = (ending.wall, ending.waits) if ending.answer and host.calls > 1 else None
-        self._give_back(host, retire=retire, took=took)  # (not a host's first: its start)
+        took = (ending.wall, ending.waits) if ending.answer and flight.number > 1 else None
+        self._release(host, retire=retire, took=took)  # (not a host's first: its start)
         call.done(ending)
 
     def _tick(self, now: float) -> float | None:
@@ -236,6 +251,11 @@ class HostPool:
         key = call.key
         with self._lock:
             if not waited and self._lanes_full(key):
+                lane = self._lane_with_room(key)
+                if lane is not None:
+                    self._load[lane] += 1
+                    lane.taken += 1
+                    return lane
                 call.lane_deadline = time.monotonic() + LANE_WAIT
                 self._waiting.setdefault(key, deque()).append(call)
                 queued = True
@@ -271,6 +291,8 @@ class HostPool:
         with self._lock:
             self.started += 1
             self._busy.add(host)
+            self._load[host] = 1
+            host.taken = 1
         return host
 
     def _lanes_full(self, key: str) -> bool:
@@ -278,7 +300,13 @@ class HostPool:
         already run: then a call waits (LANE_WAIT at most) for one of those warm hosts
         rather than wake a cold one or start another. On a few cores, more quick calls at
         once only add processes (and cache misses) to schedule; slow calls are never held."""
-        return self._busy_by_key.get(key, 0) >= LANES and self._quick(key)
+        if not self._quick(key):
+            return False
+        busy = self._busy_by_key.get(key, 0)  # (hosts being started included)
+        if busy < LANES:
+            return False
+        # Hosts that are going (dead, retiring) still count until their last call ends.
+        return busy - sum(1 for h in self._busy if h.key == key and _going(h)) >= LANES
 
     def _quick(self, key: str) -> bool:
         """Whether `key`'s calls are quick and do not wait: under FAST_CALL on average,
@@ -298,9 +326,27 @@ class HostPool:
             del self._waiting[key]
         return call
 
+    def _lane_with_room(self, key: str) -> Host | None:
+        """The busy host of `key` with the fewest calls, if it may take one more into its
+        pipe (lock held)."""
+        best: Host | None = None
+        for host in self._busy:
+            load = self._load.get(host, 0)
+            if (
+                host.key == key
+                and 0 < load < DEPTH
+                and host.taken < self.max_calls
+                and not _going(host)
+                and (best is None or load < self._load[best])
+            ):
+                best = host
+        return best
+
     def _mark_busy(self, host: Host) -> None:
         self._busy.add(host)
         self._busy_by_key[host.key] = self._busy_by_key.get(host.key, 0) + 1
+        self._load[host] = 1
+        host.taken += 1
 
     def _count(self) -> int:
         return len(self._busy) + sum(len(v) for v in self._idle.values())
@@ -316,16 +362,22 @@ class HostPool:
             del self._idle[key]
         return host
 
-    def _give_back(
-        self, host: Host, *, retire: bool, took: tuple[float, float] | None = None
+    def _release(
+        self, host: Host, *, retire: bool = False, took: tuple[float, float] | None = None
     ) -> None:
-        """A host's call is over: keep it or kill it. A call waiting for a lane of its
-        key takes it over at once (under the lock, so that no new call slips in between
-        and makes the waiting one start a host), or goes on if it retired."""
-        retire = retire or host.dead or host.calls >= self.max_calls
-        if retire:
-            host.kill()
+        """One of `host`'s calls is over. A call waiting for a lane of its key takes its
+        place at once (under the lock, so that no new call slips in between and makes
+        the waiting one start a host); a host with no call left is kept or killed."""
+        retire = (
+            retire
+            or host.dead
+            or host.closing
+            or host.retiring
+            or host.exited
+            or host.taken >= self.max_calls
+        )
         key = host.key
+        kill = False
         with self._lock:
             released: list[PendingCall] = []
             if took is not None:
@@ -336,18 +388,30 @@ class HostPool:
                 )
                 if not self._quick(key):  # slow now: nobody waits for a lane
                     released = list(self._waiting.pop(key, ()))
-            waiting = None if retire else self._next_waiting(key)
-            if waiting is None:
+            self._load[host] -= 1
+            load = self._load[host]
+            waiting = None
+            if not retire and (load == 0 or (load < DEPTH and self._quick(key))):
+                waiting = self._next_waiting(key)
+            if waiting is not None:
+                self._load[host] += 1
+                host.taken += 1
+            elif load == 0:
+                del self._load[host]
                 self._busy.discard(host)
                 self._busy_by_key[key] -= 1
                 if not retire:
                     self._idle.setdefault(key, []).append(host)
                     self._start_trimmer()
-                if retire and (after := self._next_waiting(key)) is not None:
-                    released.insert(0, after)  # its lane is free
+                else:
+                    kill = not host.closing  # (a closing host is its finisher's to kill)
+                    if (after := self._next_waiting(key)) is not None:
+                        released.insert(0, after)  # its lane is free
+        if kill:
+            host.kill()
         if waiting is not None:
-            if self._ends_early(waiting):  # the host stays busy for the next one, if any
-                self._give_back(host, retire=False)
+            if self._ends_early(waiting):
+                self._release(host)
             else:
                 self._send(waiting, host)
         for call in released:
@@ -380,6 +444,11 @@ class HostPool:
                     return
             for host in old:
                 host.kill()
+
+
+def _going(host: Host) -> bool:
+    """Whether `host` takes no more calls (its calls still in flight end elsewhere)."""
+    return host.closing or host.retiring or host.exited or host.dead or host.garbled
 
 
 def settings_from_env() -> tuple[int, float]:
