@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from attune_pg import machine
 from attune_pg.store.queries import Q, fetch
 
 Json = Any
@@ -92,8 +91,7 @@ def heartbeat(
 
 def reap_expired(conn: psycopg.Connection, limit: int = 100) -> int:
     """Hand tasks whose lease expired (their worker died) back to the queue."""
-    sources = list(machine.sources("task", "requeue"))
-    return conn.execute(Q.task_reap, {"sources": sources, "n": limit}).rowcount
+    return conn.execute(Q.task_reap, {"n": limit}).rowcount
 
 
 def hand_back(conn: psycopg.Connection, me: str, task_ids: Sequence[int]) -> int:

@@ -50,10 +50,13 @@ UPDATE attune.worker SET heartbeat_at = now(), running = %(running)s, tasks_done
 
 -- name: task_reap
 -- Rows whose lease expired (their worker died) go back to the queue, oldest lease first.
+-- The status is a literal, so that the worker's generic plan walks the partial index of
+-- leased rows (task_execution_leased); with a parameter it scanned every task row ever
+-- run, every few seconds in every worker. The outer guard is the trigger's (machine.py).
 UPDATE attune.task_execution t SET status = 'scheduled', run_at = now(),
        lease_owner = NULL, lease_expires_at = NULL
  WHERE t.id IN (SELECT id FROM attune.task_execution
-                 WHERE status = ANY(%(sources)s::text[])
+                 WHERE status = 'running'
                    AND lease_expires_at < now()
                  ORDER BY lease_expires_at FOR UPDATE SKIP LOCKED LIMIT %(n)s)
 
