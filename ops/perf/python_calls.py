@@ -1,10 +1,11 @@
 """Warm python hosts alone: calls/s and the caller's CPU per call, with no database.
 
-Keeps `--in-flight` calls of a trivial python action (`def nop(seq): return {"seq": seq}`,
-written to a scratch pack) going through this process's host pool, as a worker's loop
-would (each call's end starts the next), and prints calls/s, the CPU this process spent
-per call (the pool's pump and the callers: what a worker pays; the hosts' own CPU is not
-in it) and how many hosts were started. A warm-up wave runs first and is not counted.
+Keeps `--in-flight` calls of the benchmark's trivial python action (`bench.nop`, `def
+nop(seq): return {"seq": seq}`, in a scratch copy of the bench pack) going through this
+process's host pool, as a worker's loop would (each call's end starts the next), and
+prints calls/s, the CPU this process spent per call (the pool's pump and the callers:
+what a worker pays; the hosts' own CPU is not in it) and how many hosts were started.
+A warm-up wave runs first and is not counted.
 
     python ops/perf/python_calls.py --calls 20000 --in-flight 50
 
@@ -22,9 +23,8 @@ from pathlib import Path
 from attune_pg.actions import python_pool
 from attune_pg.actions.outcome import ActionContext, ActionOutcome
 from attune_pg.actions.runners import start_action
+from attune_pg.cli.bench import bench_pack_skeleton
 from attune_pg.spec.model import ActionSpec
-
-NOP = 'def nop(seq):\n    return {"seq": seq}\n'
 
 
 class Load:
@@ -67,11 +67,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--in-flight", type=int, default=50)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="attune-python-calls-") as pack:
-        (Path(pack) / "actions").mkdir()
-        (Path(pack) / "actions" / "nop.py").write_text(NOP)
+    with tempfile.TemporaryDirectory(prefix="attune-python-calls-") as root:
+        pack = bench_pack_skeleton(Path(root))
         action = ActionSpec(ref="bench.nop", runner="python", entry_point="nop.py:nop")
-        context = ActionContext(1, 1, "t0", 1, "1:1", timeout=30.0, pack_path=pack)
+        context = ActionContext(1, 1, "t0", 1, "1:1", timeout=30.0, pack_path=str(pack))
         try:
             Load(action, context, args.in_flight * 4).run(args.in_flight, 60)  # warm-up
             load = Load(action, context, args.calls)

@@ -585,28 +585,6 @@ def test_a_call_canceled_while_it_waits_for_a_lane_never_runs(
     assert pool.started == 1  # no host was started or stopped for the canceled call
 
 
-def test_python_calls_take_no_thread_each(pool: HostPool) -> None:
-    action = ActionSpec(ref="testpack.x", runner="python", entry_point="behave.py:sleep")
-    outcomes: list[ActionOutcome] = []
-    all_done = threading.Event()
-
-    def done(outcome: ActionOutcome) -> None:
-        outcomes.append(outcome)
-        if len(outcomes) == 8:
-            all_done.set()
-
-    before = threading.active_count()
-    for _ in range(8):
-        assert start_action(action, {"seconds": 0.5}, ctx(), threading.Event(), done)
-    during = threading.active_count()
-    assert all_done.wait(30)
-    assert [o.status for o in outcomes] == ["succeeded"] * 8
-    assert during - before <= 2  # the pool's pump (and its idle-host trimmer), not 8
-
-
-# -- a lane's pipeline --------------------------------------------------------------------
-
-
 def _start_all(
     calls: list[tuple[str, dict[str, Any]]],
     *,
@@ -632,6 +610,18 @@ def _start_all(
         cancel = (cancels or {}).get(i, threading.Event())
         assert start_action(action, input, ctx(timeout), cancel, done_for(i))
     return outcomes, all_done
+
+
+def test_python_calls_take_no_thread_each(pool: HostPool) -> None:
+    before = threading.active_count()
+    outcomes, all_done = _start_all([("behave.py:sleep", {"seconds": 0.5})] * 8)
+    during = threading.active_count()
+    assert all_done.wait(30)
+    assert [o.status if o else None for o in outcomes] == ["succeeded"] * 8
+    assert during - before <= 2  # the pool's pump (and its idle-host trimmer), not 8
+
+
+# -- a lane's pipeline --------------------------------------------------------------------
 
 
 @pytest.fixture

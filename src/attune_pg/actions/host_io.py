@@ -207,7 +207,8 @@ class Pump:
                             os.close(self._wake_w)
                             return
                         wake_at = idle_since + LINGER
-                    times = [t for h in self._watched if (t := self._deadline(h)) is not None]
+                    heads = [h.head for h in self._watched]
+                    times = [t for f in heads if f is not None and (t := f.deadline) is not None]
                     if wake_at is not None:
                         times.append(wake_at)
                     if self._watched:
@@ -297,12 +298,6 @@ class Pump:
                 target=self._finish, args=(host, how), name="attune-python-stop", daemon=True
             ).start()
 
-    def _deadline(self, host: Host) -> float | None:
-        head = host.head
-        if head is None or head.timeout is None:
-            return None
-        return head.started + head.timeout
-
     def _trouble(self, host: Host, now: float, stepped: bool) -> EndedBy | None:
         """Why the host must be ended, if it must (lock held)."""
         if host.exited or host.retiring or host.garbled:
@@ -314,7 +309,7 @@ class Pump:
             return None
         if head.cancel.is_set():
             return "cancel"
-        if head.timeout is not None and now >= head.started + head.timeout:
+        if head.deadline is not None and now >= head.deadline:
             return "timeout"
         return None
 

@@ -32,22 +32,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from attune_pg.actions import guardian
+from attune_pg.actions.host_output import TOKEN_BYTES, Stream, empty_output
 from attune_pg.actions.outcome import MAX_RESULT_BYTES
 from attune_pg.actions.process import DRAIN_GRACE, TERM_GRACE, Capture, EndedBy
+from attune_pg.actions.python_host import RETIRED, SKIPPED, STALE
 
 HOST_MODULE = "attune_pg.actions.python_host"
 #: How much of the action's stdout and stderr (each, last bytes) a call keeps.
-OUTPUT_TAIL_BYTES = 64 * 1024
 #: The largest answer frame a host may write (the host itself refuses results over the
 #: limit, so anything larger means the action wrote into the answer pipe).
 ANSWER_LIMIT = MAX_RESULT_BYTES + 256 * 1024
 _HEADER = 16  # of an answer: length, call number, wall µs, waits (see python_host)
-_TOKEN = 16  # bytes of a host's marker token; a marker adds the call number (4)
 _READ_SIZE = 65536
 _IN = select.POLLIN | select.POLLHUP | select.POLLERR
-#: What a host answers for a call it skipped (python_host), and for one it would not run.
-SKIPPED = b'{"skipped": true}'
-STALE = b'{"stale": true}'
 _FREEZE_WAIT = 0.2  # seconds a SIGSTOPped host has to stop
 
 
@@ -69,6 +66,12 @@ class HostGone(Exception):
     """The host exited before it could take the request: the call never started."""
 
 
+def not_run_canceled() -> CallResult:
+    """How a call ends that was canceled before its host started it."""
+    empty = empty_output()
+    return CallResult("cancel", None, False, None, empty, empty)
+
+
 @dataclass(eq=False)
 class Flight:
     """One call written to a host, until it is complete."""
@@ -88,6 +91,11 @@ class Flight:
     owner: object = None  # whoever sent it (the pool's call)
 
     @property
+    def deadline(self) -> float | None:
+        """When it times out, once it runs (None: no timeout)."""
+        return None if self.timeout is None else self.started + self.timeout
+
+    @property
     def complete(self) -> bool:
         if self.answer is None:
             return False
@@ -99,49 +107,9 @@ class Flight:
         if self.answer == SKIPPED:
             if self.withdrawn and not self.cancel.is_set():
                 return HostGone()  # it never ran: go again elsewhere
-            empty = Capture(OUTPUT_TAIL_BYTES, "tail")
-            return CallResult("cancel", None, False, None, empty, empty)
-        out, err = self.stdout or _empty(), self.stderr or _empty()
+            return not_run_canceled()
+        out, err = self.stdout or empty_output(), self.stderr or empty_output()
         return CallResult("exit", self.answer, False, None, out, err, self.wall, self.waits)
-
-
-class _Stream:
-    """A host's stdout or stderr, cut into calls at the markers."""
-
-    def __init__(self, token: bytes) -> None:
-        self.token = token
-        self.carry = b""  # the end of what was read, which may be the start of a marker
-        self.segment = _empty()  # since the last marker
-
-    def feed(self, data: bytes) -> list[tuple[int, Capture]]:
-        """Take `data`; each call whose marker it completes, with that call's output."""
-        if self.carry:
-            data, self.carry = self.carry + data, b""
-        cuts: list[tuple[int, Capture]] = []
-        at = 0
-        while (found := data.find(self.token, at)) >= 0:
-            end = found + _TOKEN + 4
-            if end > len(data):
-                break
-            if found > at:
-                self.segment.add(data[at:found])
-            cuts.append((int.from_bytes(data[found + _TOKEN : end], "big"), self.segment))
-            self.segment = _empty()
-            at = end
-        keep = _TOKEN + 3  # what may be the start of a marker stays for the next read
-        if len(data) - at > keep:
-            self.segment.add(data[at : len(data) - keep])
-            at = len(data) - keep
-        self.carry = data[at:]
-        return cuts
-
-    def rest(self) -> Capture:
-        """At the end: what follows the last marker (the output of the call that ran)."""
-        if self.carry:
-            self.segment.add(self.carry)
-            self.carry = b""
-        rest, self.segment = self.segment, _empty()
-        return rest
 
 
 class Host:
@@ -160,7 +128,7 @@ class Host:
         self.taken = 0  # calls the pool gave it (on the pool's lock; `calls` were sent)
         self._unread_at_end = 0
         self.flights: dict[int, Flight] = {}  # by call number, in the order sent
-        token = os.urandom(_TOKEN)
+        token = os.urandom(TOKEN_BYTES)
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         try:
@@ -183,7 +151,7 @@ class Host:
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.req_fd, self.res_fd = req_w, res_r
         self.out_fd, self.err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
-        self._streams = {self.out_fd: _Stream(token), self.err_fd: _Stream(token)}
+        self._streams = {self.out_fd: Stream(token), self.err_fd: Stream(token)}
         self.poller = select.poll()  # for finish's drains
         for fd in (res_r, self.out_fd, self.err_fd):
             os.set_blocking(fd, False)
@@ -345,7 +313,7 @@ class Host:
         endings: list[tuple[Flight, CallResult | HostGone]] = []
         ran = head if ended_by != "exit" else self._ran(self.head)
         for flight in self.flights.values():
-            out, err = flight.stdout or _empty(), flight.stderr or _empty()
+            out, err = flight.stdout or empty_output(), flight.stderr or empty_output()
             if flight.answer is not None and not (ended_by != "exit" and flight is head):
                 endings.append((flight, flight.result()))
             elif self.garbled:  # what ran after the garbage is unknown: none runs again
@@ -399,7 +367,7 @@ class Host:
             flight.answer = bytes(buf[at + _HEADER : at + _HEADER + size])
             flight.wall = int.from_bytes(buf[at + 8 : at + 12], "big") / 1e6
             flight.waits = int.from_bytes(buf[at + 12 : at + 16], "big")
-            if flight.answer == STALE or flight.answer.startswith(b'{"retire"'):
+            if flight.answer == STALE or flight.answer.startswith(RETIRED):
                 self.retiring = True  # it runs nothing more: finish tells the rest
             at += _HEADER + size
         if at:
@@ -427,7 +395,7 @@ class Host:
                 return True  # _parse sees the oversized frame
         return fd in self._open
 
-    def _read_stream(self, fd: int, stream: _Stream) -> list[tuple[int, Capture]]:
+    def _read_stream(self, fd: int, stream: Stream) -> list[tuple[int, Capture]]:
         cuts: list[tuple[int, Capture]] = []
         for data in self._chunks(fd):
             cuts += stream.feed(data)
@@ -544,10 +512,6 @@ class Host:
         if not self.dead:  # until reaped, the group id cannot have been reused
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, sig)
-
-
-def _empty() -> Capture:
-    return Capture(OUTPUT_TAIL_BYTES, "tail")
 
 
 def _number(call: int) -> bytes:

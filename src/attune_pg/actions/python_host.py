@@ -65,6 +65,11 @@ if TYPE_CHECKING:
 
 _TRACEBACK_CHARS = 65536
 _HEADER = 8  # of a request: length, call number (an answer's adds wall µs and waits)
+#: Answers the worker reads as more than a result: a call skipped, a call refused because
+#: this directory's modules changed, and how a retiring answer begins.
+SKIPPED = b'{"skipped": true}'
+STALE = b'{"stale": true}'
+RETIRED = b'{"retire"'
 #: Handlers an action may change that the host restores after every call.
 _RESET_SIGNALS = tuple(
     getattr(signal, name)
@@ -110,7 +115,7 @@ class Host:
         path, function = request["file"], request["function"]
         directory = os.path.dirname(path)
         if self._stale(directory):
-            return b'{"stale": true}'
+            return STALE
         self._enter(directory, path, request.get("env") or {})
         payload, retire = _run(self, path, function, request.get("input") or {})
         retire = self._leave(directory) or retire
@@ -227,7 +232,7 @@ def main() -> None:
         except (ValueError, KeyError, TypeError) as exc:
             error = make_error("ActionError", f"bad request to python host: {exc}")
             payload = b'{"retire": "bad request", ' + _failure(error)[1:]
-        retire = payload.startswith(b'{"retire"')
+        retire = payload.startswith(RETIRED)
         if not retire:  # (then fd 1 or 2 may not be ours: the exit ends the call's output)
             # Before the answer: a worker that has the answer finds them in the pipes.
             marker = token + call.to_bytes(4, "big")
@@ -290,11 +295,8 @@ class _Requests:
         for i, (queued, _) in enumerate(self.queue):
             if queued == call:
                 del self.queue[i]
-                _write_frame(self.res_fd, call, _SKIPPED, 0.0, 0)
+                _write_frame(self.res_fd, call, SKIPPED, 0.0, 0)
                 return
-
-
-_SKIPPED = b'{"skipped": true}'
 
 
 def _run(host: Host, path: str, function: str, kwargs: dict[str, Any]) -> tuple[bytes, str]:

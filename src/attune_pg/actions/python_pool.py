@@ -47,15 +47,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from attune_pg.actions.host_io import Ending, Pump
-from attune_pg.actions.host_process import (
-    OUTPUT_TAIL_BYTES,
-    STALE,
-    CallResult,
-    Flight,
-    Host,
-    HostGone,
-)
-from attune_pg.actions.process import POLL_INTERVAL, Capture
+from attune_pg.actions.host_process import CallResult, Flight, Host, HostGone, not_run_canceled
+from attune_pg.actions.process import POLL_INTERVAL
+from attune_pg.actions.python_host import STALE
 
 MAX_CALLS_ENV = "ATTUNE_PYTHON_MAX_CALLS"
 IDLE_ENV = "ATTUNE_PYTHON_IDLE_SECONDS"
@@ -165,8 +159,7 @@ class HostPool:
     def _ends_early(self, call: PendingCall) -> bool:
         """End `call` before it reaches a host, if it is canceled or out of tries."""
         if call.cancel.is_set():  # nothing ran: nothing to stop
-            empty = Capture(OUTPUT_TAIL_BYTES, "tail")
-            call.done(CallResult("cancel", None, False, None, empty, empty))
+            call.done(not_run_canceled())
             return True
         if call.tries >= TRIES:
             call.done(OSError("python hosts keep exiting before they take a request"))
@@ -204,9 +197,9 @@ class HostPool:
             self._drop_idle(call.key)
             self._dispatch(call, waited=True)
             return
-        retire = ending.answer is None or ending.answer.startswith(b'{"retire"')
+        # (an answer that retires the host marked it `retiring`: _release sees to it)
         took = (ending.wall, ending.waits) if ending.answer and flight.number > 1 else None
-        self._release(host, retire=retire, took=took)  # (not a host's first: its start)
+        self._release(host, retire=ending.answer is None, took=took)  # (not a first: its start)
         call.done(ending)
 
     def _tick(self, now: float) -> float | None:
@@ -368,14 +361,7 @@ class HostPool:
         """One of `host`'s calls is over. A call waiting for a lane of its key takes its
         place at once (under the lock, so that no new call slips in between and makes
         the waiting one start a host); a host with no call left is kept or killed."""
-        retire = (
-            retire
-            or host.dead
-            or host.closing
-            or host.retiring
-            or host.exited
-            or host.taken >= self.max_calls
-        )
+        retire = retire or _going(host) or host.taken >= self.max_calls
         key = host.key
         kill = False
         with self._lock:

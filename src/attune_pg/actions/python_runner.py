@@ -23,7 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from attune_pg.actions.host_process import OUTPUT_TAIL_BYTES, CallResult
+from attune_pg.actions.host_output import OUTPUT_TAIL_BYTES
+from attune_pg.actions.host_process import CallResult
 from attune_pg.actions.outcome import (
     ActionContext,
     ActionOutcome,
