@@ -1,4 +1,5 @@
-"""Built-in actions, run in the worker's thread: no subprocess, nothing heavy per call.
+"""Built-in actions, run in the worker: no subprocess, nothing heavy per call. The instant
+ones (INSTANT: noop, echo) run on the loop's own thread, sleep on an action thread.
 
 - `noop`: does nothing. Input `exit_code` (int, default 0): non-zero fails it with result
   `{"exit_code": n}` and error `NonZeroExit: exit code n`. Result `{}`.
@@ -75,6 +76,11 @@ def sleep(input: dict[str, Any], context: ActionContext, cancel: threading.Event
 
 
 BUILTINS: dict[str, Builtin] = {"noop": noop, "echo": echo, "sleep": sleep}
+
+#: Builtins that return at once without blocking or I/O: the worker's loop calls them
+#: itself (runners.start_action) instead of handing each call to an action thread, whose
+#: hand-off costs far more than the call (docs/actions.md).
+INSTANT: frozenset[Builtin] = frozenset({noop, echo})
 
 
 def resolve(action: ActionSpec) -> Builtin:

@@ -89,7 +89,16 @@ def start_action(
     """Start `action` without a thread of its own where its runner can (python: the pool's
     pump takes the answer) and return True: `done` gets the outcome once, later, on the
     runner's thread (or at once on this one). False for the other runners: `run_action`
-    them on a thread. Like `run_action`, it never raises for a failing action."""
+    them on a thread. Like `run_action`, it never raises for a failing action. An
+    instant builtin (builtin.INSTANT) runs here, at once."""
+    if action.runner == "builtin":
+        try:
+            instant = builtin.resolve(action) in builtin.INSTANT
+        except ActionError:
+            return False  # run_action, on a thread, reports it
+        if instant:
+            done(run_action(action, input, context, cancel))
+        return instant
     if action.runner != "python":
         return False
     if action.timeout is not None and (context.timeout is None or action.timeout < context.timeout):
