@@ -46,7 +46,7 @@ from attune_pg.engine.state import (
 from attune_pg.errors import StaleWrite
 from attune_pg.machine import TaskStatus
 from attune_pg.spec.model import ActionSpec
-from attune_pg.store import claims, fence, load, lock, requests
+from attune_pg.store import apply, claims, fence, load, lock, requests
 from attune_pg.store.claims import Slots
 from attune_pg.store.fence import Finished
 from attune_pg.store.queries import Q
@@ -152,14 +152,19 @@ def _start_part(
     requested: int = 0,
     one: int | None = None,
     cursor: lock.StartCursor | None = None,
+    carry: apply.Deferred | None = None,
 ) -> list[Execution]:
-    """The start, its budgets not charged yet (the caller charges them last)."""
+    """The start, its budgets not charged yet (the caller charges them last). `carry`:
+    writes an earlier part deferred, written with the start's own (taken in place; the
+    caller writes them if the start writes nothing)."""
     executions, now = lock.lock_executions(
         conn, requested=requested, one=one, settings=env.settings, cursor=cursor
     )
     if not executions:
         return []
     batch = Batch(conn, stats, env, hints, now, executions, slots)
+    if carry is not None:
+        batch.carry = carry
     stashed = {e.id: plan.stashed_secret_keys(e) for e in executions}
     secrets = load.secret_values(conn, (k for keys in stashed.values() for k in keys.values()))
     snapshots = [Snapshot(e) for e in executions]
@@ -247,7 +252,8 @@ def _complete(
     stats: AdvanceStats,
     hints: set[str],
 ) -> None:
-    lock.charge_budgets(conn, _complete_part(conn, me, finished, actions, env, slots, stats, hints))
+    executions, _ = _complete_part(conn, me, finished, actions, env, slots, stats, hints)
+    lock.charge_budgets(conn, executions)
 
 
 def _complete_part(
@@ -259,8 +265,11 @@ def _complete_part(
     slots: Slots | None,
     stats: AdvanceStats,
     hints: set[str],
-) -> list[Execution]:
-    """The advance of what finished, its budgets not charged yet."""
+    defer: bool = False,
+) -> tuple[list[Execution], apply.Deferred]:
+    """The advance of what finished, its budgets not charged yet. With `defer`, its
+    task-state updates and execution writes are returned, not written
+    (apply.apply_batch), for the caller to write with the next part's."""
     ids = sorted({f.task.workflow_execution_id for f in finished})
     executions, now = lock.lock_executions(conn, ids, settings=env.settings)
     finished = _judge_parks(conn, finished, executions, env)
@@ -268,6 +277,7 @@ def _complete_part(
     stats.stale += len(finished) - len(attempts)
     stats.attempts.extend(attempts)
     batch = Batch(conn, stats, env, hints, now, executions, slots)
+    batch.defer = defer
     parks = {f.task.id: f for f in finished if f.park}
     for attempt in attempts:
         if attempt.task_execution_id in parks:
@@ -279,7 +289,7 @@ def _complete_part(
         advance(batch, executions, attempts, set(), actions)
     else:
         batch.write()
-    return executions
+    return executions, batch.deferred
 
 
 def _judge_parks(
@@ -405,12 +415,18 @@ def _turn(
     hints: set[str],
 ) -> None:
     out.start_limit = out.claim_limit = out.from_queue = 0  # a kv rerun starts over
-    executions = []
+    executions: list[Execution] = []
+    # The advance's task-state updates and execution writes ride on the start's
+    # statements: one UPDATE of workflow_execution a turn, not two, and one of task_state.
+    carry = apply.Deferred()
     if finished:
-        executions = _complete_part(conn, slots.me, finished, actions, env, slots, stats, hints)
+        executions, carry = _complete_part(
+            conn, slots.me, finished, actions, env, slots, stats, hints, defer=True
+        )
     if any(e.budget and (e.budget.rows_taken or e.budget.executions_taken) for e in executions):
         # A tree's budget is charged last and held to commit, one tree order per
         # transaction: a start here could take a second tree order (deadlock). Apart.
+        apply.write_deferred(conn, carry)
         lock.charge_budgets(conn, executions)
         out.start_limit = -1 if start else 0
         return
@@ -418,7 +434,9 @@ def _turn(
     if out.start_limit:
         free = slots.less(len(stats.claimed))
         executions += _start_part(conn, actions, env, free, stats, hints,
-                                  requested=out.start_limit, cursor=cursor)  # fmt: skip
+                                  requested=out.start_limit, cursor=cursor,
+                                  carry=carry)  # fmt: skip
+    apply.write_deferred(conn, carry)  # if nothing started, or the start wrote nothing
     out.claim_limit = slots.free - len(stats.claimed) if claim else 0
     if out.claim_limit > 0:
         got = claims.claim_tasks(conn, slots.me, out.claim_limit, slots.lease)

@@ -183,6 +183,13 @@ class Batch:
         self.executions = {e.id: e for e in executions}
         self.first: list[tuple[int, Command]] = []  # written in the first round (parks)
         self.kv = plan.SnapshotKV({})
+        # Writes an earlier batch of this transaction deferred, written with this one's
+        # first round (taken in place: the one who handed them over sees it); and, with
+        # `defer`, what this batch's last round held back, left to the caller
+        # (apply.apply_batch: one statement of each kind writes a turn's two parts).
+        self.carry = apply.Deferred()
+        self.defer = False
+        self.deferred = apply.Deferred()
 
     def context(self, snapshots: Iterable[Snapshot], actions: Mapping[str, ActionSpec]) -> Context:
         """Load the actions and kv keys these executions' templates may use."""
@@ -260,7 +267,8 @@ class Batch:
             batch += sorted(first.items())
             first = {}
             slots = self.slots.less(len(self.stats.claimed)) if self.slots else None
-            applied = apply.apply_batch(self.conn, batch, self.roots, slots)
+            applied = apply.apply_batch(self.conn, batch, self.roots, slots, self.carry, self.defer)
+            self.deferred = applied.deferred
             self.stats.claimed.extend(applied.claimed)
             self.stats.queued += applied.queued
             pending = {}

@@ -47,7 +47,7 @@ def _generic_plan(conn: psycopg.Connection, query: str, params: dict[str, str]) 
     [
         ("task_finish", "task_execution", [{"id": 1, "attempt": 1, "status": "succeeded"}]),
         (
-            "state_update",
+            "state_write",
             "task_state",
             [{"execution_id": 1, "task_name": "t0", "iteration": 1, "before": "running"}],
         ),
@@ -67,10 +67,29 @@ def test_a_batched_write_looks_its_rows_up_by_key_in_a_table_of_history(
     benchdata.seed_history(conn, "examples.hello_join", 1000, 3, days=1)
     benchdata.analyze(conn)
     conn.execute(f"ANALYZE attune.{table}")
-    params = {"rows": json.dumps(rows), "me": "w1"}
+    params = {"rows": json.dumps(rows), "me": "w1", "new": "[]"}
     plan = _generic_plan(conn, getattr(Q, query), params)
     assert f"Seq Scan on {table}" not in plan, plan
     assert f"Index Scan using {table}_pkey on {table}" in plan, plan
+
+
+def test_the_execution_write_finds_its_rows_and_their_pending_states_by_key(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    # The write closes the pending task states of the executions it ends in the same
+    # statement: by execution id in the partial index of pending states, never by
+    # walking every pending state (a join of a CTE estimated at one row would).
+    register("examples")
+    benchdata.seed_history(conn, "examples.hello_join", 1000, 3, days=1)
+    benchdata.analyze(conn)
+    rows = [{"id": 1, "before": "running", "status": "succeeded", "active_tasks": 0,
+             "task_rows": 0}]  # fmt: skip
+    plan = _generic_plan(conn, Q.execution_write, {"rows": json.dumps(rows)})
+    assert "Seq Scan" not in plan, plan
+    assert "Index Scan using workflow_execution_pkey on workflow_execution" in plan, plan
+    closing = plan[plan.index("Update on task_state") :]
+    assert "Index Scan using task_state_pending on task_state" in closing, plan
+    assert "Index Cond: (workflow_execution_id = ANY (" in closing, plan
 
 
 def test_the_reap_of_expired_leases_reads_only_the_leased_rows(

@@ -259,3 +259,71 @@ def test_the_start_resumes_after_what_it_started_and_rescans_now_and_then(
     cursor.rolled_back()
     cursor.committed()
     assert cursor.after == (0, ids[2])
+
+
+def test_a_turn_writes_the_executions_it_advanced_and_started_in_one_statement(
+    conn: psycopg.Connection, register: Callable[[Path | str], None], tmp_path: Path
+) -> None:
+    """The advance's execution writes ride on the start's statement: one UPDATE of
+    workflow_execution a turn where each part sent its own; a round's new and changed
+    task states go in one statement; and every row is written."""
+    register("examples")
+    env = advance.Env.load(conn)
+    actions = ActionCatalog(conn)
+    first = start(conn, "examples.long_running", {"seconds": 1})
+    (step1,) = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 1)).claimed
+    second = start(conn, "examples.long_running", {"seconds": 1})
+    conn.prepare_threshold = None  # every statement sends its text: the trace shows each
+    trace = tmp_path / "libpq.trace"
+    done = [Finished(step1, TaskStatus.SUCCEEDED, {"slept": 1}, None)]
+    with trace.open("w") as f:
+        conn.pgconn.trace(f.fileno())
+        try:
+            t = advance.turn(conn, done, actions, env, claims.Slots("w1", 60, 3), 10, False)
+        finally:
+            conn.pgconn.untrace()
+    assert (t.stats.advanced, t.stats.started) == (1, 1)
+    sent = trace.read_text()
+    assert sent.count("UPDATE attune.workflow_execution") == 1
+    # Task states: step1's update with step2's new state, then second's (three before).
+    assert sent.count("WITH inserted AS (") == 2
+    # The advance: lock, fence, states, step1's and step2's states, step2's row; the
+    # start: lock, its state, its row; both parts' executions. Eleven before.
+    assert sent.count("\tParse\t") == 9, sent
+    rows = conn.execute(
+        "SELECT id, status, active_tasks, started_at IS NOT NULL FROM attune.workflow_execution"
+        " WHERE id = ANY(%s) ORDER BY id",
+        ([first, second],),
+    ).fetchall()
+    assert rows == [(first, "running", 1, True), (second, "running", 1, True)]
+    tasks = conn.execute(
+        "SELECT workflow_execution_id, task_name, status FROM attune.task_execution"
+        " WHERE workflow_execution_id = ANY(%s) ORDER BY id",
+        ([first, second],),
+    ).fetchall()
+    assert tasks == [
+        (first, "step1", "succeeded"),
+        (first, "step2", "running"),
+        (second, "step1", "running"),
+    ]
+
+
+def test_a_turn_that_releases_items_still_writes_the_item_counters(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """The advance's deferred state update rides along however the round ends: here one
+    that also releases the next item of a window (its loop once hid the deferral)."""
+    register("e2e")
+    env = advance.Env.load(conn)
+    actions = ActionCatalog(conn)
+    execution_id = start(conn, "e2e.window", {"count": 3, "seconds": 0.1})
+    first = advance.turn(conn, [], actions, env, claims.Slots("w1", 60, 1), 10, False)
+    done = [Finished(first.stats.claimed[0], TaskStatus.SUCCEEDED, {"s": 1}, None)]
+    t = advance.turn(conn, done, actions, env, claims.Slots("w1", 60, 1), 10, True)
+    assert [c.item_index for c in t.stats.claimed] == [1]  # the second item, claimed
+    state = conn.execute(
+        "SELECT status, items_total, items_released, items_done FROM attune.task_state"
+        " WHERE workflow_execution_id = %s",
+        (execution_id,),
+    ).fetchall()
+    assert state == [("running", 3, 3, 1)]

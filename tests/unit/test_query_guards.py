@@ -49,7 +49,15 @@ def test_the_guarded_writes_are_found() -> None:
     # (Writes whose new status is a value, like task_finish's, are guarded by the
     # generated triggers alone.)
     assert {"task_claim", "task_hand_back", "task_hold", "task_release", "task_reap"} <= names
-    assert {"state_cancel_pending", "execution_time_out", "child_pause"} <= names
+    assert {"execution_write", "execution_time_out", "child_pause"} <= names
+
+
+def test_the_execution_write_closes_the_states_of_exactly_the_executions_that_ended() -> None:
+    # execution_write cancels the pending task states of the executions it ends: its
+    # literal list of ending statuses is the machine's terminal workflow statuses.
+    ending = re.search(r"w\.status IN \(([^)]*)\)", Q.execution_write)
+    assert ending is not None, Q.execution_write
+    assert set(re.findall(r"'(\w+)'", ending[1])) == set(machine.WORKFLOW_TERMINAL)
 
 
 @pytest.mark.parametrize(("name", "entity", "target", "sources"), GUARDED)

@@ -33,7 +33,7 @@ from attune_pg.engine.state import (
     WriteTaskState,
 )
 from attune_pg.errors import StaleWrite
-from attune_pg.machine import WORKFLOW_TERMINAL, TaskStatus, WorkflowStatus
+from attune_pg.machine import TaskStatus, WorkflowStatus
 from attune_pg.store import load
 from attune_pg.store.claims import ClaimedTask, Slots
 from attune_pg.store.queries import Q, fetch
@@ -48,6 +48,38 @@ class Applied:
     events: list[tuple[int, ItemsAggregated]] = field(default_factory=list)
     claimed: list[ClaimedTask] = field(default_factory=list)
     queued: int = 0
+    deferred: Deferred = field(default_factory=lambda: Deferred())
+
+
+@dataclass(frozen=True)
+class ExecutionWrite:
+    """An execution's write (None: only its task rows), with the task rows it created in
+    the same round (its budget use); may be deferred to ride on a later round's
+    statement (apply_batch)."""
+
+    execution_id: int
+    write: WriteExecution | None
+    task_rows: int = 0
+
+
+@dataclass
+class Deferred:
+    """Writes a round held back to ride on a later round's statements (apply_batch): a
+    turn's advance hands its task-state updates and execution writes to its start, so one
+    statement of each kind writes both parts."""
+
+    executions: list[ExecutionWrite] = field(default_factory=list)
+    states: list[tuple[int, TaskState, str]] = field(default_factory=list)  # (id, state, before)
+
+    def __bool__(self) -> bool:
+        return bool(self.executions or self.states)
+
+    def take(self) -> Deferred:
+        """What is held, which is then empty (in place: the one who handed it over sees
+        that it was taken)."""
+        out = Deferred(self.executions, self.states)
+        self.executions, self.states = [], []
+        return out
 
 
 def apply_batch(
@@ -55,6 +87,8 @@ def apply_batch(
     batch: Sequence[tuple[int, Sequence[Command]]],
     roots: Mapping[int, int] | None = None,
     slots: Slots | None = None,
+    carry: Deferred | None = None,
+    defer: bool = False,
 ) -> Applied:
     """Write the commands of many executions with one statement per kind of write.
 
@@ -63,6 +97,13 @@ def apply_batch(
     they changed with the rows they meant to change and raise StaleWrite on any
     difference, so the caller's transaction rolls back whole. With `slots`, new task
     rows due now are created claimed by that worker (up to its free slots).
+
+    `carry`: writes an earlier round deferred, written with this round's.
+    `defer`: this round's execution writes, and its task-state updates unless it also
+    creates states, are returned (`Applied.deferred`) instead of written, unless the
+    round aggregates items (its events read what it wrote): a turn's advance hands them
+    to its start, so one statement of each kind writes both parts (advance._turn). The
+    caller writes whatever is left (`write_deferred`).
     """
     out = Applied()
     state_inserts: list[tuple[int, TaskState]] = []
@@ -102,12 +143,16 @@ def apply_batch(
                 aggregates.append((execution_id, command))
             elif isinstance(command, WriteExecution):
                 executions.append((execution_id, command))
+    carried = carry.take() if carry else Deferred()
+    state_updates = [*carried.states, *state_updates]
+    deferring = defer and not aggregates
+    # A round with new states of its own writes its updates with them: deferred, they
+    # would cost a statement whenever no later round takes them.
+    states_deferred = deferring and not state_inserts
     if parks:
         _park(conn, parks)
-    if state_inserts:
-        _insert_states(conn, state_inserts)
-    if state_updates:
-        _update_states(conn, state_updates)
+    if state_inserts or (state_updates and not states_deferred):
+        _write_states(conn, state_inserts, state_updates)
     if new_rows:
         out.claimed, out.queued = _insert_tasks(conn, new_rows, roots or {}, slots)
     for (execution_id, task_name, iteration, held), count in releases.items():
@@ -139,13 +184,13 @@ def apply_batch(
     created: dict[int, int] = {}
     for execution_id, c in new_rows:
         created[execution_id] = created.get(execution_id, 0) + len(c.items)
-    if executions:
-        _update_executions(conn, executions, created)
-    if created:
-        conn.execute(
-            Q.execution_count_rows,
-            {"ids": list(created), "counts": list(created.values())},
-        )
+    writes = [*carried.executions]
+    writes += (ExecutionWrite(i, w, created.pop(i, 0)) for i, w in executions)
+    writes += (ExecutionWrite(i, None, n) for i, n in created.items())
+    if deferring:
+        out.deferred = Deferred(writes, state_updates if states_deferred else [])
+    elif writes:
+        write_executions(conn, writes)
     for execution_id, agg in aggregates:
         results, failed = load.item_results(conn, execution_id, agg.task_name, agg.iteration)
         out.events.append(
@@ -174,11 +219,33 @@ def _state_record(e: int, s: TaskState) -> dict[str, Any]:
     }
 
 
-def _insert_states(conn: psycopg.Connection, inserts: Sequence[tuple[int, TaskState]]) -> None:
-    conn.execute(Q.state_insert, {"rows": Jsonb([_state_record(e, s) for e, s in inserts])})
+def _write_states(
+    conn: psycopg.Connection,
+    inserts: Sequence[tuple[int, TaskState]],
+    updates: Sequence[tuple[int, TaskState, str]],
+) -> None:
+    """New task states and guarded updates of others, in one statement (state_write)."""
+    rows = _state_updates(updates)
+    params = {"new": Jsonb([_state_record(e, s) for e, s in inserts]), "rows": Jsonb(rows)}
+    row = conn.execute(Q.state_write, params).fetchone()
+    _check_states(len(rows), row[0] if row else 0)
 
 
-def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskState, str]]) -> None:
+def _check_states(meant: int, updated: int) -> None:
+    if updated != meant:
+        raise StaleWrite(f"{meant - updated} task_state rows changed under us")
+
+
+def write_deferred(conn: psycopg.Connection, deferred: Deferred) -> None:
+    """Write what a round held back and no later round took (apply_batch's `defer`)."""
+    held = deferred.take()
+    if held.states:
+        _write_states(conn, (), held.states)
+    if held.executions:
+        write_executions(conn, held.executions)
+
+
+def _state_updates(updates: Sequence[tuple[int, TaskState, str]]) -> list[dict[str, Any]]:
     rows = []
     for e, s, before in updates:
         r = _state_record(e, s)
@@ -202,9 +269,7 @@ def _update_states(conn: psycopg.Connection, updates: Sequence[tuple[int, TaskSt
                 "join_from": r["jf"],
             }
         )
-    cur = conn.execute(Q.state_update, {"rows": Jsonb(rows)})
-    if cur.rowcount != len(rows):
-        raise StaleWrite(f"{len(rows) - cur.rowcount} task_state rows changed under us")
+    return rows
 
 
 def _insert_tasks(
@@ -251,20 +316,20 @@ def _insert_tasks(
     return claimed, scheduled - len(claimed)
 
 
-def _update_executions(
-    conn: psycopg.Connection,
-    writes: Sequence[tuple[int, WriteExecution]],
-    created: dict[int, int],
-) -> None:
+def write_executions(conn: psycopg.Connection, writes: Sequence[ExecutionWrite]) -> None:
+    """Write many executions in one guarded statement (execution_write)."""
     # An execution that ends inside the transaction that starts it (every task
     # skipped, an empty with-items) still passes through `running`, as the state
     # machine says and the audit log should show.
     W = WorkflowStatus
-    jumps = [
-        i for i, w in writes if w.before == W.REQUESTED and w.status not in (W.RUNNING, W.FAILED)
-    ]
-    if jumps:
-        jumped = {i: w for i, w in writes if i in jumps}
+    jumped = {
+        x.execution_id: x.write
+        for x in writes
+        if x.write is not None
+        and x.write.before == W.REQUESTED
+        and x.write.status not in (W.RUNNING, W.FAILED)
+    }
+    if jumped:
         conn.execute(
             Q.execution_start_jump,
             {
@@ -274,31 +339,32 @@ def _update_executions(
                 ],
             },
         )
-        writes = [
-            (i, replace(w, before=W.RUNNING, parameters=None) if i in jumps else w)
-            for i, w in writes
-        ]
-    rows = [
-        {
-            "id": execution_id,
-            "before": w.before,
-            "status": w.status,
-            "parameters": w.parameters,  # None: not written (SQL NULL keeps the column)
-            "vars": w.vars,
-            "active_tasks": w.active_tasks,
-            "error": w.error,
-            "output": w.output,
-            "timeout_at": w.timeout_at,
-            "task_rows": created.pop(execution_id, 0),
-        }
-        for execution_id, w in writes
-    ]
-    cur = conn.execute(Q.execution_write, {"rows": Jsonb(rows)})
-    if cur.rowcount != len(rows):
-        raise StaleWrite(f"{len(rows) - cur.rowcount} workflow_execution rows changed under us")
-    ended = [i for i, w in writes if w.status in WORKFLOW_TERMINAL]
-    if ended:
-        conn.execute(Q.state_cancel_pending, {"ids": ended})
+    rows: list[dict[str, Any]] = []
+    for x in writes:
+        w = x.write
+        if w is None:
+            rows.append({"id": x.execution_id, "task_rows": x.task_rows})
+            continue
+        if x.execution_id in jumped:
+            w = replace(w, before=W.RUNNING, parameters=None)
+        rows.append(
+            {
+                "id": x.execution_id,
+                "before": w.before,
+                "status": w.status,
+                "parameters": w.parameters,  # None: not written (SQL NULL keeps the column)
+                "vars": w.vars,
+                "active_tasks": w.active_tasks,
+                "error": w.error,
+                "output": w.output,
+                "timeout_at": w.timeout_at,
+                "task_rows": x.task_rows,
+            }
+        )
+    row = conn.execute(Q.execution_write, {"rows": Jsonb(rows)}).fetchone()
+    written = row[0] if row else 0
+    if written != len(rows):
+        raise StaleWrite(f"{len(rows) - written} workflow_execution rows changed under us")
 
 
 def _cancel_live(

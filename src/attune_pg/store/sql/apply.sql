@@ -59,53 +59,70 @@ SELECT attune.record_publish(%(ids)s::bigint[], %(task_names)s::text[], %(data)s
 
 -- name: execution_write
 -- The conductor's writes of many executions, each guarded by its status as loaded;
--- task_rows adds the task rows the execution created in this transaction (its budget use).
+-- task_rows adds the task rows the execution created in this transaction (its budget
+-- use). A record without `before` only adds its task rows (an execution whose tasks
+-- changed and nothing else): no status, no guard.
 -- One JSON array of records (as every hot batched write: one parameter to encode); a
 -- JSON value that is not written is absent (SQL NULL: the column keeps its value).
-UPDATE attune.workflow_execution e
-   SET status = v.status, parameters = coalesce(v.parameters, e.parameters),
-       vars = coalesce(v.vars, e.vars), active_tasks = v.active_tasks,
-       error = coalesce(v.error, e.error), output = coalesce(v.output, e.output),
-       started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,
-       timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at),
-       task_rows = e.task_rows + v.task_rows
-  FROM jsonb_to_recordset(%(rows)s::jsonb)
-       AS v(id bigint, before text, status text, parameters jsonb, vars jsonb, active_tasks int,
-            error jsonb, output jsonb, timeout_at float8, task_rows int)
- WHERE e.id = v.id AND e.status = v.before
+-- An execution that ends waits for nothing: any task state of it still pending (a join
+-- short of arrivals, a trigger recorded while a failure drained, iterations the advance
+-- did not load) is closed by the same statement. Returns how many executions it wrote.
+WITH written AS (
+    UPDATE attune.workflow_execution e
+       SET status = coalesce(v.status, e.status),
+           parameters = coalesce(v.parameters, e.parameters),
+           vars = coalesce(v.vars, e.vars), active_tasks = coalesce(v.active_tasks, e.active_tasks),
+           error = coalesce(v.error, e.error), output = coalesce(v.output, e.output),
+           started_at = CASE WHEN v.before = 'requested' THEN now() ELSE e.started_at END,
+           timeout_at = coalesce(to_timestamp(v.timeout_at), e.timeout_at),
+           task_rows = e.task_rows + v.task_rows
+      FROM jsonb_to_recordset(%(rows)s::jsonb)
+           AS v(id bigint, before text, status text, parameters jsonb, vars jsonb,
+                active_tasks int, error jsonb, output jsonb, timeout_at float8, task_rows int)
+     WHERE e.id = v.id AND (v.before IS NULL OR e.status = v.before)
+ RETURNING e.id, e.status, v.before IS NOT NULL AS moved
+), closed AS (
+    -- An array, so the pending states are looked up by execution id in their index,
+    -- not scanned whole and joined.
+    UPDATE attune.task_state s SET status = 'canceled'
+     WHERE s.status = 'pending' AND s.workflow_execution_id = ANY(ARRAY(
+           SELECT w.id FROM written w
+            WHERE w.moved AND w.status IN ('succeeded', 'failed', 'canceled', 'timed_out')))
+)
+SELECT count(*)::int AS written FROM written
 
--- name: execution_count_rows
--- Task rows created by executions that had nothing else to write in this transaction.
-UPDATE attune.workflow_execution e SET task_rows = e.task_rows + v.n
-  FROM unnest(%(ids)s::bigint[], %(counts)s::int[]) AS v(id, n)
- WHERE e.id = v.id
-
--- name: state_insert
--- New task states of many executions, as one JSON array of records.
-INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,
-       join_required, join_arrivals, items_total, items_released, items_done, items_failed,
-       result, error, unhandled, route, join_from)
-SELECT v.e, v.n, v.i, v.status, v.jr, v.ja, v.t, v.r, v.d, v.f, v.result,
-       v.error, v.unhandled, v.route, coalesce(v.jf, '{}')
-  FROM jsonb_to_recordset(%(rows)s::jsonb)
-       AS v(e bigint, n text, i int, status text, jr int, ja int, t int, r int, d int, f int,
-            result jsonb, error jsonb, unhandled bool, route text, jf text[])
-
--- name: state_update
--- Task state writes of many executions, each guarded by its status as loaded.
-UPDATE attune.task_state t SET status = v.status, join_required = v.join_required,
-       join_arrivals = v.join_arrivals, items_total = v.items_total,
-       items_released = v.items_released, items_done = v.items_done,
-       items_failed = v.items_failed, result = v.result, error = v.error,
-       unhandled = v.unhandled, join_from = coalesce(v.join_from, '{}')
-  FROM (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
-          AS r(execution_id bigint, task_name text, iteration int, before text, status text,
-               join_required int, join_arrivals int, items_total int, items_released int,
-               items_done int, items_failed int, result jsonb, error jsonb, unhandled bool,
-               route text, join_from text[])
-         LIMIT jsonb_array_length(%(rows)s::jsonb)) v  -- the batch's size, as in task_finish
- WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name
-   AND t.iteration = v.iteration AND t.status = v.before
+-- name: state_write
+-- New task states (`new`) and updates of others (`rows`, each guarded by its status as
+-- loaded) of many executions, as JSON arrays of records, in one statement: either may be
+-- empty. The rows differ (a turn's start and the advance before it, or one round's new
+-- and changed states), so neither part needs to see the other's. Returns how many rows
+-- the guarded update wrote.
+WITH inserted AS (
+    INSERT INTO attune.task_state (workflow_execution_id, task_name, iteration, status,
+           join_required, join_arrivals, items_total, items_released, items_done,
+           items_failed, result, error, unhandled, route, join_from)
+    SELECT v.e, v.n, v.i, v.status, v.jr, v.ja, v.t, v.r, v.d, v.f, v.result,
+           v.error, v.unhandled, v.route, coalesce(v.jf, '{}')
+      FROM jsonb_to_recordset(%(new)s::jsonb)
+           AS v(e bigint, n text, i int, status text, jr int, ja int, t int, r int, d int,
+                f int, result jsonb, error jsonb, unhandled bool, route text, jf text[])
+), updated AS (
+    UPDATE attune.task_state t SET status = v.status, join_required = v.join_required,
+           join_arrivals = v.join_arrivals, items_total = v.items_total,
+           items_released = v.items_released, items_done = v.items_done,
+           items_failed = v.items_failed, result = v.result, error = v.error,
+           unhandled = v.unhandled, join_from = coalesce(v.join_from, '{}')
+      FROM (SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+              AS r(execution_id bigint, task_name text, iteration int, before text,
+                   status text, join_required int, join_arrivals int, items_total int,
+                   items_released int, items_done int, items_failed int, result jsonb,
+                   error jsonb, unhandled bool, route text, join_from text[])
+             LIMIT jsonb_array_length(%(rows)s::jsonb)) v  -- the batch's size (task_finish)
+     WHERE t.workflow_execution_id = v.execution_id AND t.task_name = v.task_name
+       AND t.iteration = v.iteration AND t.status = v.before
+ RETURNING 1
+)
+SELECT count(*)::int AS updated FROM updated
 
 -- name: task_release
 -- Promote the next `n` pending items of a with-items task (by item index) to scheduled.
@@ -138,12 +155,6 @@ UPDATE attune.workflow_execution e SET status = 'running', started_at = now(),
        parameters = coalesce(v.parameters, e.parameters)
   FROM unnest(%(ids)s::bigint[], %(parameters)s::jsonb[]) AS v(id, parameters)
  WHERE e.id = v.id AND e.status = 'requested'
-
--- name: state_cancel_pending
--- An ended execution waits for nothing: close any task state still pending (a join short
--- of arrivals, a trigger recorded while a failure drained), iterations not loaded included.
-UPDATE attune.task_state SET status = 'canceled'
- WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status = 'pending'
 
 -- name: task_cancel_queued
 -- Cancel: the executions' pending and scheduled rows are canceled.
