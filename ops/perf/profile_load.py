@@ -82,7 +82,9 @@ def main() -> int:
         try:
             warm_up(conn, a.ref, a.workers * a.concurrency, 60)
             poller = Poller(conn)
-            target = a.workers * a.concurrency * 4
+            # A backlog of 40 turns' worth: with 4, the workers drained it between two
+            # 50 ms refills and sat idle a third of the time (py-spy --wall showed it).
+            target = a.workers * a.concurrency * 40
             conn.execute("SELECT pg_stat_statements_reset()")
             holder = None
             if a.hold:
