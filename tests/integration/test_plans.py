@@ -42,6 +42,15 @@ def _generic_plan(conn: psycopg.Connection, query: str, params: dict[str, str]) 
     return "\n".join(r[0] for r in rows)
 
 
+def _history(conn: psycopg.Connection, register: Callable[[Path | str], None]) -> None:
+    """3,000 finished task rows, analyzed: big enough that a scan of a table costs more
+    than ten look-ups by key, small enough that the planner's guess of 100 input rows (a
+    function's default) made batched writes hash-join over the whole table."""
+    register("examples")
+    benchdata.seed_history(conn, "examples.hello_join", 1000, 3, days=1)
+    benchdata.analyze(conn)
+
+
 @pytest.mark.parametrize(
     ("query", "table", "rows"),
     [
@@ -60,12 +69,7 @@ def test_a_batched_write_looks_its_rows_up_by_key_in_a_table_of_history(
     table: str,
     rows: list[dict[str, object]],
 ) -> None:
-    register("examples")
-    # 3,000 finished task rows, analyzed: big enough that a scan of the table costs more
-    # than ten look-ups by key, small enough that the planner's guess of 100 input rows
-    # (a function's default) made it hash-join over the whole table.
-    benchdata.seed_history(conn, "examples.hello_join", 1000, 3, days=1)
-    benchdata.analyze(conn)
+    _history(conn, register)
     conn.execute(f"ANALYZE attune.{table}")
     params = {"rows": json.dumps(rows), "me": "w1", "new": "[]"}
     plan = _generic_plan(conn, getattr(Q, query), params)
@@ -79,9 +83,7 @@ def test_the_execution_write_finds_its_rows_and_their_pending_states_by_key(
     # The write closes the pending task states of the executions it ends in the same
     # statement: by execution id in the partial index of pending states, never by
     # walking every pending state (a join of a CTE estimated at one row would).
-    register("examples")
-    benchdata.seed_history(conn, "examples.hello_join", 1000, 3, days=1)
-    benchdata.analyze(conn)
+    _history(conn, register)
     rows = [{"id": 1, "before": "running", "status": "succeeded", "active_tasks": 0,
              "task_rows": 0}]  # fmt: skip
     plan = _generic_plan(conn, Q.execution_write, {"rows": json.dumps(rows)})
@@ -97,9 +99,7 @@ def test_the_reap_of_expired_leases_reads_only_the_leased_rows(
 ) -> None:
     # Every worker runs it every few seconds: a scan of all task rows ever run (170 ms on
     # a million) took 10 % of PostgreSQL's time a step under load.
-    register("examples")
-    benchdata.seed_history(conn, "examples.hello_join", 1000, 3, days=1)
-    benchdata.analyze(conn)
+    _history(conn, register)
     conn.execute("ANALYZE attune.task_execution")
     plan = _generic_plan(conn, Q.task_reap, {"n": "100"})
     assert "Seq Scan on task_execution" not in plan, plan

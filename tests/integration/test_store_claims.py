@@ -163,6 +163,17 @@ def test_rows_are_queued_when_no_slot_is_free_or_older_work_waits(
     assert queued.id != third.claimed[0].id
 
 
+def _first_step_running(
+    conn: psycopg.Connection,
+) -> tuple[advance.Env, ActionCatalog, int, claims.ClaimedTask]:
+    """One examples.long_running started by worker w1, its step1 created claimed."""
+    env = advance.Env.load(conn)
+    actions = ActionCatalog(conn)
+    first = start(conn, "examples.long_running", {"seconds": 1})
+    (step1,) = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 1)).claimed
+    return env, actions, first, step1
+
+
 def test_one_turn_advances_starts_and_claims_in_one_transaction(
     conn: psycopg.Connection, register: Callable[[Path | str], None]
 ) -> None:
@@ -170,10 +181,7 @@ def test_one_turn_advances_starts_and_claims_in_one_transaction(
     claimed from, all in one transaction (one xmin), each row created claimed where a
     slot was free; the start takes only the slots the advance left."""
     register("examples")
-    env = advance.Env.load(conn)
-    actions = ActionCatalog(conn)
-    first = start(conn, "examples.long_running", {"seconds": 1})
-    (step1,) = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 1)).claimed
+    env, actions, first, step1 = _first_step_running(conn)
     queued = start(conn, "examples.long_running", {"seconds": 1})
     assert advance.start_requested(conn, actions, 10, slots=claims.Slots("w2", 60, 0)).queued == 1
     second = start(conn, "examples.long_running", {"seconds": 1})
@@ -268,10 +276,7 @@ def test_a_turn_writes_the_executions_it_advanced_and_started_in_one_statement(
     workflow_execution a turn where each part sent its own; a round's new and changed
     task states go in one statement; and every row is written."""
     register("examples")
-    env = advance.Env.load(conn)
-    actions = ActionCatalog(conn)
-    first = start(conn, "examples.long_running", {"seconds": 1})
-    (step1,) = advance.start_requested(conn, actions, 10, slots=claims.Slots("w1", 60, 1)).claimed
+    env, actions, first, step1 = _first_step_running(conn)
     second = start(conn, "examples.long_running", {"seconds": 1})
     conn.prepare_threshold = None  # every statement sends its text: the trace shows each
     trace = tmp_path / "libpq.trace"

@@ -39,18 +39,6 @@ from attune_pg.store.claims import ClaimedTask, Slots
 from attune_pg.store.queries import Q, fetch
 
 
-@dataclass
-class Applied:
-    """What one round of writes answered: the items aggregated (the conductors' next
-    events), the task rows created already claimed with the worker's slots, and how
-    many rows it made claimable for anyone (scheduled, now or later)."""
-
-    events: list[tuple[int, ItemsAggregated]] = field(default_factory=list)
-    claimed: list[ClaimedTask] = field(default_factory=list)
-    queued: int = 0
-    deferred: Deferred = field(default_factory=lambda: Deferred())
-
-
 @dataclass(frozen=True)
 class ExecutionWrite:
     """An execution's write (None: only its task rows), with the task rows it created in
@@ -80,6 +68,19 @@ class Deferred:
         out = Deferred(self.executions, self.states)
         self.executions, self.states = [], []
         return out
+
+
+@dataclass
+class Applied:
+    """What one round of writes answered: the items aggregated (the conductors' next
+    events), the task rows created already claimed with the worker's slots, how many
+    rows it made claimable for anyone (scheduled, now or later), and what it held back
+    (`defer`)."""
+
+    events: list[tuple[int, ItemsAggregated]] = field(default_factory=list)
+    claimed: list[ClaimedTask] = field(default_factory=list)
+    queued: int = 0
+    deferred: Deferred = field(default_factory=Deferred)
 
 
 def apply_batch(
@@ -238,6 +239,8 @@ def _check_states(meant: int, updated: int) -> None:
 
 def write_deferred(conn: psycopg.Connection, deferred: Deferred) -> None:
     """Write what a round held back and no later round took (apply_batch's `defer`)."""
+    if not deferred:
+        return
     held = deferred.take()
     if held.states:
         _write_states(conn, (), held.states)
