@@ -106,6 +106,18 @@ def test_the_reap_of_expired_leases_reads_only_the_leased_rows(
     assert "task_execution_leased" in plan, plan
 
 
+def test_a_cancels_count_reads_its_executions_rows_by_key(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    # The count locks the execution's queued rows and reads its live ones: by execution
+    # id, never a scan of every task row ever run.
+    _history(conn, register)
+    conn.execute("ANALYZE attune.task_execution")
+    plan = _generic_plan(conn, Q.task_live_rows, {"id": "1"})
+    assert "Seq Scan on task_execution" not in plan, plan
+    assert plan.count("Index Cond: (workflow_execution_id = $1)") == 2, plan
+
+
 def test_forgetting_plans_empties_the_session_cache_and_statements_prepare_again(
     conn: psycopg.Connection,
 ) -> None:

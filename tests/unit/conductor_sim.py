@@ -149,7 +149,9 @@ class ExecutionRow:
     cancel_policy: str | None = None
     control_requested: bool = False  # control_requested_at IS NOT NULL
 
-    def snapshot(self, running_rows: int | None = None) -> Execution:
+    def snapshot(
+        self, running_rows: int | None = None, scheduled_rows: tuple[int, ...] = ()
+    ) -> Execution:
         return Execution(
             id=self.id,
             ref=self.spec.ref,
@@ -164,6 +166,7 @@ class ExecutionRow:
             started_at=self.started_at,
             cancel_policy=self.cancel_policy,
             running_rows=running_rows,
+            scheduled_rows=scheduled_rows,
         )
 
 
@@ -260,13 +263,20 @@ class Sim:
         return [s for s in self.states.values() if s.unhandled]
 
     def live_rows(self) -> dict[tuple[str, int], LiveRows]:
-        """`task_live_rows` (store/load.py): per task state, the rows a cancel leaves alive."""
+        """`task_live_rows` (store/load.py): per task state, the rows a cancel leaves alive
+        and the ids of its queued rows."""
         running: Counter[tuple[str, int]] = Counter(
             (r.task_name, r.iteration) for r in self.running()
         )
+        queued: dict[tuple[str, int], list[int]] = {}
+        for row in self.rows_where(status=("pending", "scheduled")):
+            queued.setdefault((row.task_name, row.iteration), []).append(row.id)
         if self.rows_where(status="waiting"):  # pragma: no cover - not simulated
             raise SimViolation("waiting rows (inquiries, child workflows) are not simulated")
-        return {key: LiveRows(running=n) for key, n in sorted(running.items())}
+        return {
+            key: LiveRows(running=running[key], queued=tuple(sorted(queued.get(key, ()))))
+            for key in sorted(set(running) | set(queued))
+        }
 
     def latest(self) -> dict[str, TaskState]:
         out: dict[str, TaskState] = {}
@@ -460,8 +470,9 @@ class Sim:
         if need.unhandled:
             states += self.unhandled_states()
         running = len(self.running()) if need.running_rows else None
+        scheduled = tuple(r.id for r in self.scheduled()) if need.running_rows else ()
         live = self.live_rows() if need.live_rows else {}
-        return Snapshot(self.execution.snapshot(running), tuple(states), live)
+        return Snapshot(self.execution.snapshot(running, scheduled), tuple(states), live)
 
     # ------------------------------------------------------------ applying
 
@@ -578,9 +589,9 @@ class Sim:
                 else:
                     self._move_row(row, "scheduled")
         for live in cancel_live:
-            self._cancel_live(live.cancel_running)
+            self._cancel_live(live)
         if holds:
-            self._hold_scheduled()
+            self._hold_scheduled(holds)
         for cancel in cancels:
             for row in self.rows_where(
                 status="pending", task=cancel.task_name, iteration=cancel.iteration
@@ -593,23 +604,29 @@ class Sim:
         self._track_in_flight()
         return aggregates
 
-    def _cancel_live(self, cancel_running: bool) -> None:
-        """`control.cancel_live`: pending and scheduled rows canceled (held cleared);
-        with cancel_running, running rows are marked for their worker to kill."""
-        self.stats["cancel_live" + (" cancel_running" if cancel_running else "")] += 1
-        for row in self.rows_where(status=("pending", "scheduled")):
-            self._move_row(row, "canceled")
-            row.held = False
-        if cancel_running:
+    def _cancel_live(self, live: CancelLive) -> None:
+        """`apply._cancel_live`: the queued rows the cancel counted are canceled (held
+        cleared); with cancel_running, running rows are marked for their worker to kill.
+        A queued row the command does not name stays queued: a bug the drains then show."""
+        self.stats["cancel_live" + (" cancel_running" if live.cancel_running else "")] += 1
+        for row_id in live.rows:
+            row = self.rows[row_id]
+            if row.status in ("pending", "scheduled"):
+                self._move_row(row, "canceled")
+                row.held = False
+        if live.cancel_running:
             for row in self.running():
                 row.cancel_requested = True
 
-    def _hold_scheduled(self) -> None:
-        """`control.hold_scheduled`: scheduled rows go back to pending, held."""
+    def _hold_scheduled(self, holds: Sequence[HoldScheduled]) -> None:
+        """`apply._hold_scheduled`: the scheduled rows the pause counted go back to
+        pending, held; a scheduled row no command names stays scheduled."""
         self.stats["hold_scheduled"] += 1
-        for row in self.scheduled():
-            self._move_row(row, "pending")
-            row.held = True
+        for row_id in sorted({i for hold in holds for i in hold.rows}):
+            row = self.rows[row_id]
+            if row.status == "scheduled":
+                self._move_row(row, "pending")
+                row.held = True
 
     def _insert_state(self, state: TaskState) -> None:
         if state.key in self.states:

@@ -19,7 +19,8 @@ S = TaskStateStatus
 
 def cancel(run: Run) -> None:
     """Cancel everything not running; what runs finishes (or is killed) and reports back."""
-    run.emit(CancelLive(run.execution.cancel_policy == "cancel_running"))
+    queued = sorted(i for rows in run.live.values() for i in rows.queued)
+    run.emit(CancelLive(run.execution.cancel_policy == "cancel_running", tuple(queued)))
     for state in run.open_states():
         if state.status == S.PENDING:  # a join still collecting arrivals
             run.put(replace(state, status=S.CANCELED))
@@ -42,7 +43,7 @@ def cancel(run: Run) -> None:
 
 def pause(run: Run) -> None:
     """Hold everything scheduled; the execution is paused once nothing runs."""
-    run.emit(HoldScheduled())
+    run.emit(HoldScheduled(run.execution.scheduled_rows))
     routing.check_complete(run)
 
 

@@ -416,7 +416,7 @@ def check_complete(run: Run) -> None:
         if run.status == W.PAUSING and run.execution.running_rows == 0:
             # Nothing runs any more. Hold what is scheduled here too: the control
             # pass that would have held it may not have run yet.
-            run.emit(HoldScheduled())
+            run.emit(HoldScheduled(run.execution.scheduled_rows))
             run.status = W.PAUSED
         return
     # Every pending state known to this transaction, not only the latest ones: a

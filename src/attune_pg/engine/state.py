@@ -74,8 +74,10 @@ class Execution:
     started_at: float | None = None  # epoch seconds
     depth: int = 0
     cancel_policy: str | None = None
-    # Rows of this execution still running (loaded only while it is pausing).
+    # Rows of this execution still running (loaded only while it is pausing), and the
+    # ids of its scheduled rows, which a hold holds (locked by that load).
     running_rows: int | None = None
+    scheduled_rows: tuple[int, ...] = ()
     root_id: int = 0  # the top of its tree (its own id for a top-level execution)
     # What its tree may still create; shared by the executions of one tree in a batch.
     budget: Budget | None = None
@@ -129,10 +131,12 @@ class Attempt:
 @dataclass(frozen=True)
 class LiveRows:
     """A task state's rows that stay live through a cancel: those a worker is running
-    and those waiting on a child execution (which reports back when it ends)."""
+    and those waiting on a child execution (which reports back when it ends); and the
+    ids of its queued rows, which the cancel cancels (locked when counted)."""
 
     running: int = 0
     waiting_on_child: int = 0
+    queued: tuple[int, ...] = ()
 
     @property
     def total(self) -> int:
@@ -210,15 +214,20 @@ class CancelPendingItems:
 
 @dataclass(frozen=True)
 class CancelLive:
-    """Cancel the execution's live work: pending and scheduled rows, open inquiries,
-    child executions; with `cancel_running`, ask workers to kill running actions."""
+    """Cancel the execution's live work: the pending and scheduled rows counted (`rows`:
+    the ids, `LiveRows.queued`), open inquiries, child executions; with `cancel_running`,
+    ask workers to kill running actions."""
 
     cancel_running: bool
+    rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class HoldScheduled:
-    """Pause: scheduled rows go back to pending (held) and child executions pause."""
+    """Pause: the scheduled rows counted (`rows`: the ids, `Execution.scheduled_rows`)
+    go back to pending (held) and child executions pause."""
+
+    rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ def apply_batch(
     state_updates: list[tuple[int, TaskState, str]] = []
     new_rows: list[tuple[int, NewTaskRows]] = []
     releases: dict[tuple[int, str, int, bool], int] = {}
-    cancel_live: dict[bool, list[int]] = {}
-    holds: list[int] = []
+    cancel_live: dict[bool, list[tuple[int, CancelLive]]] = {}
+    holds: list[tuple[int, HoldScheduled]] = []
     cancels: list[tuple[int, CancelPendingItems]] = []
     publishes: list[tuple[int, Publish]] = []
     executions: list[tuple[int, WriteExecution]] = []
@@ -133,9 +133,9 @@ def apply_batch(
                 key = (execution_id, command.task_name, command.iteration, command.held)
                 releases[key] = releases.get(key, 0) + command.count
             elif isinstance(command, CancelLive):
-                cancel_live.setdefault(command.cancel_running, []).append(execution_id)
+                cancel_live.setdefault(command.cancel_running, []).append((execution_id, command))
             elif isinstance(command, HoldScheduled):
-                holds.append(execution_id)
+                holds.append((execution_id, command))
             elif isinstance(command, CancelPendingItems):
                 cancels.append((execution_id, command))
             elif isinstance(command, Publish):
@@ -163,8 +163,8 @@ def apply_batch(
             Q.task_release_held if held else Q.task_release,
             {"id": execution_id, "task": task_name, "iteration": iteration, "n": count},
         )
-    for cancel_running, ids in cancel_live.items():
-        _cancel_live(conn, ids, cancel_running)
+    for cancel_running, lives in cancel_live.items():
+        _cancel_live(conn, lives, cancel_running)
     if holds:
         _hold_scheduled(conn, holds)
     for execution_id, cancel in cancels:
@@ -371,12 +371,14 @@ def write_executions(conn: psycopg.Connection, writes: Sequence[ExecutionWrite])
 
 
 def _cancel_live(
-    conn: psycopg.Connection, execution_ids: Sequence[int], cancel_running: bool
+    conn: psycopg.Connection, lives: Sequence[tuple[int, CancelLive]], cancel_running: bool
 ) -> None:
-    """Cancel the executions' live work: queued rows, open inquiries, child executions;
-    with `cancel_running`, ask the workers running their rows to kill them."""
-    ids = {"ids": list(execution_ids)}
-    conn.execute(Q.task_cancel_queued, ids)
+    """Cancel the executions' live work: the queued rows counted, open inquiries, child
+    executions; with `cancel_running`, ask the workers running their rows to kill them."""
+    ids = {"ids": [execution_id for execution_id, _ in lives]}
+    rows = [row for _, live in lives for row in live.rows]
+    if rows:
+        conn.execute(Q.task_cancel_queued, {"rows": rows})
     if cancel_running and conn.execute(Q.task_request_cancel, ids).rowcount:
         conn.execute(Q.control_notify)
     conn.execute(Q.inquiry_cancel_open, ids)
@@ -385,11 +387,13 @@ def _cancel_live(
     conn.execute(Q.control_notify)
 
 
-def _hold_scheduled(conn: psycopg.Connection, execution_ids: Sequence[int]) -> None:
-    """Pause: scheduled rows go back to pending (held) and child executions pause."""
-    ids = {"ids": list(execution_ids)}
-    conn.execute(Q.task_hold, ids)
-    conn.execute(Q.child_pause, ids)
+def _hold_scheduled(conn: psycopg.Connection, holds: Sequence[tuple[int, HoldScheduled]]) -> None:
+    """Pause: the scheduled rows counted go back to pending (held) and child executions
+    pause."""
+    rows = sorted({row for _, hold in holds for row in hold.rows})
+    if rows:
+        conn.execute(Q.task_hold, {"rows": rows})
+    conn.execute(Q.child_pause, {"ids": sorted({execution_id for execution_id, _ in holds})})
     conn.execute(Q.control_notify)
 
 

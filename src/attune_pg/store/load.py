@@ -75,24 +75,28 @@ def snapshots(
         if need.unhandled:
             found += [s for _, s in fetch(conn, Q.state_unhandled, {"id": execution.id}, _STATE)]
         if execution.id in running:
-            execution = replace(execution, running_rows=running[execution.id])
+            n, scheduled = running[execution.id]
+            execution = replace(execution, running_rows=n, scheduled_rows=scheduled)
         out[execution.id] = Snapshot(execution, tuple(found), rows)
     return out
 
 
-def _running_rows(conn: psycopg.Connection, ids: Sequence[int]) -> dict[int, int]:
+def _running_rows(
+    conn: psycopg.Connection, ids: Sequence[int]
+) -> dict[int, tuple[int, tuple[int, ...]]]:
+    """Per pausing execution: its rows that will still report, and its scheduled rows'
+    ids (locked: what a hold holds)."""
     if not ids:
         return {}
-    counts = {i: 0 for i in ids}
-    counts.update(
-        {int(r[0]): int(r[1]) for r in conn.execute(Q.task_count_running, {"ids": list(ids)})}
-    )
+    counts: dict[int, tuple[int, tuple[int, ...]]] = {i: (0, ()) for i in ids}
+    for execution_id, n, scheduled in conn.execute(Q.task_count_running, {"ids": list(ids)}):
+        counts[int(execution_id)] = (int(n), tuple(scheduled))
     return counts
 
 
 def _live_rows(conn: psycopg.Connection, execution_id: int) -> dict[tuple[str, int], LiveRows]:
     rows = conn.execute(Q.task_live_rows, {"id": execution_id}).fetchall()
-    return {(name, it): LiveRows(int(r), int(w)) for name, it, r, w in rows}
+    return {(name, it): LiveRows(int(r), int(w), tuple(q)) for name, it, r, w, q in rows}
 
 
 def kv_entries(conn: psycopg.Connection, keys: Iterable[str]) -> dict[str, KVEntry | None]:

@@ -157,9 +157,10 @@ UPDATE attune.workflow_execution e SET status = 'running', started_at = now(),
  WHERE e.id = v.id AND e.status = 'requested'
 
 -- name: task_cancel_queued
--- Cancel: the executions' pending and scheduled rows are canceled.
+-- Cancel: the queued rows the cancel's count found (task_live_rows, which locked them).
+-- Not every row queued now: one the reaper handed back since was counted running.
 UPDATE attune.task_execution SET status = 'canceled', held = false
- WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'scheduled')
+ WHERE id = ANY(%(rows)s::bigint[]) AND status IN ('pending', 'scheduled')
 
 -- name: task_request_cancel
 -- cancel_running: ask the workers running these executions' rows to kill them.
@@ -192,9 +193,11 @@ UPDATE attune.task_execution t SET status = 'canceled'
                       AND c.status <> ALL(ARRAY['succeeded', 'failed', 'canceled', 'timed_out']))
 
 -- name: task_hold
--- Pause: scheduled rows go back to pending, held until resume.
+-- Pause: the scheduled rows the pause's count found (task_count_running, which locked
+-- them) go back to pending, held until resume. Not every row scheduled now: one the
+-- reaper handed back since was counted running, and is left to run and report.
 UPDATE attune.task_execution SET status = 'pending', held = true
- WHERE workflow_execution_id = ANY(%(ids)s::bigint[]) AND status = 'scheduled'
+ WHERE id = ANY(%(rows)s::bigint[]) AND status = 'scheduled'
 
 -- name: child_pause
 -- Pause: running child executions of waiting rows pause too.
