@@ -46,6 +46,11 @@ def test_the_local_scenarios_report_rates_latency_and_costs(dsn: str) -> None:
     assert sum(s.cost.worker_cpu for s in result.scenarios if s.cost is not None) > 0
     text = result.report()
     assert "python / builtin no-op:" in text and "items/s" in text
+    # The pair runs in halves, single python python single, reported as one each.
+    assert [s.name for s in result.scenarios] == ["single", "three", "python", "items", "wakeup"]
+    assert text.count("in halves: single python python single") == 2
+    assert text.count("(pairs: ") == 1
+    assert len(set(by["single"].ids)) == len(set(by["python"].ids)) == 12
     assert by["wakeup"].start_ms is not None and by["wakeup"].start_ms[0] > 0
     assert text.count("per step:") == 5 and "CPU ms: workers" in text
 

@@ -118,6 +118,23 @@ class Cost:
     def per_step(self, value: float) -> float:
         return value / max(self.steps, 1)
 
+    def __add__(self, other: Cost) -> Cost:
+        """Two measured windows as one (the halves of a paired scenario)."""
+        pg = None if self.pg_cpu is None or other.pg_cpu is None else self.pg_cpu + other.pg_cpu
+        return Cost(
+            steps=self.steps + other.steps,
+            commits=self.commits + other.commits,
+            rollbacks=self.rollbacks + other.rollbacks,
+            inserted=self.inserted + other.inserted,
+            updated=self.updated + other.updated,
+            deleted=self.deleted + other.deleted,
+            hot_updated=self.hot_updated + other.hot_updated,
+            wal_bytes=self.wal_bytes + other.wal_bytes,
+            wal_fpi=self.wal_fpi + other.wal_fpi,
+            worker_cpu=self.worker_cpu + other.worker_cpu,
+            pg_cpu=pg,
+        )
+
     @property
     def tuples(self) -> int:
         return self.inserted + self.updated + self.deleted

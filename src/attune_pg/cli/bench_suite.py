@@ -3,7 +3,9 @@
 Scenarios (a comma list, or `all`):
 - `single`: N workflows of one builtin no-op task (the queue's job);
 - `three`: N/3 workflows of three sequential no-ops (steps of a real workflow);
-- `python`: N workflows of one trivial python action, reported against `single`;
+- `python`: N workflows of one trivial python action, reported against `single`; with
+  both, the two run in halves, single python python single (`_paired`): a scenario that
+  runs after another pays for its garbage (autovacuum, checkpoints) and loses by half;
 - `items`: one with-items task over N no-op items;
 - `wakeup`: single workflows submitted one at a time to idle workers (NOTIFY path);
 - `history`: `single` on a database holding a million finished task rows, against an
@@ -84,6 +86,7 @@ class ScenarioResult:
     cost: Cost | None = None
     notes: list[str] = field(default_factory=list)
     ok: bool = True
+    ids: list[int] = field(default_factory=list, repr=False)  # the measured workflows
 
     @property
     def workflows_per_s(self) -> float:
@@ -211,8 +214,59 @@ def measure(
         latency_ms=benchsuite.claim_latency(conn, ids),
         cost=meter.cost(before, after, steps, poller.transactions),
         ok=succeeded == len(ids),
+        ids=ids,
     )
     return result
+
+
+def _joined(conn: psycopg.Connection, a: ScenarioResult, b: ScenarioResult) -> ScenarioResult:
+    """Two measured halves of one scenario as one result: totals, and the claim latency
+    of all their workflows."""
+    ids = a.ids + b.ids
+    return ScenarioResult(
+        a.name,
+        a.what,
+        workflows=a.workflows + b.workflows,
+        steps=a.steps + b.steps,
+        seconds=a.seconds + b.seconds,
+        succeeded=a.succeeded + b.succeeded,
+        latency_ms=benchsuite.claim_latency(conn, ids),
+        cost=None if a.cost is None or b.cost is None else a.cost + b.cost,
+        ok=a.ok and b.ok,
+        ids=ids,
+    )
+
+
+THROUGHPUT = {
+    "single": ("bench.single", "workflows of one builtin no-op"),
+    "three": ("bench.three", "workflows of three sequential no-ops"),
+    "python": ("bench.python", "workflows of one trivial python action (warm hosts)"),
+}
+
+
+def _paired(
+    conn: psycopg.Connection, run: Callable[[str, int], ScenarioResult], workflows: int
+) -> tuple[ScenarioResult, ScenarioResult]:
+    """`single` and `python` in halves, in the order single, python, python, single, each
+    joined into one result, with the python / no-op ratio of the whole and of each
+    adjacent pair. Run one after the other, the second paid for the first's garbage
+    (autovacuum and checkpoints count in PostgreSQL's CPU): on 2026-12-04 one run of
+    each order gave 0.47x and 1.12x. In ABBA order that drift cancels."""
+    first, second = workflows // 2, workflows - workflows // 2
+    s1 = run("single", first)
+    p1 = run("python", first)
+    p2 = run("python", second)
+    s2 = run("single", second)
+    single, python = _joined(conn, s1, s2), _joined(conn, p1, p2)
+    for result, ref in ((single, "single"), (python, "python")):
+        result.what = f"{workflows} {THROUGHPUT[ref][1]}, in halves: single python python single"
+    if single.workflows_per_s and s1.workflows_per_s and s2.workflows_per_s:
+        python.notes.append(
+            f"python / builtin no-op: {python.workflows_per_s / single.workflows_per_s:.2f}x"
+            f" (pairs: {p1.workflows_per_s / s1.workflows_per_s:.2f}x,"
+            f" {p2.workflows_per_s / s2.workflows_per_s:.2f}x)"
+        )
+    return single, python
 
 
 def warm_up(conn: psycopg.Connection, ref: str, n: int, timeout: float) -> None:
@@ -325,7 +379,29 @@ def _run_local(
     try:
         meter = Meter(conn, [p.pid for p in procs])
         by_name: dict[str, ScenarioResult] = {}
+
+        def run(name: str, n: int) -> ScenarioResult:
+            ref, what = THROUGHPUT[name]
+            warm_up(conn, ref, warm, timeout)
+            return measure(
+                conn,
+                meter,
+                lambda p: p.start(ref, n),
+                name=name,
+                what=f"{n} {what}",
+                timeout=timeout,
+                progress=progress,
+            )
+
+        paired = "single" in names and "python" in names
         for name in names:
+            if name in by_name:
+                continue  # the other half of the pair, run with it
+            if paired and name in ("single", "python"):
+                single, python = _paired(conn, run, workflows)
+                by_name.update(single=single, python=python)
+                out.extend((single, python))
+                continue
             if name == "wakeup":
                 result = _wakeup(conn, meter, idle_samples)
             elif name == "items":
@@ -340,37 +416,11 @@ def _run_local(
                     progress=progress,
                 )
             else:
-                ref, n, what = {
-                    "single": ("bench.single", workflows, "workflows of one builtin no-op"),
-                    "three": (
-                        "bench.three",
-                        max(workflows // 3, 1),
-                        "workflows of three sequential no-ops",
-                    ),
-                    "python": (
-                        "bench.python",
-                        workflows,
-                        "workflows of one trivial python action (warm hosts)",
-                    ),
-                }[name]
-                warm_up(conn, ref, warm, timeout)
-                result = measure(
-                    conn,
-                    meter,
-                    lambda p, ref=ref, n=n: p.start(ref, n),  # type: ignore[misc]
-                    name=name,
-                    what=f"{n} {what}",
-                    timeout=timeout,
-                    progress=progress,
-                )
+                result = run(name, max(workflows // 3, 1) if name == "three" else workflows)
             by_name[name] = result
             out.append(result)
-        if "python" in by_name and "single" in by_name:
-            base = by_name["single"].workflows_per_s
-            if base:
-                by_name["python"].notes.append(
-                    f"python / builtin no-op: {by_name['python'].workflows_per_s / base:.2f}x"
-                )
+        # The pair ran together: report every scenario in the order asked.
+        out.sort(key=lambda s: names.index(s.name))
     finally:
         for proc in procs:
             stop_worker(proc)
