@@ -654,6 +654,39 @@ def test_with_items_item_input_is_validated() -> None:
     assert "(item 0)" in error["message"] and "'message'" in error["message"]
 
 
+def test_an_input_without_templates_is_rendered_without_a_scope() -> None:
+    """Building the scope cost more than the rest of a plain task's dispatch: only an
+    input or a with_items list that holds a template asks for one."""
+    from attune_pg.engine import render
+
+    asked: list[dict[str, Any]] = []
+
+    def scope_for(**names: Any) -> dict[str, Any]:
+        asked.append(names)
+        return {"parameters": {"n": 5}, "item": names.get("item")}
+
+    schema = {"type": "object", "properties": {"n": {}, "tags": {}}}
+    static = TaskSpec("t", action="core.noop", input={"n": 1, "tags": ["a", {"b": "c"}]})
+    assert render.items(static, scope_for) is None
+    assert render.inputs(static, None, schema, scope_for) == [{"n": 1, "tags": ["a", {"b": "c"}]}]
+    assert render.inputs(static, [7, 8], schema, scope_for) == [static.input, static.input]
+    assert asked == []
+    dynamic = TaskSpec("t", action="core.noop", input={"n": "{{ parameters.n }}"})
+    assert render.inputs(dynamic, None, schema, scope_for) == [{"n": 5}]
+    each = TaskSpec("t", action="core.noop", input={"n": "{{ item }}"}, with_items="{{ [1, 2] }}")
+    assert render.items(each, scope_for) == [1, 2]
+    assert render.inputs(each, [1, 2], schema, scope_for) == [{"n": 1}, {"n": 2}]
+    assert asked == [{}, {}, {"item": 1, "index": 0}, {"item": 2, "index": 1}]
+    del asked[:]
+    assert render.output(wf(static), scope_for) == (None, None)
+    assert render.output(wf(static, output_map={"n": 1}), scope_for) == ({"n": 1}, None)
+    assert asked == []
+    assert render.output(wf(static, output_map={"n": "{{ parameters.n }}"}), scope_for)[0] == {
+        "n": 5
+    }
+    assert asked == [{}]
+
+
 # ----------------------------------------------------------------- output and parameters
 
 OUTPUT_SCHEMA = {

@@ -194,3 +194,23 @@ def test_validators_are_cached_per_schema_and_never_follow_later_edits() -> None
     assert validate_parameters(schema, {"n": "one", "tag": "ok"}, where="w")["n"] == "one"
     with pytest.raises(ParameterError, match="n"):
         validate_parameters(schema, {"n": 1, "tag": "ok"}, where="w")
+
+
+def test_the_same_schema_object_skips_the_canonical_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every task of an action validates against the catalog's one dict: it is found by
+    identity without encoding its canonical key, and an edit in place is still seen."""
+    from attune_pg.spec import params
+
+    schema = parameters_schema({"n": {"type": "integer"}})
+    validate_parameters(schema, {"n": 1}, where="w")
+
+    def no_key(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("the canonical key was encoded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(params.json, "dumps", no_key)
+        assert validate_parameters(schema, {"n": 2}, where="w") == {"n": 2}
+    schema["properties"]["n"]["type"] = "string"
+    assert validate_parameters(schema, {"n": "two"}, where="w") == {"n": "two"}
+    with pytest.raises(ParameterError, match="n"):
+        validate_parameters(schema, {"n": 3}, where="w")

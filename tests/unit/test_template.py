@@ -244,6 +244,15 @@ def test_is_template() -> None:
     assert not is_template(["{{ x }}"])
 
 
+def test_has_templates_looks_everywhere_render_would() -> None:
+    assert not tpl.has_templates({"n": 1, "tags": ["a", {"b": "{ x }"}], "none": None})
+    assert not tpl.has_templates({})
+    assert tpl.has_templates({"n": [1, {"deep": "x {{ y }}"}]})
+    assert tpl.has_templates({"{{ key }}": 1})
+    assert tpl.has_templates(("{% if x %}{% endif %}",))
+    assert tpl.has_templates("{{ x }}") and not tpl.has_templates(7)
+
+
 def test_compiled_templates_are_cached() -> None:
     text = "cached {{ parameters.n }} 8f1c"
     r(text)

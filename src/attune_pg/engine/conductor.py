@@ -46,20 +46,24 @@ class Conductor(Run):
         own = {secret_parameter_key(self.execution.id, n): n for n in secret}
         raw = self.execution.parameters
         try:
-            if token_keys(raw) - own.keys():
+            tokens = token_keys(raw)
+            if tokens - own.keys():
                 # Only kv.get_secret (and a secret parameter's own key) may produce a
                 # token; a forged one could hand a secret to an action.
                 raise ParameterError(f"{where}: parameters may not contain secret tokens")
             # Secret parameters already moved to kv were validated before the move
             # (plan.refuse_secret_parameters); their tokens are only checked to be strings.
-            stashed = {own[k] for k in token_keys(raw) if k in own}
-            schema = dict(self.spec.parameters)
-            schema["properties"] = {
-                name: {"type": "string"} if name in stashed else prop
-                for name, prop in (schema.get("properties") or {}).items()
-            }
+            stashed = {own[k] for k in tokens if k in own}
+            schema = self.spec.parameters  # the spec's own dict: its validators are cached
+            if stashed:
+                schema = dict(schema)
+                schema["properties"] = {
+                    name: {"type": "string"} if name in stashed else prop
+                    for name, prop in (schema.get("properties") or {}).items()
+                }
             self.parameters = validate_parameters(schema, raw, where=where)
-            rendered = template.render(self.spec.vars, self.scope(), where=f"{where} vars")
+            scope = self.scope() if template.has_templates(self.spec.vars) else {}
+            rendered = template.render(self.spec.vars, scope, where=f"{where} vars")
         except (ParameterError, TemplateError) as exc:
             # Bad input ends the execution before any task exists; a secret parameter's
             # value never reaches the error.

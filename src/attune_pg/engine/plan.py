@@ -70,15 +70,37 @@ def _tasks(tasks: Iterable[TaskSpec]) -> Iterator[TaskSpec]:
 
 def action_refs(spec: WorkflowSpec) -> frozenset[str]:
     """Every action the workflow's tasks call (sub-tasks of parallel blocks included)."""
-    return frozenset(t.action for t in _tasks(spec.tasks) if t.action)
-
-
-_KV_CALL = re.compile(r"""kv\s*\.\s*get(?:_secret)?\s*\(\s*(['"])((?:(?!\1).)*)\1""")
+    return _per_spec(spec)[0]
 
 
 def kv_keys(spec: WorkflowSpec) -> frozenset[str]:
     """The kv keys the workflow's templates name literally (``kv.get('key')``); a key a
     template computes is found by running it (`SnapshotKV.missed`)."""
+    return _per_spec(spec)[1]
+
+
+# Both are constants of a spec, asked again by every batch. A worker's executions of one
+# definition share one spec object (store/lock.py keeps them by digest): remembered by
+# identity, holding the spec so that its id cannot be reused while it is remembered.
+_PER_SPEC: dict[int, tuple[WorkflowSpec, tuple[frozenset[str], frozenset[str]]]] = {}
+_MAX_PER_SPEC = 1024
+
+
+def _per_spec(spec: WorkflowSpec) -> tuple[frozenset[str], frozenset[str]]:
+    seen = _PER_SPEC.get(id(spec))
+    if seen is not None and seen[0] is spec:
+        return seen[1]
+    if len(_PER_SPEC) >= _MAX_PER_SPEC:
+        _PER_SPEC.clear()
+    found = (frozenset(t.action for t in _tasks(spec.tasks) if t.action), _kv_keys(spec))
+    _PER_SPEC[id(spec)] = (spec, found)
+    return found
+
+
+_KV_CALL = re.compile(r"""kv\s*\.\s*get(?:_secret)?\s*\(\s*(['"])((?:(?!\1).)*)\1""")
+
+
+def _kv_keys(spec: WorkflowSpec) -> frozenset[str]:
     found: set[str] = set()
     stack: list[Json] = [spec.to_dict()]
     while stack:

@@ -70,13 +70,13 @@ def uuid_source(execution_id: int, now: float) -> Callable[[], str]:
     return next_uuid
 
 
-def items(spec: TaskSpec, scope: Mapping[str, Json], limit: int | None = None) -> list[Json] | None:
+def items(spec: TaskSpec, scope_for: ScopeFor, limit: int | None = None) -> list[Json] | None:
     """The with-items list (chunked by batch_size), or None for a plain task. More than
     `limit` items (setting max_items) is an error naming the limit."""
     if spec.with_items is None:
         return None
     where = f"task {spec.name!r} with_items"
-    value = template.render(spec.with_items, scope, where=where)
+    value = template.render(spec.with_items, scope_for(), where=where)
     if not isinstance(value, list):
         raise TemplateError(
             f"{where}: must render to a list, got {type(value).__name__}: {str(value)[:80]!r}"
@@ -94,8 +94,12 @@ def items(spec: TaskSpec, scope: Mapping[str, Json], limit: int | None = None) -
 def inputs(
     spec: TaskSpec, item_list: list[Json] | None, schema: dict[str, Json], scope_for: ScopeFor
 ) -> list[dict[str, Json]]:
-    """One validated input per item (or one for a plain task), in item order."""
+    """One validated input per item (or one for a plain task), in item order. An input
+    without templates is rendered without a scope: building one costs more than the rest
+    of a plain task's dispatch (docs/scaling.md, lever 4)."""
     where = f"task {spec.name!r} input"
+    if not template.has_templates(spec.input):
+        scope_for = _no_scope
     if item_list is None:
         rendered = template.render(spec.input, scope_for(), where=where)
         return [validate_parameters(schema, rendered, where=where)]
@@ -107,10 +111,15 @@ def inputs(
     return out
 
 
-def output(spec: WorkflowSpec, scope: Mapping[str, Json]) -> tuple[Json, dict[str, Json] | None]:
+def _no_scope(**names: Json) -> dict[str, Json]:
+    return {}
+
+
+def output(spec: WorkflowSpec, scope_for: ScopeFor) -> tuple[Json, dict[str, Json] | None]:
     """The rendered output_map, checked against `output`: (output, error or None)."""
     value: Json = None
     if spec.output_map is not None:
+        scope = scope_for() if template.has_templates(spec.output_map) else {}
         try:
             value = template.render(
                 spec.output_map, scope, where=f"workflow {spec.ref!r} output_map"

@@ -300,7 +300,7 @@ def dispatch(run: Run, spec: TaskSpec, state: TaskState) -> None:
         return run.scope(task=spec.name, **names)
 
     try:
-        items = render.items(spec, scope_for(), run.max_items)
+        items = render.items(spec, scope_for, run.max_items)
         inputs = render.inputs(spec, items, action.parameters, scope_for)
     except (TemplateError, ParameterError) as exc:
         run.put(running)
@@ -434,7 +434,7 @@ def check_complete(run: Run) -> None:
     elif run.error is not None:
         run.status = W.FAILED
     else:
-        run.output, error = render.output(run.spec, run.scope())
+        run.output, error = render.output(run.spec, run.scope)
         if error is not None:
             run.error = error
             run.status = W.FAILED

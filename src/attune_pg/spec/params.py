@@ -254,11 +254,19 @@ def validate_parameters(schema: dict[str, Any], values: Any, *, where: str) -> d
 # Validators by schema (its canonical JSON): every workflow start and every task's input
 # is validated, mostly against the same few schemas. A compiled jsonschema-rs validator
 # answers "valid" (a hundred times faster); the jsonschema one explains what is not.
-_VALIDATORS: dict[str, tuple[Any | None, Draft202012Validator]] = {}
+_Validators = tuple[Any | None, Draft202012Validator]
+_VALIDATORS: dict[str, _Validators] = {}
 _MAX_VALIDATORS = 512
+# The same dict comes back for every task of an action (the worker's catalog holds it):
+# found by identity, and trusted while it still equals the copy taken when it was first
+# seen (encoding the canonical key cost more than validating a small input).
+_BY_OBJECT: dict[int, tuple[dict[str, Any], dict[str, Any], _Validators]] = {}
 
 
-def _validators(schema: dict[str, Any]) -> tuple[Any | None, Draft202012Validator]:
+def _validators(schema: dict[str, Any]) -> _Validators:
+    seen = _BY_OBJECT.get(id(schema))
+    if seen is not None and seen[0] is schema and seen[1] == schema:
+        return seen[2]
     key = json.dumps(schema, sort_keys=True, separators=(",", ":"), default=repr)
     found = _VALIDATORS.get(key)
     if found is None:
@@ -266,6 +274,9 @@ def _validators(schema: dict[str, Any]) -> tuple[Any | None, Draft202012Validato
             _VALIDATORS.clear()
         own = copy.deepcopy(schema)  # the cache must not follow later edits of the caller's dict
         found = _VALIDATORS[key] = (fastschema.compiled(own), Draft202012Validator(own))
+    if len(_BY_OBJECT) >= _MAX_VALIDATORS:
+        _BY_OBJECT.clear()
+    _BY_OBJECT[id(schema)] = (schema, copy.deepcopy(schema), found)
     return found
 
 

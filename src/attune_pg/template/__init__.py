@@ -43,7 +43,7 @@ from attune_pg.redact import KVLookup, SecretAwareKV, SecretSink
 from attune_pg.template.filters import FILTERS, Filter
 from attune_pg.template.limits import LIMITS
 from attune_pg.template.sandbox import _compile as _compile  # tests read its cache_info()
-from attune_pg.template.sandbox import check_syntax, is_template, render
+from attune_pg.template.sandbox import check_syntax, has_templates, is_template, render
 from attune_pg.template.scope import MISSING, CurrentTask, Scope, build_scope
 from attune_pg.template.values import truthy
 
@@ -59,6 +59,7 @@ __all__ = [
     "SecretSink",
     "build_scope",
     "check_syntax",
+    "has_templates",
     "is_template",
     "render",
     "truthy",

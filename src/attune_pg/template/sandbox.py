@@ -256,6 +256,18 @@ def is_template(value: object) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+def has_templates(value: object) -> bool:
+    """True if `render` would render anything in `value` (a template string anywhere in
+    it, keys included); rendering a value without one needs no scope."""
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, Mapping):
+        return any(is_template(k) or has_templates(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_templates(v) for v in value)
+    return False
+
+
 def check_syntax(text: str, *, where: str | None = None) -> None:
     """Raise TemplateError (naming `where` and the template) if `text` does not compile.
 
