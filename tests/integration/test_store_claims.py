@@ -63,7 +63,7 @@ def test_reaped_rows_are_claimed_again_and_the_first_owner_is_fenced_out(
     register("examples")
     _, actions = _scheduled_step(conn)
     (first,) = claims.claim_tasks(conn, "w1", 10, lease=0)  # a lease that has run out
-    assert claims.reap_expired(conn) == 1
+    assert claims.reap_expired(conn) == (1, 0)
     assert _status(conn, first.id) == ("scheduled", None)
     (second,) = claims.claim_tasks(conn, "w2", 10, lease=60)
     assert second.id == first.id
@@ -126,7 +126,7 @@ def test_rows_due_now_are_created_claimed_with_the_workers_free_slots(
     assert _status(conn, step2.id) == ("running", "w1")
 
     # Its worker died: the lease expires, the reaper hands the row back, w2 runs it.
-    assert claims.reap_expired(conn) == 1
+    assert claims.reap_expired(conn) == (1, 0)
     (again,) = claims.claim_tasks(conn, "w2", 10, lease=60)
     assert again.id == step2.id
     assert (

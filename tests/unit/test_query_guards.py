@@ -60,6 +60,13 @@ def test_the_execution_write_closes_the_states_of_exactly_the_executions_that_en
     assert set(re.findall(r"'(\w+)'", ending[1])) == set(machine.WORKFLOW_TERMINAL)
 
 
+def test_the_reap_closes_the_rows_of_exactly_the_executions_that_ended() -> None:
+    # task_reap closes, not requeues, a dead worker's row whose execution has ended.
+    ended = re.search(r"e\.status IN \(([^)]*)\) AS ended", Q.task_reap)
+    assert ended is not None, Q.task_reap
+    assert set(re.findall(r"'(\w+)'", ended[1])) == set(machine.WORKFLOW_TERMINAL)
+
+
 @pytest.mark.parametrize(("name", "entity", "target", "sources"), GUARDED)
 def test_guard_literals_are_legal_sources(
     name: str, entity: machine.Entity, target: str, sources: set[str]

@@ -89,9 +89,12 @@ def heartbeat(
     return cancel
 
 
-def reap_expired(conn: psycopg.Connection, limit: int = 100) -> int:
-    """Hand tasks whose lease expired (their worker died) back to the queue."""
-    return conn.execute(Q.task_reap, {"n": limit}).rowcount
+def reap_expired(conn: psycopg.Connection, limit: int = 100) -> tuple[int, int]:
+    """Hand tasks whose lease expired (their worker died) back to the queue, and close
+    those whose execution has ended. Returns (requeued, closed)."""
+    row = conn.execute(Q.task_reap, {"n": limit}).fetchone()
+    assert row is not None  # two counts, always
+    return row[0], row[1]
 
 
 def hand_back(conn: psycopg.Connection, me: str, task_ids: Sequence[int]) -> int:

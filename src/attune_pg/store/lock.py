@@ -19,7 +19,6 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from attune_pg import machine
 from attune_pg.engine.state import Budget, Execution
 from attune_pg.machine import WORKFLOW_LIVE, WORKFLOW_STOPPING, WorkflowStatus
 from attune_pg.settings import Settings
@@ -294,14 +293,12 @@ def quarantine(conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str,
 def fail_executions(
     conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str, Json]]]
 ) -> None:
-    """Last resort for a bug in advancing: fail the executions with the error."""
+    """Last resort for a bug in advancing: fail the executions with the error, and close
+    their queued rows as a quarantine does (left queued, they would run for an execution
+    that had ended)."""
     conn.execute(
-        Q.execution_fail,
-        {
-            "ids": [i for i, _ in failures],
-            "errors": [Jsonb(err) for _, err in failures],
-            "sources": list(machine.sources("workflow", "fail")),
-        },
+        Q.execution_quarantine,
+        {"ids": [i for i, _ in failures], "errors": [Jsonb(e) for _, e in failures]},
     )
 
 

@@ -438,11 +438,17 @@ class Worker:
             if deadline_passed:
                 self._acted_deadline = self._pending_deadline
             self._deadline_at = None
-            reaped = claims.reap_expired(conn)
-            self.observe.reaped(reaped)
-            if reaped:
-                log.warning("requeued %d tasks whose worker stopped heartbeating", reaped)
+            requeued, closed = claims.reap_expired(conn)
+            self.observe.reaped(requeued + closed)
+            if requeued:
+                log.warning("requeued %d tasks whose worker stopped heartbeating", requeued)
                 self._wake.set()
+            if closed:
+                log.warning(
+                    "closed %d tasks whose worker stopped heartbeating after their"
+                    " execution had ended",
+                    closed,
+                )
             if requests.expire_inquiries(conn) + requests.time_out_workflows(conn):
                 self._control_hint.set()
                 self._wake.set()

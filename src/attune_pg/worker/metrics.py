@@ -92,7 +92,8 @@ class WorkerMetrics:
         )
         self.leases_reaped = Counter(
             "attune_leases_reaped",
-            "Tasks of dead workers this worker handed back to the queue (expired leases).",
+            "Tasks of dead workers this worker handed back to the queue, or closed as their"
+            " execution had ended (expired leases).",
             registry=r,
         )
         self.handed_back = Counter(

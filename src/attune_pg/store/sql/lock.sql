@@ -117,10 +117,15 @@ WITH failed AS (
        AND e.status IN ('requested', 'running', 'pausing', 'paused', 'canceling')
     RETURNING e.id
 ), queued AS (
-    UPDATE attune.task_execution t SET status = 'canceled', held = false
+    -- Running rows are candidates too, and left running (their outcome is recorded and
+    -- goes nowhere): a reaper may hand one back to the queue after this statement's
+    -- snapshot, and the row lock makes this UPDATE re-read such a row and cancel it.
+    UPDATE attune.task_execution t
+       SET status = CASE WHEN t.status = 'running' THEN t.status ELSE 'canceled' END,
+           held = t.held AND t.status = 'running'
      WHERE t.workflow_execution_id IN (SELECT id FROM failed)
-       AND t.status IN ('pending', 'scheduled')
-    RETURNING t.id
+       AND t.status IN ('pending', 'scheduled', 'running')
+    RETURNING t.id, t.status
 ), parked AS (
     UPDATE attune.task_execution t SET status = 'failed', error = jsonb_build_object(
            'type', 'Quarantined', 'message', 'its execution was failed by the worker')
@@ -131,7 +136,7 @@ WITH failed AS (
      WHERE i.workflow_execution_id IN (SELECT id FROM failed) AND i.status = 'pending'
     RETURNING i.id
 )
-SELECT (SELECT count(*) FROM failed), (SELECT count(*) FROM queued),
+SELECT (SELECT count(*) FROM failed), (SELECT count(*) FROM queued WHERE status = 'canceled'),
        (SELECT count(*) FROM parked), (SELECT count(*) FROM asked)
 
 -- name: budget_charge
@@ -151,8 +156,3 @@ SELECT v.root_id, v.executions, v.task_rows
 -- The key secret tokens are signed with (readable by the owner and attune_worker only).
 SELECT key FROM attune.signing_key WHERE id = 1
 
--- name: execution_fail
--- Last resort for a bug in advancing: fail the executions with the error.
-UPDATE attune.workflow_execution e SET status = 'failed', error = v.error
-  FROM unnest(%(ids)s::bigint[], %(errors)s::jsonb[]) AS v(id, error)
- WHERE e.id = v.id AND e.status = ANY(%(sources)s::text[])

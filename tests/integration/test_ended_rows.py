@@ -1,0 +1,156 @@
+"""An execution failed while its tasks were queued or running (a quarantine: a value the
+worker cannot decode; or a bug in advancing) never runs them again.
+
+Running rows are left to finish (their outcome is recorded and goes nowhere). If the
+worker running one dies, the reaper closes the row instead of handing it back to the
+queue, where another worker would run the action for an execution that had ended.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from attune_pg import advance
+from attune_pg.machine import TaskStatus
+from attune_pg.store import claims, lock
+from attune_pg.store.catalog import ActionCatalog
+from attune_pg.store.claims import ClaimedTask
+from attune_pg.store.fence import Finished
+from tests.helpers import poll_until, start
+
+BROKEN = {"type": "Quarantined", "message": "a value the worker cannot decode"}
+
+
+@pytest.fixture
+def other(dsn: str) -> Iterator[psycopg.Connection]:
+    """A second session: a reaper in another worker."""
+    with psycopg.connect(dsn) as other:
+        yield other
+
+
+def _statuses(conn: psycopg.Connection, execution_id: int) -> tuple[str, dict[str, str]]:
+    row = conn.execute(
+        "SELECT status FROM attune.workflow_execution WHERE id = %s", (execution_id,)
+    ).fetchone()
+    assert row is not None
+    rows = conn.execute(
+        "SELECT task_name, status FROM attune.task_execution WHERE workflow_execution_id = %s",
+        (execution_id,),
+    ).fetchall()
+    return row[0], {name: status for name, status in rows}
+
+
+def _running(conn: psycopg.Connection, lease: float) -> tuple[int, ActionCatalog, ClaimedTask]:
+    """examples.long_running started, step1 claimed under a lease of `lease` seconds."""
+    execution_id = start(conn, "examples.long_running", {"seconds": 1})
+    actions = ActionCatalog(conn)
+    assert advance.start_requested(conn, actions, 10).started == 1
+    (step1,) = claims.claim_tasks(conn, "w1", 10, lease=lease)
+    return execution_id, actions, step1
+
+
+def _quarantine(conn: psycopg.Connection, execution_id: int) -> None:
+    with conn.transaction():
+        lock.quarantine(conn, [(execution_id, BROKEN)])
+
+
+def test_a_running_row_of_a_failed_execution_finishes_and_goes_nowhere(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    register("examples")
+    execution_id, actions, step1 = _running(conn, lease=60)
+    _quarantine(conn, execution_id)
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "running"})
+    advance.complete(conn, "w1", [Finished(step1, TaskStatus.SUCCEEDED, {}, None)], actions)
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "succeeded"})
+
+
+def test_a_dead_workers_row_of_a_failed_execution_is_closed_not_run_again(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """step1 ran when its execution was quarantined, and its worker died: handed back to
+    the queue, it would run again for an execution that had ended."""
+    register("examples")
+    execution_id, _, claimed = _running(conn, lease=0)  # a lease that has run out
+    step1 = claimed.id
+    _quarantine(conn, execution_id)
+    assert claims.reap_expired(conn) == (0, 1)
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
+    row = conn.execute(
+        "SELECT error->>'type', lease_owner FROM attune.task_execution WHERE id = %s", (step1,)
+    ).fetchone()
+    assert row == ("ExecutionEnded", None)
+    moves = conn.execute(
+        "SELECT from_status, to_status FROM attune.execution_event"
+        " WHERE task_execution_id = %s ORDER BY id",
+        (step1,),
+    ).fetchall()
+    assert moves[-1] == ("running", "canceled")
+
+
+def test_a_reap_committing_during_a_quarantine_is_seen_by_it(
+    conn: psycopg.Connection,
+    other: psycopg.Connection,
+    register: Callable[[Path | str], None],
+) -> None:
+    """Another worker's reaper hands step1 back to the queue (its execution still running
+    then) and commits after the quarantine's snapshot: the quarantine still cancels it,
+    because it takes the running rows too and so re-reads the row the reaper changed."""
+    register("examples")
+    execution_id, _, _ = _running(conn, lease=0)
+    with other.transaction():
+        assert claims.reap_expired(other) == (1, 0)  # uncommitted: step1 stays locked
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def quarantine() -> None:
+            try:
+                _quarantine(conn, execution_id)
+            except BaseException as exc:  # reported below, not lost in the thread
+                failed.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=quarantine)
+        thread.start()
+        pid = conn.info.backend_pid
+        with psycopg.connect(conn.info.dsn, autocommit=True) as watch:
+            poll_until(
+                lambda: (
+                    done.is_set()
+                    or watch.execute(
+                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                        (pid,),
+                    ).fetchone()
+                    == (True,)
+                ),
+                "the quarantine waiting for the reaper's row lock",
+            )
+    thread.join(timeout=20)
+    assert not thread.is_alive() and failed == []
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
+
+
+def test_a_bug_in_advancing_fails_the_execution_and_closes_its_queued_rows(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """The last resort (Batch.bug) fails an execution a conductor could not advance; its
+    queued rows go with it, or a worker would claim and run them after it ended."""
+    register("examples")
+    execution_id = start(conn, "examples.long_running", {"seconds": 1})
+    actions = ActionCatalog(conn)
+    with conn.transaction():
+        started = advance.start_requested(conn, actions, 10)
+    assert started.started == 1
+    assert _statuses(conn, execution_id) == ("running", {"step1": "scheduled"})
+    with conn.transaction():
+        lock.fail_executions(conn, [(execution_id, BROKEN)])
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
