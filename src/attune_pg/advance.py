@@ -232,7 +232,9 @@ def complete(
                 raise
             error = _quarantine_error(execution_id, "advanced", exc)
             with conn.transaction():
-                # The attempts end (fenced: only rows still ours), then the execution.
+                # The attempts end (fenced: only rows still ours), then the execution;
+                # the execution row is locked first, as every advance locks it.
+                lock.lock_ids(conn, [execution_id])
                 failed = [
                     replace(f, status=TaskStatus.FAILED, error=error, park=None) for f in group
                 ]

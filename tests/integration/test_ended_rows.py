@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -29,7 +30,7 @@ BROKEN = {"type": "Quarantined", "message": "a value the worker cannot decode"}
 @pytest.fixture
 def other(dsn: str) -> Iterator[psycopg.Connection]:
     """A second session: a reaper in another worker."""
-    with psycopg.connect(dsn) as other:
+    with psycopg.connect(dsn, autocommit=True) as other:
         yield other
 
 
@@ -106,32 +107,9 @@ def test_a_reap_committing_during_a_quarantine_is_seen_by_it(
     execution_id, _, _ = _running(conn, lease=0)
     with other.transaction():
         assert claims.reap_expired(other) == (1, 0)  # uncommitted: step1 stays locked
-        done = threading.Event()
-        failed: list[BaseException] = []
-
-        def quarantine() -> None:
-            try:
-                _quarantine(conn, execution_id)
-            except BaseException as exc:  # reported below, not lost in the thread
-                failed.append(exc)
-            finally:
-                done.set()
-
-        thread = threading.Thread(target=quarantine)
+        thread, done, failed = _quarantine_in_a_thread(conn, execution_id)
         thread.start()
-        pid = conn.info.backend_pid
-        with psycopg.connect(conn.info.dsn, autocommit=True) as watch:
-            poll_until(
-                lambda: (
-                    done.is_set()
-                    or watch.execute(
-                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                        (pid,),
-                    ).fetchone()
-                    == (True,)
-                ),
-                "the quarantine waiting for the reaper's row lock",
-            )
+        _wait_for_a_lock(conn, done)
     thread.join(timeout=20)
     assert not thread.is_alive() and failed == []
     assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
@@ -154,3 +132,83 @@ def test_a_bug_in_advancing_fails_the_execution_and_closes_its_queued_rows(
         lock.fail_executions(conn, [(execution_id, BROKEN)])
     assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
     assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
+
+
+def test_a_graceful_stop_closes_its_rows_of_an_ended_execution(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """A worker stopping hands its unfinished rows back, but not one whose execution has
+    ended: another worker would run it."""
+    register("examples")
+    execution_id, _, step1 = _running(conn, lease=60)
+    live_id, _, live = _running(conn, lease=60)
+    _quarantine(conn, execution_id)
+    assert claims.hand_back(conn, "w1", [step1.id, live.id]) == 2
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert _statuses(conn, live_id) == ("running", {"step1": "scheduled"})
+    assert [t.id for t in claims.claim_tasks(conn, "w2", 10, lease=60)] == [live.id]
+
+
+def test_a_quarantine_waiting_for_an_advance_sees_the_rows_it_created(
+    conn: psycopg.Connection,
+    other: psycopg.Connection,
+    register: Callable[[Path | str], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another worker's start holds the execution and has created step1 when a quarantine
+    of the same execution (a fallback of this worker) begins and waits for it. The
+    quarantine statement's snapshot, taken before the wait, would not see step1, left
+    queued to run for a failed execution: the quarantine locks the execution first, in a
+    statement of its own."""
+    register("examples")
+    execution_id = start(conn, "examples.long_running", {"seconds": 1})
+    thread, done, failed = _quarantine_in_a_thread(conn, execution_id)
+    charge = lock.charge_budgets
+
+    def charge_budgets(*args: Any, **kwargs: Any) -> None:
+        # Last in the start's transaction: step1 is written, not committed yet.
+        thread.start()
+        _wait_for_a_lock(conn, done)
+        charge(*args, **kwargs)
+
+    monkeypatch.setattr(lock, "charge_budgets", charge_budgets)
+    assert advance.start_requested(other, ActionCatalog(other), 10).started == 1
+    thread.join(timeout=20)
+    assert not thread.is_alive() and failed == []
+    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
+
+
+def _quarantine_in_a_thread(
+    conn: psycopg.Connection, execution_id: int
+) -> tuple[threading.Thread, threading.Event, list[BaseException]]:
+    """A thread (not started) that quarantines the execution on `conn`; the event is set
+    when it is done, and what it raised is in the list (not lost in the thread)."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def quarantine() -> None:
+        try:
+            _quarantine(conn, execution_id)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    return threading.Thread(target=quarantine), done, failed
+
+
+def _wait_for_a_lock(conn: psycopg.Connection, done: threading.Event) -> None:
+    """Until `conn`'s session waits for a row lock (or its work is done without one)."""
+    pid = conn.info.backend_pid
+    with psycopg.connect(conn.info.dsn, autocommit=True) as watch:
+        poll_until(
+            lambda: (
+                done.is_set()
+                or watch.execute(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                == (True,)
+            ),
+            "a session waiting for a row lock",
+        )

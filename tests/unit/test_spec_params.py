@@ -214,3 +214,13 @@ def test_the_same_schema_object_skips_the_canonical_key(monkeypatch: pytest.Monk
     assert validate_parameters(schema, {"n": "two"}, where="w") == {"n": "two"}
     with pytest.raises(ParameterError, match="n"):
         validate_parameters(schema, {"n": 3}, where="w")
+
+
+def test_an_edit_from_one_to_true_is_an_edit() -> None:
+    """Python's == says 1 == True; the schema's meaning does not (a const or an enum)."""
+    schema = {"type": "object", "properties": {"n": {"const": 1}}}
+    assert validate_parameters(schema, {"n": 1}, where="w") == {"n": 1}
+    schema["properties"]["n"]["const"] = True
+    with pytest.raises(ParameterError, match="n"):
+        validate_parameters(schema, {"n": 1}, where="w")
+    assert validate_parameters(schema, {"n": True}, where="w") == {"n": True}

@@ -265,7 +265,7 @@ _BY_OBJECT: dict[int, tuple[dict[str, Any], dict[str, Any], _Validators]] = {}
 
 def _validators(schema: dict[str, Any]) -> _Validators:
     seen = _BY_OBJECT.get(id(schema))
-    if seen is not None and seen[0] is schema and seen[1] == schema:
+    if seen is not None and seen[0] is schema and _same(seen[1], schema):
         return seen[2]
     key = json.dumps(schema, sort_keys=True, separators=(",", ":"), default=repr)
     found = _VALIDATORS.get(key)
@@ -278,6 +278,17 @@ def _validators(schema: dict[str, Any]) -> _Validators:
         _BY_OBJECT.clear()
     _BY_OBJECT[id(schema)] = (schema, copy.deepcopy(schema), found)
     return found
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality that tells 1 from True and 1 from 1.0 (Python's == does not)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def check_inquiry_response(inquiry_id: int, schema: dict[str, Any], response: Any) -> None:

@@ -98,10 +98,13 @@ def reap_expired(conn: psycopg.Connection, limit: int = 100) -> tuple[int, int]:
 
 
 def hand_back(conn: psycopg.Connection, me: str, task_ids: Sequence[int]) -> int:
-    """Graceful stop: give unfinished tasks back so another worker runs them now."""
+    """Graceful stop: give unfinished tasks back so another worker runs them now (those of
+    an execution that has ended are closed instead). Returns how many it took back."""
     if not task_ids:
         return 0
-    return conn.execute(Q.task_hand_back, {"ids": list(task_ids), "me": me}).rowcount
+    row = conn.execute(Q.task_hand_back, {"ids": list(task_ids), "me": me}).fetchone()
+    assert row is not None  # one count, always
+    return int(row[0])
 
 
 def register_worker(

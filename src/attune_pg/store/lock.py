@@ -284,6 +284,20 @@ def quarantine(conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str,
         return
     for execution_id, error in failures:
         log.error("quarantined execution %s: %s", execution_id, error.get("message"))
+    _fail_and_close(conn, failures)
+
+
+def lock_ids(conn: psycopg.Connection, ids: Sequence[int]) -> None:
+    """Lock these executions (in id order; a no-op for those this transaction holds)."""
+    conn.execute(Q.execution_lock_ids, {"ids": sorted(ids)})
+
+
+def _fail_and_close(
+    conn: psycopg.Connection, failures: Sequence[tuple[int, dict[str, Json]]]
+) -> None:
+    # Locked first, in a statement of its own: the quarantine's snapshot then sees every
+    # task row an advance of these executions committed before the lock was granted.
+    lock_ids(conn, [i for i, _ in failures])
     conn.execute(
         Q.execution_quarantine,
         {"ids": [i for i, _ in failures], "errors": [Jsonb(e) for _, e in failures]},
@@ -296,10 +310,7 @@ def fail_executions(
     """Last resort for a bug in advancing: fail the executions with the error, and close
     their queued rows as a quarantine does (left queued, they would run for an execution
     that had ended)."""
-    conn.execute(
-        Q.execution_quarantine,
-        {"ids": [i for i, _ in failures], "errors": [Jsonb(e) for _, e in failures]},
-    )
+    _fail_and_close(conn, failures)
 
 
 def charge_budgets(conn: psycopg.Connection, executions: Iterable[Execution]) -> None:

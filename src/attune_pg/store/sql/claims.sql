@@ -51,13 +51,13 @@ UPDATE attune.worker SET heartbeat_at = now(), running = %(running)s, tasks_done
 -- name: task_reap
 -- Rows whose lease expired (their worker died) go back to the queue, oldest lease first;
 -- those of an execution that has ended (failed by a quarantine while they ran: nothing
--- waits for them) are closed instead, never run again. The execution row is share-locked
--- with the task row (SKIP LOCKED: the reaper never waits), so its status is the latest:
--- a quarantine committing meanwhile is seen, and a row whose execution is being
--- advanced or controlled right now is left for the next reap. The status is a literal,
--- so that the worker's generic plan walks the partial index of leased rows
--- (task_execution_leased); with a parameter it scanned every task row ever run, every
--- few seconds in every worker. The outer guard is the trigger's (machine.py).
+-- waits for them) are closed instead, never run again. The execution's status is read,
+-- not locked: the reaper must not wait for, or skip, an execution being advanced (a busy
+-- one is locked most of the time). A quarantine committing after this statement's
+-- snapshot re-reads the rows it hands back (execution_quarantine takes running rows).
+-- The status is a literal, so that the worker's generic plan walks the partial index of
+-- leased rows (task_execution_leased); with a parameter it scanned every task row ever
+-- run, every few seconds in every worker. The outer guard is the trigger's (machine.py).
 WITH expired AS MATERIALIZED (
     SELECT t.id, e.status IN ('succeeded', 'failed', 'canceled', 'timed_out') AS ended
       FROM attune.task_execution t
@@ -65,7 +65,6 @@ WITH expired AS MATERIALIZED (
      WHERE t.status = 'running' AND t.lease_expires_at < now()
      ORDER BY t.lease_expires_at
        FOR UPDATE OF t SKIP LOCKED
-       FOR KEY SHARE OF e SKIP LOCKED
      LIMIT %(n)s
 ), requeued AS (
     UPDATE attune.task_execution t SET status = 'scheduled', run_at = now(),
@@ -84,10 +83,28 @@ SELECT (SELECT count(*) FROM requeued)::int AS requeued,
        (SELECT count(*) FROM closed)::int AS closed
 
 -- name: task_hand_back
--- Graceful stop: unfinished rows go back to the queue for another worker, now.
-UPDATE attune.task_execution SET status = 'scheduled', run_at = now(),
-       lease_owner = NULL, lease_expires_at = NULL
- WHERE id = ANY(%(ids)s::bigint[]) AND status = 'running' AND lease_owner = %(me)s
+-- Graceful stop: unfinished rows go back to the queue for another worker, now; those of
+-- an execution that has ended are closed instead, as the reaper closes them.
+WITH mine AS MATERIALIZED (
+    SELECT t.id, e.status IN ('succeeded', 'failed', 'canceled', 'timed_out') AS ended
+      FROM attune.task_execution t
+      JOIN attune.workflow_execution e ON e.id = t.workflow_execution_id
+     WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'running' AND t.lease_owner = %(me)s
+       FOR UPDATE OF t
+), requeued AS (
+    UPDATE attune.task_execution t SET status = 'scheduled', run_at = now(),
+           lease_owner = NULL, lease_expires_at = NULL
+     WHERE t.id = ANY(ARRAY(SELECT id FROM mine WHERE NOT ended))
+    RETURNING t.id
+), closed AS (
+    UPDATE attune.task_execution t SET status = 'canceled',
+           lease_owner = NULL, lease_expires_at = NULL,
+           error = jsonb_build_object('type', 'ExecutionEnded', 'message',
+               'its worker stopped after its execution had ended: not run again')
+     WHERE t.id = ANY(ARRAY(SELECT id FROM mine WHERE ended))
+    RETURNING t.id
+)
+SELECT (SELECT count(*) FROM requeued)::int + (SELECT count(*) FROM closed)::int AS handed
 
 -- name: worker_register
 INSERT INTO attune.worker (id, hostname, pid, concurrency)

@@ -106,9 +106,17 @@ UPDATE attune.workflow_execution e
  WHERE e.id = v.id AND e.status IN ('requested', 'running', 'pausing', 'paused')
 RETURNING e.id, e.status
 
+-- name: execution_lock_ids
+-- Lock executions by id, in id order, before a statement that must see every row their
+-- advances committed (execution_quarantine: its snapshot is taken before it would wait).
+SELECT id FROM attune.workflow_execution WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
+   FOR UPDATE
+
 -- name: execution_quarantine
 -- Fail executions a worker cannot process (an undecodable value, an error that would fail
 -- every batch again), and close what they were doing, so no pass picks them up again.
+-- The caller holds the executions' locks (execution_lock_ids) before this statement's
+-- snapshot is taken, or a row an advance created meanwhile would stay queued.
 WITH failed AS (
     UPDATE attune.workflow_execution e
        SET status = 'failed', error = v.error, control_requested_at = NULL
@@ -120,11 +128,15 @@ WITH failed AS (
     -- Running rows are candidates too, and left running (their outcome is recorded and
     -- goes nowhere): a reaper may hand one back to the queue after this statement's
     -- snapshot, and the row lock makes this UPDATE re-read such a row and cancel it.
+    -- Locked in id order, as the heartbeat locks a worker's rows.
     UPDATE attune.task_execution t
        SET status = CASE WHEN t.status = 'running' THEN t.status ELSE 'canceled' END,
            held = t.held AND t.status = 'running'
-     WHERE t.workflow_execution_id IN (SELECT id FROM failed)
-       AND t.status IN ('pending', 'scheduled', 'running')
+     WHERE t.id = ANY(ARRAY(
+           SELECT l.id FROM attune.task_execution l
+            WHERE l.workflow_execution_id IN (SELECT id FROM failed)
+              AND l.status IN ('pending', 'scheduled', 'running')
+            ORDER BY l.id FOR UPDATE))
     RETURNING t.id, t.status
 ), parked AS (
     UPDATE attune.task_execution t SET status = 'failed', error = jsonb_build_object(
