@@ -91,6 +91,15 @@ def statuses(conn: psycopg.Connection, execution_id: int) -> dict[str, str]:
     return {t["task_name"]: t["status"] for t in tasks(conn, execution_id)}
 
 
+def execution_and_tasks(conn: psycopg.Connection, execution_id: int) -> tuple[str, dict[str, str]]:
+    """The execution's status, and `statuses` of its tasks."""
+    row = conn.execute(
+        "SELECT status FROM attune.workflow_execution WHERE id = %s", (execution_id,)
+    ).fetchone()
+    assert row is not None, f"no execution {execution_id}"
+    return row[0], statuses(conn, execution_id)
+
+
 def task_states(conn: psycopg.Connection, execution_id: int) -> dict[str, str]:
     """task_name -> status of its latest iteration (the logical task, items combined)."""
     rows = conn.execute(

@@ -21,7 +21,7 @@ from attune_pg.machine import TaskStatus
 from attune_pg.store import claims, load
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.store.fence import Finished
-from tests.helpers import start
+from tests.helpers import execution_and_tasks, start
 
 
 @pytest.fixture
@@ -46,18 +46,6 @@ def _after_count(monkeypatch: pytest.MonkeyPatch, then: Callable[[], Any]) -> li
 
     monkeypatch.setattr(load, "snapshots", snapshots)
     return seen
-
-
-def _statuses(conn: psycopg.Connection, execution_id: int) -> tuple[str, dict[str, str]]:
-    row = conn.execute(
-        "SELECT status FROM attune.workflow_execution WHERE id = %s", (execution_id,)
-    ).fetchone()
-    assert row is not None
-    rows = conn.execute(
-        "SELECT task_name, status FROM attune.task_execution WHERE workflow_execution_id = %s",
-        (execution_id,),
-    ).fetchall()
-    return row[0], {name: status for name, status in rows}
 
 
 def _started(conn: psycopg.Connection) -> tuple[int, ActionCatalog]:
@@ -85,13 +73,13 @@ def test_a_row_reaped_after_the_count_is_left_to_report(
     reaped = _after_count(monkeypatch, lambda: claims.reap_expired(other))
     advance.request_pass(conn, actions)
     assert reaped == [(1, 0)]
-    assert _statuses(conn, execution_id) == ("canceling", {"step1": "scheduled"})
+    assert execution_and_tasks(conn, execution_id) == ("canceling", {"step1": "scheduled"})
 
     # Another worker runs it; its report ends the cancel.
     (again,) = claims.claim_tasks(conn, "w2", 10, lease=60)
     assert again.id == step1.id
     advance.complete(conn, "w2", [Finished(again, TaskStatus.SUCCEEDED, {}, None)], actions)
-    assert _statuses(conn, execution_id) == ("canceled", {"step1": "succeeded"})
+    assert execution_and_tasks(conn, execution_id) == ("canceled", {"step1": "succeeded"})
 
 
 def test_a_row_counted_queued_cannot_be_claimed_before_the_cancel_writes(
@@ -108,7 +96,7 @@ def test_a_row_counted_queued_cannot_be_claimed_before_the_cancel_writes(
     claimed = _after_count(monkeypatch, lambda: claims.claim_tasks(other, "w2", 10, lease=60))
     advance.request_pass(conn, actions)
     assert claimed == [[]]
-    assert _statuses(conn, execution_id) == ("canceled", {"step1": "canceled"})
+    assert execution_and_tasks(conn, execution_id) == ("canceled", {"step1": "canceled"})
     assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
 
 
@@ -128,8 +116,11 @@ def test_a_row_reaped_after_a_pauses_count_is_left_to_report(
     reaped = _after_count(monkeypatch, lambda: claims.reap_expired(other))
     advance.request_pass(conn, actions)
     assert reaped == [(1, 0)]
-    assert _statuses(conn, execution_id) == ("pausing", {"step1": "scheduled"})
+    assert execution_and_tasks(conn, execution_id) == ("pausing", {"step1": "scheduled"})
     (again,) = claims.claim_tasks(conn, "w2", 10, lease=60)
     assert again.id == step1.id
     advance.complete(conn, "w2", [Finished(again, TaskStatus.SUCCEEDED, {}, None)], actions)
-    assert _statuses(conn, execution_id) == ("paused", {"step1": "succeeded", "step2": "pending"})
+    assert execution_and_tasks(conn, execution_id) == (
+        "paused",
+        {"step1": "succeeded", "step2": "pending"},
+    )

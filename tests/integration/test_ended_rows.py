@@ -22,7 +22,7 @@ from attune_pg.store import claims, lock
 from attune_pg.store.catalog import ActionCatalog
 from attune_pg.store.claims import ClaimedTask
 from attune_pg.store.fence import Finished
-from tests.helpers import poll_until, start
+from tests.helpers import execution_and_tasks, poll_until, start
 
 BROKEN = {"type": "Quarantined", "message": "a value the worker cannot decode"}
 
@@ -32,18 +32,6 @@ def other(dsn: str) -> Iterator[psycopg.Connection]:
     """A second session: a reaper in another worker."""
     with psycopg.connect(dsn, autocommit=True) as other:
         yield other
-
-
-def _statuses(conn: psycopg.Connection, execution_id: int) -> tuple[str, dict[str, str]]:
-    row = conn.execute(
-        "SELECT status FROM attune.workflow_execution WHERE id = %s", (execution_id,)
-    ).fetchone()
-    assert row is not None
-    rows = conn.execute(
-        "SELECT task_name, status FROM attune.task_execution WHERE workflow_execution_id = %s",
-        (execution_id,),
-    ).fetchall()
-    return row[0], {name: status for name, status in rows}
 
 
 def _running(conn: psycopg.Connection, lease: float) -> tuple[int, ActionCatalog, ClaimedTask]:
@@ -66,9 +54,9 @@ def test_a_running_row_of_a_failed_execution_finishes_and_goes_nowhere(
     register("examples")
     execution_id, actions, step1 = _running(conn, lease=60)
     _quarantine(conn, execution_id)
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "running"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "running"})
     advance.complete(conn, "w1", [Finished(step1, TaskStatus.SUCCEEDED, {}, None)], actions)
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "succeeded"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "succeeded"})
 
 
 def test_a_dead_workers_row_of_a_failed_execution_is_closed_not_run_again(
@@ -81,7 +69,7 @@ def test_a_dead_workers_row_of_a_failed_execution_is_closed_not_run_again(
     step1 = claimed.id
     _quarantine(conn, execution_id)
     assert claims.reap_expired(conn) == (0, 1)
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "canceled"})
     assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
     row = conn.execute(
         "SELECT error->>'type', lease_owner FROM attune.task_execution WHERE id = %s", (step1,)
@@ -112,7 +100,7 @@ def test_a_reap_committing_during_a_quarantine_is_seen_by_it(
         _wait_for_a_lock(conn, done)
     thread.join(timeout=20)
     assert not thread.is_alive() and failed == []
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "canceled"})
     assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
 
 
@@ -127,10 +115,10 @@ def test_a_bug_in_advancing_fails_the_execution_and_closes_its_queued_rows(
     with conn.transaction():
         started = advance.start_requested(conn, actions, 10)
     assert started.started == 1
-    assert _statuses(conn, execution_id) == ("running", {"step1": "scheduled"})
+    assert execution_and_tasks(conn, execution_id) == ("running", {"step1": "scheduled"})
     with conn.transaction():
         lock.fail_executions(conn, [(execution_id, BROKEN)])
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "canceled"})
     assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
 
 
@@ -144,8 +132,8 @@ def test_a_graceful_stop_closes_its_rows_of_an_ended_execution(
     live_id, _, live = _running(conn, lease=60)
     _quarantine(conn, execution_id)
     assert claims.hand_back(conn, "w1", [step1.id, live.id]) == 2
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
-    assert _statuses(conn, live_id) == ("running", {"step1": "scheduled"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert execution_and_tasks(conn, live_id) == ("running", {"step1": "scheduled"})
     assert [t.id for t in claims.claim_tasks(conn, "w2", 10, lease=60)] == [live.id]
 
 
@@ -175,7 +163,7 @@ def test_a_quarantine_waiting_for_an_advance_sees_the_rows_it_created(
     assert advance.start_requested(other, ActionCatalog(other), 10).started == 1
     thread.join(timeout=20)
     assert not thread.is_alive() and failed == []
-    assert _statuses(conn, execution_id) == ("failed", {"step1": "canceled"})
+    assert execution_and_tasks(conn, execution_id) == ("failed", {"step1": "canceled"})
     assert claims.claim_tasks(conn, "w2", 10, lease=60) == []
 
 
