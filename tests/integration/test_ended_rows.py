@@ -29,7 +29,7 @@ BROKEN = {"type": "Quarantined", "message": "a value the worker cannot decode"}
 
 @pytest.fixture
 def other(dsn: str) -> Iterator[psycopg.Connection]:
-    """A second session: a reaper in another worker."""
+    """A second session: another worker (its reaper, its start)."""
     with psycopg.connect(dsn, autocommit=True) as other:
         yield other
 
