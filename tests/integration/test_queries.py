@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import LiteralString, NamedTuple
 
 import psycopg
 import pytest
@@ -12,7 +13,7 @@ from psycopg.pq import ExecStatus
 
 from attune_pg import db
 from attune_pg.store import queries
-from attune_pg.store.queries import Q
+from attune_pg.store.queries import Q, fetch
 from tests.conftest import fresh_database
 
 PACKAGE = Path(queries.__file__).resolve().parents[1]
@@ -69,3 +70,31 @@ def test_named_query_parses(schema_conn: psycopg.Connection, name: str) -> None:
     result = conn.pgconn.prepare(f"check_{name}".encode(), _numbered(Q[name]).encode())
     message = (result.error_message or b"").decode()
     assert result.status == ExecStatus.COMMAND_OK, f"{name}: {message}"
+
+
+class _Row(NamedTuple):
+    a: int
+    b: str
+    c: int = 7
+
+
+class _Gap(NamedTuple):
+    a: int
+    b: int = 0
+    c: int = 0
+
+
+def test_named_row_maps_columns_by_name(schema_conn: psycopg.Connection) -> None:
+    def rows(sql: LiteralString) -> list[_Row]:
+        return fetch(schema_conn, sql, None, queries.named_row(_Row))
+
+    # In field order, in another order with an extra column, and with the defaulted
+    # trailing field absent: the same rows.
+    assert rows("SELECT 1 AS a, 'x' AS b, 2 AS c") == [_Row(1, "x", 2)]
+    assert rows("SELECT 'x' AS b, 0 AS z, 2 AS c, 1 AS a") == [_Row(1, "x", 2)]
+    assert rows("SELECT 'x' AS b, 1 AS a") == [_Row(1, "x", 7)]
+    with pytest.raises(psycopg.ProgrammingError, match="_Row: the query returns no column 'b'"):
+        rows("SELECT 1 AS a, 2 AS c")
+    # A defaulted field amid given ones cannot be built positionally: refused, not guessed.
+    with pytest.raises(psycopg.ProgrammingError, match="_Gap: column 'c' follows a field"):
+        fetch(schema_conn, "SELECT 1 AS a, 2 AS c", None, queries.named_row(_Gap))

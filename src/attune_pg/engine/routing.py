@@ -41,7 +41,7 @@ def task_done(run: Run, state: TaskState, status: str, result: Json, error: Json
     canceled) and count it in its parallel block."""
     if state.status == S.RUNNING:
         run.active -= 1
-    state = replace(state, status=S(status), result=result, error=error)
+    state = state.ended(S(status), result, error)
     run.put(state)
     if status != S.CANCELED:
         _route(run, state)
@@ -267,14 +267,14 @@ def dispatch(run: Run, spec: TaskSpec, state: TaskState) -> None:
         if spec.when is not None and not template.truthy(
             template.render(spec.when, run.scope(), where=f"{where} when")
         ):
-            skipped = replace(state, status=S.SKIPPED)
+            skipped = state.to(S.SKIPPED)
             run.put(skipped)
             sub_task_done(run, skipped)
             return
     except TemplateError as exc:
         fail_before_run(run, state, error_of("TemplateError", str(exc)))
         return
-    running = replace(state, status=S.RUNNING)
+    running = state.to(S.RUNNING)
     run.active += 1
     if spec.kind == "parallel":
         run.put(replace(running, items_total=len(spec.tasks), items_released=len(spec.tasks)))
@@ -352,7 +352,7 @@ def dispatch(run: Run, spec: TaskSpec, state: TaskState) -> None:
 
 
 def fail_before_run(run: Run, state: TaskState, error: dict[str, Json]) -> None:
-    running = replace(state, status=S.RUNNING)
+    running = state.to(S.RUNNING)
     run.active += 1
     run.put(running)
     task_done(run, running, S.FAILED, None, error)

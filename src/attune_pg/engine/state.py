@@ -110,6 +110,24 @@ class TaskState:
     def key(self) -> tuple[str, int]:
         return (self.name, self.iteration)
 
+    # The moves of every step, as copies that skip `__init__`: `dataclasses.replace`
+    # costs five times more, and a step makes several (a frozen dataclass without
+    # slots or `__post_init__` is its instance dict, which a copy takes whole).
+    def to(self, status: TaskStateStatus) -> TaskState:
+        """This occurrence in `status`."""
+        return self._copy({"status": status})
+
+    def ended(
+        self, status: TaskStateStatus, result: Json, error: dict[str, Json] | None
+    ) -> TaskState:
+        """This occurrence ended in `status` with `result` and `error`."""
+        return self._copy({"status": status, "result": result, "error": error})
+
+    def _copy(self, changes: dict[str, Any]) -> TaskState:
+        new = object.__new__(TaskState)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
 
 @dataclass(frozen=True)
 class Attempt:

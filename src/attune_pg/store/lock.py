@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import class_row
@@ -24,7 +24,7 @@ from attune_pg.machine import WORKFLOW_LIVE, WORKFLOW_STOPPING, WorkflowStatus
 from attune_pg.settings import Settings
 from attune_pg.spec.model import WorkflowSpec
 from attune_pg.store import decode
-from attune_pg.store.queries import Q, fetch
+from attune_pg.store.queries import Q, fetch, named_row
 
 log = logging.getLogger("attune_pg.store")
 
@@ -35,8 +35,7 @@ Json = Any
 _SPECS: dict[str, WorkflowSpec] = {}
 
 
-@dataclass(frozen=True)
-class _Locked:
+class _Locked(NamedTuple):
     """A row of execution_lock (and of the claims of requested executions)."""
 
     id: int
@@ -61,6 +60,9 @@ class _Locked:
     trace_id: str | None
     now: float
     priority: int = 0  # read by the claims of requested executions (StartCursor)
+
+
+_LOCKED = named_row(_Locked)
 
 
 @dataclass
@@ -125,7 +127,7 @@ def lock_executions(
     canceling or ended are stopped first (a requested one is canceled and left out).
     Each tree's executions share one `Budget` (settings max_task_rows, max_descendants).
     """
-    row = class_row(_Locked)
+    row = _LOCKED
     if one is not None:
         rows = fetch(conn, Q.execution_claim_one, {"id": one}, row)
     elif requested:
@@ -169,7 +171,7 @@ def lock_executions(
 
 
 def _claim_requested(conn: psycopg.Connection, n: int, cursor: StartCursor | None) -> list[_Locked]:
-    row = class_row(_Locked)
+    row = _LOCKED
     after = cursor.resume_from() if cursor is not None else None
     if after is not None:
         params = {"n": n, "priority": after[0], "id": after[1]}
@@ -249,7 +251,7 @@ def _follow_root(conn: psycopg.Connection, rows: list[_Locked]) -> list[_Locked]
         if status == WorkflowStatus.CANCELED:
             continue
         if status is not None:
-            r = replace(r, status=status, cancel_policy=r.root_cancel_policy or "allow_finish")
+            r = r._replace(status=status, cancel_policy=r.root_cancel_policy or "allow_finish")
         out.append(r)
     return out
 
