@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import FrozenInstanceError, replace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from attune_pg.engine.state import (
     WriteExecution,
     WriteTaskState,
 )
+from attune_pg.machine import TaskStateStatus as S
 from attune_pg.spec.model import RetryPolicy, TaskSpec, Transition, WorkflowSpec
 from tests.unit.conductor_sim import (
     ACTIONS,
@@ -1494,3 +1496,16 @@ def test_retry_whose_rerun_fails_at_once_leaves_nothing_pending() -> None:
     sim.control_pass()
     drain(sim)  # Sim.check: an ended execution has no pending task state
     assert sim.status == "failed"
+
+
+def test_task_state_moves_are_replace_without_init() -> None:
+    """`TaskState.to` / `.ended` copy the instance dict (cheaper than dataclasses.replace):
+    the same values as replace, and the original unchanged."""
+    state = TaskState("a", 2, S.RUNNING, join_from=("x",), route="r", items_total=3)
+    moved = state.to(S.SKIPPED)
+    assert moved == replace(state, status=S.SKIPPED) and type(moved) is TaskState
+    ended = state.ended(S.FAILED, {"r": 1}, {"type": "E", "message": "m"})
+    assert ended == replace(state, status=S.FAILED, result={"r": 1}, error=ended.error)
+    assert state.status == S.RUNNING and state.result is None and state.error is None
+    with pytest.raises(FrozenInstanceError):
+        moved.status = S.RUNNING  # type: ignore[misc]  # still frozen

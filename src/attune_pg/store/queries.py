@@ -99,6 +99,9 @@ class _Queries:
 Q = _Queries(load())
 
 
+_ROWS = (ExecStatus.TUPLES_OK, ExecStatus.SINGLE_TUPLE, ExecStatus.TUPLES_CHUNK)
+
+
 def named_row(cls: type[NT]) -> RowFactory[NT]:
     """Rows as the NamedTuple `cls`, by column name like `class_row`: the columns are
     matched to the fields once per result shape, then each row is one tuple build (a
@@ -108,7 +111,7 @@ def named_row(cls: type[NT]) -> RowFactory[NT]:
 
     def for_cursor(cursor: BaseCursor[Any, Any]) -> RowMaker[NT]:
         res = cursor.pgresult
-        if res is None or res.status != ExecStatus.TUPLES_OK:
+        if res is None or res.status not in _ROWS:
             return no_result
         # Column names as the server sent them (not `cursor.description`, which builds
         # an object per column for every result).
