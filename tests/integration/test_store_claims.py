@@ -332,3 +332,30 @@ def test_a_turn_that_releases_items_still_writes_the_item_counters(
         (execution_id,),
     ).fetchall()
     assert state == [("running", 3, 3, 1)]
+
+
+def test_the_lock_reads_empty_objects_as_fresh_dicts(
+    conn: psycopg.Connection, register: Callable[[Path | str], None]
+) -> None:
+    """The lock sends an empty parameters/vars/pack_config object as NULL (no JSON to
+    decode); each execution still gets a dict of its own, and non-empty values whole."""
+    register("examples")
+    full = start(conn, "examples.long_running", {"seconds": 1})
+    empty = start(conn, "examples.long_running", {"seconds": 1})
+    conn.execute(
+        "UPDATE attune.workflow_execution SET vars = '{\"v\": [1, true]}',"
+        " pack_config = '{\"k\": {}}' WHERE id = %s",
+        (full,),
+    )
+    conn.execute(
+        "UPDATE attune.workflow_execution SET parameters = '{}', pack_config = '{}' WHERE id = %s",
+        (empty,),
+    )
+    with conn.transaction():
+        found, _ = lock.lock_executions(conn, [full, empty])
+    by_id = {e.id: e for e in found}
+    assert by_id[full].parameters == {"seconds": 1}
+    assert by_id[full].vars == {"v": [1, True]} and by_id[full].pack_config == {"k": {}}
+    e = by_id[empty]
+    assert (e.parameters, e.vars, e.pack_config) == ({}, {}, {})
+    assert e.vars is not by_id[full].vars and e.parameters is not e.vars

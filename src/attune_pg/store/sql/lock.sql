@@ -1,8 +1,11 @@
 -- name: execution_lock
 -- Lock workflow rows in id order (the global lock order), with what the conductor needs,
 -- the root's status (a canceled root stops its whole tree) and the tree's budget so far.
+-- An empty object comes back NULL (lock.py reads it as {}): most executions have empty
+-- vars and pack config, and each `{}` decoded is a JSON loader call per row.
 SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
-       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       nullif(e.parameters, '{}') AS parameters, nullif(e.vars, '{}') AS vars,
+       e.active_tasks, e.error, e.output, nullif(e.pack_config, '{}') AS pack_config,
        coalesce(e.started_by, e.requested_by) AS login,
        extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
@@ -23,7 +26,8 @@ SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
 -- Up to `n` executions waiting to start, locked (SKIP LOCKED: workers never collide);
 -- not those a concurrency policy delays (schema 0009).
 SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
-       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       nullif(e.parameters, '{}') AS parameters, nullif(e.vars, '{}') AS vars,
+       e.active_tasks, e.error, e.output, nullif(e.pack_config, '{}') AS pack_config,
        coalesce(e.started_by, e.requested_by) AS login,
        extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
@@ -46,7 +50,8 @@ SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
 -- (store/lock.py StartCursor): the index range starts there, past the entries of what it
 -- started before.
 SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
-       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       nullif(e.parameters, '{}') AS parameters, nullif(e.vars, '{}') AS vars,
+       e.active_tasks, e.error, e.output, nullif(e.pack_config, '{}') AS pack_config,
        coalesce(e.started_by, e.requested_by) AS login,
        extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
@@ -73,7 +78,8 @@ SELECT id FROM attune.workflow_execution WHERE status = 'requested' AND NOT dela
 -- name: execution_claim_one
 -- One execution waiting to start, locked, if no other worker holds it.
 SELECT e.id, e.workflow_ref AS ref, e.status, md5(e.definition::text) AS digest,
-       e.parameters, e.vars, e.active_tasks, e.error, e.output, e.pack_config,
+       nullif(e.parameters, '{}') AS parameters, nullif(e.vars, '{}') AS vars,
+       e.active_tasks, e.error, e.output, nullif(e.pack_config, '{}') AS pack_config,
        coalesce(e.started_by, e.requested_by) AS login,
        extract(epoch FROM e.started_at)::float8 AS started_at, e.depth, e.cancel_policy,
        coalesce(e.root_id, e.id) AS root_id, coalesce(r.status, e.status) AS root_status,
