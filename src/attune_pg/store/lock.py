@@ -127,13 +127,12 @@ def lock_executions(
     canceling or ended are stopped first (a requested one is canceled and left out).
     Each tree's executions share one `Budget` (settings max_task_rows, max_descendants).
     """
-    row = _LOCKED
     if one is not None:
-        rows = fetch(conn, Q.execution_claim_one, {"id": one}, row)
+        rows = fetch(conn, Q.execution_claim_one, {"id": one}, _LOCKED)
     elif requested:
         rows = _claim_requested(conn, requested, cursor)
     else:
-        rows = fetch(conn, Q.execution_lock, {"ids": list(ids)}, row)
+        rows = fetch(conn, Q.execution_lock, {"ids": list(ids)}, _LOCKED)
     if not rows:
         return [], 0.0
     now = rows[0].now
@@ -171,16 +170,15 @@ def lock_executions(
 
 
 def _claim_requested(conn: psycopg.Connection, n: int, cursor: StartCursor | None) -> list[_Locked]:
-    row = _LOCKED
     after = cursor.resume_from() if cursor is not None else None
     if after is not None:
         params = {"n": n, "priority": after[0], "id": after[1]}
-        rows = fetch(conn, Q.execution_claim_requested_after, params, row)
+        rows = fetch(conn, Q.execution_claim_requested_after, params, _LOCKED)
         if rows or not cursor or not cursor.head_again():
             if rows and cursor:
                 cursor.move((rows[-1].priority, rows[-1].id))
             return rows
-    rows = fetch(conn, Q.execution_claim_requested, {"n": n}, row)
+    rows = fetch(conn, Q.execution_claim_requested, {"n": n}, _LOCKED)
     if cursor is not None:
         cursor.head_at = time.monotonic()
         cursor.move((rows[-1].priority, rows[-1].id) if rows else None)
