@@ -35,7 +35,7 @@ action has none.
 Settings (environment of the worker): `ATTUNE_PYTHON_MAX_CALLS` (default 10,000; 1 means a
 fresh interpreter for every call) and `ATTUNE_PYTHON_IDLE_SECONDS` (default 60). A host's
 replacement costs about 33 ms of CPU (the new interpreter and its pipes): at 1000 calls a
-host that was a third of a trivial call's whole cost (99 against 71 µs, docs/actions.md).
+host that was over a quarter of a trivial call's whole cost (99 against 71 µs, docs/actions.md).
 """
 
 from __future__ import annotations
